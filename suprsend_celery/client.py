@@ -1,0 +1,484 @@
+"""``SuprsendClient``: signed requests to the event API. No Celery, no Redis, no retries.
+
+Requests are byte-compatible with suprsend-py-sdk 0.20.0: the same JSON spelling, the
+same HMAC-SHA256 signature over ``POST\\n<md5(body)>\\n<content type>\\n<date>\\n<path>``.
+Unlike the SDK, every request has connect and read timeouts, connections are pooled
+(one ``requests.Session`` per process, rebuilt after a fork), and any response, even
+an HTML 502 or a truncated body, becomes a result or a typed ``DeliveryError``.
+Retrying is the caller's job (the tasks), so one call is always one request.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import defaults
+from .__about__ import __version__
+from .events import AcceptedRecord, Event, accept
+from .exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+__all__ = [
+    "BulkResult",
+    "RecordResult",
+    "SuprsendClient",
+    "chunk_payloads",
+    "classify_status",
+    "parse_retry_after",
+    "sign",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json; charset=utf-8"
+EVENT_PATH = "v2/event/"
+BULK_PATH = "v2/bulk/event/"
+
+#: Status codes worth retrying (SPEC). Other 5xx are treated as transient too, except
+#: 501 and 505, which say the request itself can never work.
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_PERMANENT_5XX = frozenset({501, 505})
+_ERROR_TEXT_LIMIT = 200
+
+
+def user_agent() -> str:
+    """``suprsend-celery/<version> (python/<version>; <os>)``, also sent as ``$ss_sdk_version``."""
+    try:
+        system = platform.system().lower() or "unknown"
+    except Exception:  # pragma: no cover - platform lookups can fail in odd sandboxes
+        system = "unknown"
+    return f"suprsend-celery/{__version__} (python/{platform.python_version()}; {system})"
+
+
+USER_AGENT = user_agent()
+
+
+def sign(secret: str, body: bytes, date: str, path_and_query: str) -> str:
+    """Return the base64 HMAC-SHA256 signature SuprSend expects for a POST."""
+    string_to_sign = (
+        f"POST\n{hashlib.md5(body).hexdigest()}\n{CONTENT_TYPE}\n{date}\n{path_and_query}"  # noqa: S324 - the protocol's choice
+    )
+    digest = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha256)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
+class _HttpDate:
+    """IMF-fixdate for the ``Date`` header, locale-independent, computed once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._text = email.utils.formatdate(now, usegmt=True)
+            self._second = now
+        return self._text
+
+
+http_date = _HttpDate()
+
+
+def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CAP) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), capped; None if absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:  # pragma: no cover - older Pythons returned None
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, min(seconds, cap))
+
+
+def classify_status(status_code: int) -> type[DeliveryError]:
+    """The error class for a non-2xx status: transient ones are worth retrying."""
+    if status_code in RETRYABLE_STATUS or (
+        500 <= status_code <= 599 and status_code not in _PERMANENT_5XX
+    ):
+        return TransientDeliveryError
+    return PermanentDeliveryError
+
+
+def _error_text(body: object, status_code: int) -> tuple[str, str | None]:
+    """Pull ``error.message``/``error.type`` out of whatever the server sent."""
+    message: object = None
+    etype: object = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            message, etype = error.get("message"), error.get("type")
+        elif isinstance(error, str):
+            message = error
+        if message is None and isinstance(body.get("message"), str):
+            message = body["message"]
+    elif isinstance(body, str) and body.strip():
+        message = body
+    text = str(message) if message else f"HTTP {status_code}"
+    if len(text) > _ERROR_TEXT_LIMIT:
+        text = text[: _ERROR_TEXT_LIMIT - 3] + "..."
+    return text, (str(etype) if etype else None)
+
+
+def _decode_json(content: bytes) -> object:
+    """The body as JSON, or the text itself when it is not JSON (an HTML error page)."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        try:
+            text = content.decode("utf-8", "replace").strip()
+        except Exception:  # pragma: no cover
+            return None
+        if text.startswith("<"):
+            return None  # an HTML page says nothing useful
+        return text
+
+
+def error_for_response(
+    status_code: int, body: object, headers: Any, idempotency_key: str | None = None
+) -> DeliveryError:
+    """Build the ``DeliveryError`` for a non-2xx response."""
+    message, etype = _error_text(body, status_code)
+    cls = classify_status(status_code)
+    retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+    if status_code in (401, 403):
+        message = (
+            f"SuprSend refused the workspace credentials (HTTP {status_code}: {message}); "
+            "check suprsend_workspace_key and suprsend_workspace_secret"
+        )
+    else:
+        message = f"HTTP {status_code}: {message}"
+    return cls(
+        message,
+        status_code=status_code,
+        idempotency_key=idempotency_key,
+        retry_after=retry_after,
+        error_type=etype,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """The outcome of one record of a bulk send."""
+
+    index: int
+    idempotency_key: str | None
+    status_code: int | None
+    error: DeliveryError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BulkResult(Sequence[RecordResult]):
+    """Per-record outcomes of ``send_bulk``, in the order the records were given."""
+
+    def __init__(self, results: list[RecordResult], requests_sent: int) -> None:
+        self._results = results
+        self.requests = requests_sent
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._results[index]
+
+    def __iter__(self) -> Iterator[RecordResult]:
+        return iter(self._results)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self._results if r.ok)
+
+    @property
+    def failed(self) -> list[RecordResult]:
+        return [r for r in self._results if not r.ok]
+
+    def __repr__(self) -> str:
+        return (
+            f"BulkResult(records={len(self._results)}, succeeded={self.succeeded}, "
+            f"failed={len(self._results) - self.succeeded}, requests={self.requests})"
+        )
+
+
+@dataclass(slots=True)
+class BulkResponse:
+    """One bulk request's outcome, kept compact for the flusher's hot path.
+
+    ``request_error`` is set when the request as a whole failed (no usable response):
+    every record then shares it. Otherwise ``failures`` lists ``(index, error)`` for the
+    records the server did not accept; records not listed succeeded.
+    """
+
+    size: int
+    request_error: DeliveryError | None = None
+    failures: list[tuple[int, DeliveryError]] | None = None
+
+
+def _key_of(payload: bytes) -> str | None:
+    """The idempotency key of a serialised record (only parsed on the failure path)."""
+    try:
+        value = json.loads(payload).get("$idempotency_key")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def chunk_payloads(
+    payloads: Sequence[bytes],
+    max_records: int = defaults.MAX_BULK_RECORDS,
+    max_bytes: int = defaults.MAX_BULK_BYTES,
+) -> Iterator[tuple[int, Sequence[bytes]]]:
+    """Split records into request-sized chunks: ``(offset, chunk)`` pairs, order kept."""
+    start = 0
+    total = len(payloads)
+    while start < total:
+        end = start
+        size = 2  # the brackets
+        while end < total and end - start < max_records:
+            grow = len(payloads[end]) + (2 if end > start else 0)
+            if end > start and size + grow > max_bytes:
+                break
+            size += grow
+            end += 1
+        yield start, payloads[start:end]
+        start = end
+
+
+class SuprsendClient:
+    """A signed, pooled, timeout-bounded client for the SuprSend event API.
+
+    Thread-safe, and fork-safe: a child process gets its own connection pool on first use.
+    """
+
+    def __init__(
+        self,
+        workspace_key: str,
+        workspace_secret: str,
+        base_url: str = defaults.BASE_URL,
+        timeout: float = defaults.REQUEST_TIMEOUT,
+        *,
+        connect_timeout: float = defaults.CONNECT_TIMEOUT,
+        pool_size: int = 10,
+        max_event_bytes: int = defaults.MAX_EVENT_BYTES,
+    ) -> None:
+        if not isinstance(workspace_key, str) or not workspace_key.strip():
+            raise ConfigurationError("workspace_key is required (suprsend_workspace_key)")
+        if not isinstance(workspace_secret, str) or not workspace_secret.strip():
+            raise ConfigurationError("workspace_secret is required (suprsend_workspace_secret)")
+        base = (base_url or defaults.BASE_URL).strip()
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(f"base_url must be an http(s) URL; got {base_url!r}")
+        if not base.endswith("/"):
+            base += "/"
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive; got {timeout!r}")
+        self.workspace_key = workspace_key.strip()
+        self._secret = workspace_secret.strip()
+        self.base_url = base
+        self.timeout = (connect_timeout, timeout)
+        self.max_event_bytes = max_event_bytes
+        self._pool_size = pool_size
+        base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self._event_url, self._event_path = base + EVENT_PATH, base_path + EVENT_PATH
+        self._bulk_url, self._bulk_path = base + BULK_PATH, base_path + BULK_PATH
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"SuprsendClient(workspace_key={self.workspace_key!r}, base_url={self.base_url!r})"
+
+    # -- transport ---------------------------------------------------------------
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's pooled session; a forked child builds a fresh one."""
+        local = self._local
+        session: requests.Session | None = getattr(local, "session", None)
+        if session is None or local.pid != os.getpid():
+            session = requests.Session()
+            adapter = HTTPAdapter(
+                pool_connections=2, pool_maxsize=self._pool_size, max_retries=0
+            )
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.clear()
+            session.trust_env = False  # no .netrc or proxy lookups on the hot path
+            local.session, local.pid = session, os.getpid()
+        return session
+
+    def close(self) -> None:
+        """Close this thread's connections (the client stays usable)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def _post(
+        self, url: str, path: str, body: bytes, idempotency_key: str | None
+    ) -> tuple[int, object, Any]:
+        date = http_date()
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            "Date": date,
+            "User-Agent": USER_AGENT,
+            "Authorization": f"{self.workspace_key}:{sign(self._secret, body, date, path)}",
+        }
+        try:
+            response = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise TransientDeliveryError(
+                f"timed out: {type(exc).__name__}", idempotency_key=idempotency_key
+            ) from None
+        except requests.RequestException as exc:
+            # Connection resets, refused connections, malformed HTTP: all worth a retry.
+            raise TransientDeliveryError(
+                f"connection failed: {type(exc).__name__}", idempotency_key=idempotency_key
+            ) from None
+        return response.status_code, _decode_json(response.content), response.headers
+
+    # -- single events -------------------------------------------------------------
+
+    def accept(self, event: Event) -> AcceptedRecord:
+        """Turn an ``Event`` into its final record for this workspace."""
+        return accept(
+            event,
+            workspace_key=self.workspace_key,
+            sdk_version=USER_AGENT,
+            max_event_bytes=self.max_event_bytes,
+        )
+
+    def _payload(self, event: Event | AcceptedRecord | bytes) -> tuple[bytes, str | None]:
+        if isinstance(event, Event):
+            event = self.accept(event)
+        if isinstance(event, AcceptedRecord):
+            return event.payload, event.idempotency_key
+        if isinstance(event, (bytes, bytearray)):
+            return bytes(event), _key_of(event)
+        raise TypeError(f"expected an Event, AcceptedRecord or bytes; got {type(event).__name__}")
+
+    def send_event(self, event: Event | AcceptedRecord | bytes) -> dict[str, Any]:
+        """Send one event with one request to ``v2/event/``; raise ``DeliveryError`` if refused.
+
+        Returns ``{"status": "success", "status_code", "message_id", "idempotency_key"}``.
+        """
+        payload, key = self._payload(event)
+        status, body, headers = self._post(self._event_url, self._event_path, payload, key)
+        if 200 <= status < 300:
+            message_id = body.get("message_id") if isinstance(body, dict) else None
+            return {
+                "status": "success",
+                "status_code": status,
+                "message_id": message_id if isinstance(message_id, str) else None,
+                "idempotency_key": key,
+            }
+        raise error_for_response(status, body, headers, key)
+
+    # -- bulk --------------------------------------------------------------------
+
+    def post_bulk(self, payloads: Sequence[bytes]) -> BulkResponse:
+        """One request to ``v2/bulk/event/`` with at most 100 records; never raises.
+
+        The body is the records joined exactly as ``json.dumps(list)`` would join them,
+        so records serialised once at accept time are never re-encoded.
+        """
+        size = len(payloads)
+        body = b"[" + b", ".join(payloads) + b"]"
+        try:
+            status, parsed, headers = self._post(self._bulk_url, self._bulk_path, body, None)
+        except DeliveryError as exc:
+            return BulkResponse(size, request_error=exc)
+        if not 200 <= status < 300:
+            return BulkResponse(size, request_error=error_for_response(status, parsed, headers))
+        records = parsed.get("records") if isinstance(parsed, dict) else None
+        if not isinstance(records, list):
+            records = []
+        failures: list[tuple[int, DeliveryError]] = []
+        for index, record in enumerate(records[:size]):
+            if isinstance(record, dict) and record.get("status") == "success":
+                continue
+            failures.append((index, _record_error(record, payloads[index])))
+        for index in range(len(records), size):
+            # No verdict for this record: sending it again is safe (idempotency key).
+            failures.append(
+                (
+                    index,
+                    TransientDeliveryError(
+                        f"HTTP {status}: no result for this record in the bulk response",
+                        status_code=status,
+                        idempotency_key=_key_of(payloads[index]),
+                    ),
+                )
+            )
+        return BulkResponse(size, failures=failures)
+
+    def send_bulk(self, events: Iterable[Event | AcceptedRecord | bytes]) -> BulkResult:
+        """Send events in as few bulk requests as the limits allow (100 records, 800 KiB).
+
+        Returns one ``RecordResult`` per event, in order. Whole-request failures are
+        reported on each record of that request, not raised, so one bad chunk does not
+        hide the outcome of the others.
+        """
+        pairs = [self._payload(e) for e in events]
+        payloads = [p for p, _ in pairs]
+        results: list[RecordResult] = []
+        requests_sent = 0
+        for offset, chunk in chunk_payloads(payloads):
+            response = self.post_bulk(chunk)
+            requests_sent += 1
+            errors: dict[int, DeliveryError] = dict(response.failures or ())
+            for index in range(len(chunk)):
+                key = pairs[offset + index][1]
+                error = response.request_error or errors.get(index)
+                if error is not None and error.idempotency_key is None:
+                    error.idempotency_key = key
+                status = error.status_code if error is not None else 202
+                results.append(RecordResult(offset + index, key, status, error))
+        return BulkResult(results, requests_sent)
+
+
+def _record_error(record: object, payload: bytes) -> DeliveryError:
+    """The error for one record a bulk response did not accept."""
+    key = _key_of(payload)
+    if not isinstance(record, dict):
+        return TransientDeliveryError(
+            "malformed record result in the bulk response", idempotency_key=key
+        )
+    raw_code = record.get("status_code")
+    code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else 500
+    message, etype = _error_text(record, code)
+    cls = classify_status(code) if code >= 400 else TransientDeliveryError
+    return cls(f"HTTP {code}: {message}", status_code=code, idempotency_key=key, error_type=etype)

@@ -1,0 +1,221 @@
+"""Settings: Celery config → environment → default, validated once and cached on the app.
+
+Every key has the ``suprsend_`` prefix. ``app.conf.suprsend_workspace_key`` wins, then the
+environment variable ``SUPRSEND_WORKSPACE_KEY``, then the default. With Django's
+``app.config_from_object("django.conf:settings", namespace="CELERY")`` the Celery keys
+come from ``CELERY_SUPRSEND_*`` settings. A bad value raises ``ConfigurationError``
+naming the key, at the first use rather than deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from . import defaults
+from .exceptions import ConfigurationError
+
+__all__ = ["Settings", "get_settings", "reset_settings"]
+
+_T = TypeVar("_T")
+_MISSING = object()
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "valkey://", "valkeys://")
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{key} must be a non-empty string; got {_redact(key, value)}")
+    return value.strip()
+
+
+def _redact(key: str, value: object) -> str:
+    return "<hidden>" if "secret" in key and value else repr(value)
+
+
+def _number(
+    kind: Callable[[Any], _T], low: float, high: float | None = None
+) -> Callable[[str, object], _T]:
+    def parse(key: str, value: object) -> _T:
+        if isinstance(value, bool):
+            raise ConfigurationError(f"{key} must be a number; got {value!r}")
+        try:
+            number = kind(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{key} must be a number; got {value!r}") from None
+        if number != number or number < low or (high is not None and number > high):  # type: ignore[operator, comparison-overlap]
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigurationError(f"{key} must be {bound}; got {value!r}")
+        return number
+
+    return parse
+
+
+def _url(key: str, value: object) -> str:
+    text = _text(key, value)
+    if not text.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{key} must be an http(s) URL; got {value!r}")
+    return text if text.endswith("/") else text + "/"
+
+
+def _redis_url(key: str, value: object) -> str:
+    text = _text(key, value)
+    if not text.startswith(_REDIS_SCHEMES):
+        raise ConfigurationError(
+            f"{key} must be a redis:// , rediss:// or unix:// URL; got {value!r}"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``suprsend_*`` settings of one Celery app."""
+
+    workspace_key: str
+    workspace_secret: str
+    base_url: str = defaults.BASE_URL
+    redis_url: str | None = None
+    key_prefix: str = defaults.KEY_PREFIX
+    buffer_max_length: int = defaults.BUFFER_MAX_LENGTH
+    flush_interval: float = defaults.FLUSH_INTERVAL
+    flush_batch_size: int = defaults.FLUSH_BATCH_SIZE
+    max_retries: int = defaults.MAX_RETRIES
+    retry_backoff_max: float = defaults.RETRY_BACKOFF_MAX
+    request_timeout: float = defaults.REQUEST_TIMEOUT
+    max_event_bytes: int = defaults.MAX_EVENT_BYTES
+    #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
+    visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={'<hidden>' if f.name == 'workspace_secret' else getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
+        return f"Settings({shown})"
+
+    @property
+    def max_countdown(self) -> float:
+        """The longest safe retry delay: the backoff cap, kept under the visibility timeout."""
+        return max(1.0, min(self.retry_backoff_max, self.visibility_timeout * 0.8))
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigurationError(
+                "suprsend_redis_url is required for buffering when the broker is not Redis"
+            )
+        return self.redis_url
+
+
+_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "workspace_key": _text,
+    "workspace_secret": _text,
+    "base_url": _url,
+    "redis_url": _redis_url,
+    "key_prefix": _text,
+    "buffer_max_length": _number(int, 1),
+    "flush_interval": _number(float, 0),
+    "flush_batch_size": _number(int, 1, defaults.MAX_BULK_RECORDS),
+    "max_retries": _number(int, 0),
+    "retry_backoff_max": _number(float, 1),
+    "request_timeout": _number(float, 0.1),
+    "max_event_bytes": _number(int, 256, defaults.MAX_EVENT_BYTES),
+}
+
+_DEFAULTS: dict[str, object] = {
+    "base_url": defaults.BASE_URL,
+    "redis_url": None,
+    "key_prefix": defaults.KEY_PREFIX,
+    "buffer_max_length": defaults.BUFFER_MAX_LENGTH,
+    "flush_interval": defaults.FLUSH_INTERVAL,
+    "flush_batch_size": defaults.FLUSH_BATCH_SIZE,
+    "max_retries": defaults.MAX_RETRIES,
+    "retry_backoff_max": defaults.RETRY_BACKOFF_MAX,
+    "request_timeout": defaults.REQUEST_TIMEOUT,
+    "max_event_bytes": defaults.MAX_EVENT_BYTES,
+}
+
+
+def _lookup(conf: Any, name: str) -> object:
+    key = f"suprsend_{name}"
+    value = conf.get(key, _MISSING) if conf is not None else _MISSING
+    if value is _MISSING or value is None:
+        value = os.environ.get(key.upper(), _MISSING)
+        if value == "":
+            value = _MISSING
+    return value
+
+
+def _broker_redis_url(conf: Any) -> str | None:
+    broker = conf.get("broker_url") if conf is not None else None
+    if isinstance(broker, (list, tuple)):
+        broker = broker[0] if broker else None
+    if isinstance(broker, str) and broker.startswith(_REDIS_SCHEMES):
+        return broker.split(";")[0].strip()
+    return None
+
+
+def _visibility_timeout(conf: Any) -> float:
+    options = (conf.get("broker_transport_options") if conf is not None else None) or {}
+    value = options.get("visibility_timeout", defaults.VISIBILITY_TIMEOUT)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"broker_transport_options['visibility_timeout'] must be a number; got {value!r}"
+        ) from None
+
+
+def load_settings(conf: Any) -> Settings:
+    """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only)."""
+    values: dict[str, Any] = {}
+    for name, parse in _PARSERS.items():
+        raw = _lookup(conf, name)
+        key = f"suprsend_{name}"
+        if raw is _MISSING:
+            if name in ("workspace_key", "workspace_secret"):
+                raise ConfigurationError(
+                    f"{key} is required: set app.conf.{key} (CELERY_{key.upper()} in Django) "
+                    f"or the environment variable {key.upper()}"
+                )
+            if name == "redis_url":
+                values[name] = _broker_redis_url(conf)
+                continue
+            values[name] = _DEFAULTS[name]
+            continue
+        values[name] = parse(key, raw)
+    values["visibility_timeout"] = _visibility_timeout(conf)
+    return Settings(**values)
+
+
+_lock = threading.Lock()
+_CACHE_ATTR = "_suprsend_settings"
+
+
+def get_settings(app: Any = None) -> Settings:
+    """The app's settings, read once and cached on the app (``reset_settings`` forgets them)."""
+    if app is None:
+        from celery import current_app
+
+        app = current_app._get_current_object()
+    cached: Settings | None = app.__dict__.get(_CACHE_ATTR)
+    if cached is not None:
+        return cached
+    with _lock:
+        cached = app.__dict__.get(_CACHE_ATTR)
+        if cached is None:
+            cached = load_settings(app.conf)
+            app.__dict__[_CACHE_ATTR] = cached
+    return cached
+
+
+def reset_settings(app: Any = None) -> None:
+    """Forget cached settings and connections, e.g. after changing ``app.conf`` in tests."""
+    if app is None:
+        from celery import current_app
+
+        app = current_app._get_current_object()
+    with _lock:
+        for attr in [a for a in app.__dict__ if a.startswith("_suprsend_")]:
+            del app.__dict__[attr]

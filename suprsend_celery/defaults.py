@@ -1,0 +1,72 @@
+"""Named defaults and protocol limits, each defined once."""
+
+from __future__ import annotations
+
+BASE_URL = "https://hub.suprsend.com/"
+"""SuprSend's public hub; override with ``suprsend_base_url`` (the sandbox in tests)."""
+
+KEY_PREFIX = "suprsend_celery"
+"""Prefix of every Redis key the buffer writes, so several apps can share one Redis."""
+
+BUFFER_MAX_LENGTH = 1_000_000
+"""Records the buffer accepts before ``buffer_event`` raises ``BufferFullError``."""
+
+FLUSH_INTERVAL = 5.0
+"""Seconds between beat-scheduled ``flush_buffer`` runs; 0 disables the beat entry."""
+
+FLUSH_BATCH_SIZE = 100
+"""Records claimed and sent per bulk request; SuprSend accepts at most 100."""
+
+MAX_RETRIES = 10
+"""Retries of one event (direct) or one record (buffered) before it is dead-lettered."""
+
+RETRY_BACKOFF_MAX = 600.0
+"""Upper bound, in seconds, of one retry delay."""
+
+RETRY_BACKOFF_BASE = 1.0
+"""First retry delay in seconds; each further attempt doubles it (with full jitter)."""
+
+REQUEST_TIMEOUT = 10.0
+"""Read timeout of one HTTP request, in seconds."""
+
+CONNECT_TIMEOUT = 3.05
+"""Connect timeout: short, since an unreachable API should fail fast and retry."""
+
+MAX_EVENT_BYTES = 102_400
+"""SuprSend's limit for one serialised event (100 KiB)."""
+
+MAX_BULK_RECORDS = 100
+"""SuprSend's limit of records per bulk request."""
+
+MAX_BULK_BYTES = 800 * 1024
+"""SuprSend's limit of one bulk request body (800 KiB)."""
+
+RETRY_AFTER_CAP = 600.0
+"""A server's ``Retry-After`` is honoured as a floor, but never above this many seconds."""
+
+VISIBILITY_TIMEOUT = 3600.0
+"""Kombu's default Redis visibility timeout; countdowns must stay below it (celery#5935)."""
+
+CLAIM_LEASE = 60.0
+"""Seconds a flusher owns a claimed batch; after that the batch returns to the buffer."""
+
+FLUSH_TIME_BUDGET = 25.0
+"""Seconds one ``flush_buffer`` run keeps draining before it yields to the next run."""
+
+BREAKER_THRESHOLD = 5
+"""Consecutive whole-request failures that open the shared circuit breaker."""
+
+BREAKER_COOLDOWN = 10.0
+"""Seconds the breaker stays open before one probe request may test the API."""
+
+BREAKER_COOLDOWN_MAX = 120.0
+"""Upper bound of the breaker's cool-down, which doubles after each failed probe."""
+
+DEAD_LETTER_MAX = 100_000
+"""Dead letters kept; the oldest are trimmed beyond this so Redis cannot fill up."""
+
+IDEMPOTENCY_KEY_MAX = 255
+"""SuprSend's limit of an idempotency key's length."""
+
+TENANT_ID_MAX = 64
+"""SuprSend's limit of ``tenant_id`` and ``brand_id``."""

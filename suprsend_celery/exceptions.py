@@ -1,0 +1,120 @@
+"""The one exception tree of suprsend-celery.
+
+Catch ``SuprsendCeleryError`` for everything this package raises::
+
+    SuprsendCeleryError
+    ├── ConfigurationError         a missing or invalid setting; fix the config
+    ├── InvalidEventError          bad input at the call site (also a ValueError)
+    ├── BufferFullError            the Redis buffer reached suprsend_buffer_max_length
+    └── DeliveryError              SuprSend did not accept a request
+        ├── TransientDeliveryError   worth retrying (timeouts, 429, 5xx, ...)
+        └── PermanentDeliveryError   retrying cannot help (other 4xx)
+
+Messages never carry event properties or secrets: they name the field, the status
+code and the idempotency key, which is what an operator needs to find an event.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BufferFullError",
+    "ConfigurationError",
+    "DeliveryError",
+    "InvalidEventError",
+    "PermanentDeliveryError",
+    "SuprsendCeleryError",
+    "TransientDeliveryError",
+]
+
+
+class SuprsendCeleryError(Exception):
+    """Base class of every error this package raises."""
+
+
+class ConfigurationError(SuprsendCeleryError):
+    """A setting is missing or invalid, or SuprSend refused our credentials."""
+
+
+class InvalidEventError(SuprsendCeleryError, ValueError):
+    """An event was refused at the call site; nothing was queued or buffered."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BufferFullError(SuprsendCeleryError):
+    """The buffer holds ``suprsend_buffer_max_length`` records; the event was not accepted."""
+
+
+class DeliveryError(SuprsendCeleryError):
+    """A request to SuprSend failed.
+
+    ``status_code`` is None when no HTTP response arrived (connection error, timeout).
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    #: Whether sending the same request again may succeed.
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        idempotency_key: str | None = None,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.idempotency_key = idempotency_key
+        self.retry_after = retry_after
+        self.error_type = error_type
+
+    @property
+    def is_auth_error(self) -> bool:
+        """401/403: the workspace key or secret is wrong; events must not be dead-lettered."""
+        return self.status_code in (401, 403)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only fields survive pickling (Celery result backends, billiard pools).
+        return (
+            _rebuild_delivery_error,
+            (
+                type(self),
+                self.message,
+                self.status_code,
+                self.idempotency_key,
+                self.retry_after,
+                self.error_type,
+            ),
+        )
+
+
+class TransientDeliveryError(DeliveryError):
+    """Connection errors, timeouts, 408/409/425/429 and 500/502/503/504: retry later."""
+
+    retryable = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Any other 4xx: the request itself is wrong and will fail again."""
+
+
+def _rebuild_delivery_error(
+    cls: type[DeliveryError],
+    message: str,
+    status_code: int | None,
+    idempotency_key: str | None,
+    retry_after: float | None,
+    error_type: str | None,
+) -> DeliveryError:
+    return cls(
+        message,
+        status_code=status_code,
+        idempotency_key=idempotency_key,
+        retry_after=retry_after,
+        error_type=error_type,
+    )
