@@ -1,0 +1,1 @@
+"""A local SuprSend event API for development and tests (work in progress)."""

@@ -1,0 +1,1 @@
+"""pytest plugin providing the ``suprsend_sandbox`` fixture (work in progress)."""
