@@ -1,4 +1,11 @@
-"""suprsend-celery: deliver SuprSend events from Django and Celery, reliably and fast."""
+"""suprsend-celery: deliver SuprSend events from Django and Celery, reliably and fast.
+
+Two paths, one contract: every event is validated where it is created and gets a
+stable idempotency key when it is accepted, so SuprSend processes it at most once.
+
+- ``track_event.delay(...)``: one Celery task per event.
+- ``buffer_event(...)``: one Redis round trip; ``flush_buffer`` sends in bulk.
+"""
 
 from .__about__ import __version__
 from .client import BulkResult, RecordResult, SuprsendClient
@@ -12,6 +19,8 @@ from .exceptions import (
     SuprsendCeleryError,
     TransientDeliveryError,
 )
+from .producer import buffer_event, buffer_events, buffer_stats
+from .tasks import flush_buffer, track_event
 
 __all__ = [
     "BufferFullError",
@@ -26,4 +35,9 @@ __all__ = [
     "SuprsendClient",
     "TransientDeliveryError",
     "__version__",
+    "buffer_event",
+    "buffer_events",
+    "buffer_stats",
+    "flush_buffer",
+    "track_event",
 ]

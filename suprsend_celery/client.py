@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import platform
 import threading
@@ -65,7 +66,7 @@ def user_agent() -> str:
     """``suprsend-celery/<version> (python/<version>; <os>)``, also sent as ``$ss_sdk_version``."""
     try:
         system = platform.system().lower() or "unknown"
-    except Exception:  # pragma: no cover - platform lookups can fail in odd sandboxes
+    except OSError:  # pragma: no cover - platform lookups can fail in odd sandboxes
         system = "unknown"
     return f"suprsend-celery/{__version__} (python/{platform.python_version()}; {system})"
 
@@ -101,7 +102,7 @@ http_date = _HttpDate()
 
 
 def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CAP) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), capped; None if absent."""
+    """Seconds from a ``Retry-After`` (delta-seconds or HTTP-date), capped; None if absent."""
     if value is None:
         return None
     text = value.strip()
@@ -114,10 +115,8 @@ def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CA
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
-        if when is None:  # pragma: no cover - older Pythons returned None
-            return None
         seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return max(0.0, min(seconds, cap))
 
@@ -156,10 +155,7 @@ def _decode_json(content: bytes) -> object:
     try:
         return json.loads(content)
     except ValueError:
-        try:
-            text = content.decode("utf-8", "replace").strip()
-        except Exception:  # pragma: no cover
-            return None
+        text = content.decode("utf-8", "replace").strip()
         if text.startswith("<"):
             return None  # an HTML page says nothing useful
         return text
@@ -330,9 +326,7 @@ class SuprsendClient:
         session: requests.Session | None = getattr(local, "session", None)
         if session is None or local.pid != os.getpid():
             session = requests.Session()
-            adapter = HTTPAdapter(
-                pool_connections=2, pool_maxsize=self._pool_size, max_retries=0
-            )
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.clear()

@@ -9,6 +9,7 @@ naming the key, at the first use rather than deep inside a worker.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def _number(
             number = kind(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):
             raise ConfigurationError(f"{key} must be a number; got {value!r}") from None
-        if number != number or number < low or (high is not None and number > high):  # type: ignore[operator, comparison-overlap]
+        if math.isnan(number) or number < low or (high is not None and number > high):  # type: ignore[operator, arg-type]
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigurationError(f"{key} must be {bound}; got {value!r}")
         return number

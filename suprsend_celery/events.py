@@ -94,7 +94,8 @@ def _check_event_name(value: object) -> str:
         )
     if _is_reserved(name) and name not in BUILTIN_EVENT_NAMES:
         raise InvalidEventError(
-            f"event_name must not start with '$' or 'ss_' (reserved by SuprSend); got {_show(value)}",
+            "event_name must not start with '$' or 'ss_' (reserved by SuprSend); "
+            f"got {_show(value)}",
             field="event_name",
         )
     return name
@@ -142,7 +143,9 @@ def _find_bad_value(value: object, path: str, depth: int = 0) -> str | None:
     if depth > 100:
         return f"{path} is nested too deeply (or refers to itself)"
     if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path} is {value!r}; NaN and Infinity are not JSON"
+        return (
+            None if math.isfinite(value) else f"{path} is {value!r}; NaN and Infinity are not JSON"
+        )
     if isinstance(value, Decimal):
         return None if value.is_finite() else f"{path} is Decimal({str(value)!r}); not JSON"
     if isinstance(value, (str, int, bool, type(None), _dt.date, _dt.time, uuid.UUID)):
@@ -297,7 +300,7 @@ def event_from_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Event:
             f"expected (distinct_id, event_name, properties) or an Event; got {len(args)} "
             "positional arguments"
         )
-    named = dict(zip(allowed, args))
+    named = dict(zip(allowed, args, strict=False))
     extra = {"properties", "idempotency_key", "tenant_id", "brand_id", "distinct_id", "event_name"}
     for key, value in kwargs.items():
         if key not in extra:
@@ -363,6 +366,8 @@ def accept_many(
 ) -> list[AcceptedRecord]:
     """Accept every event or none: one bad event refuses the whole batch."""
     return [
-        accept(e, workspace_key=workspace_key, sdk_version=sdk_version, max_event_bytes=max_event_bytes)
+        accept(
+            e, workspace_key=workspace_key, sdk_version=sdk_version, max_event_bytes=max_event_bytes
+        )
         for e in events
     ]

@@ -1,0 +1,73 @@
+"""``buffer_event``/``buffer_events``/``buffer_stats``: the buffered path's producer side.
+
+Validation and serialisation happen here, in the caller's process, so bad input fails
+at the call site and the buffer only ever holds records ready to send.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .client import USER_AGENT
+from .config import get_settings
+from .events import AcceptedRecord, Event, accept, event_from_call
+from .exceptions import InvalidEventError
+from .runtime import get_buffer, resolve_app
+
+__all__ = ["accept_call", "buffer_event", "buffer_events", "buffer_stats"]
+
+logger = logging.getLogger(__name__)
+
+
+def accept_call(app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AcceptedRecord:
+    """Validate call arguments and fix the event's identifiers for this app's workspace."""
+    settings = get_settings(app)
+    return accept(
+        event_from_call(args, kwargs),
+        workspace_key=settings.workspace_key,
+        sdk_version=USER_AGENT,
+        max_event_bytes=settings.max_event_bytes,
+    )
+
+
+def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
+    """Append one event to the Redis buffer in one round trip; return its idempotency key.
+
+    ``buffer_event(distinct_id, event_name, properties=None, *, idempotency_key=None,
+    tenant_id=None, brand_id=None)`` or ``buffer_event(event)``. Raises
+    ``InvalidEventError`` for bad input and ``BufferFullError`` when the buffer is full;
+    in both cases nothing was buffered.
+    """
+    app = resolve_app(app)
+    record = accept_call(app, args, kwargs)
+    buffer = get_buffer(app)
+    assert buffer is not None
+    buffer.push([record.payload])
+    return record.idempotency_key
+
+
+def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
+    """Append many events in one atomic round trip: all are buffered, or none."""
+    app = resolve_app(app)
+    records = []
+    for index, event in enumerate(events):
+        if not isinstance(event, Event):
+            raise InvalidEventError(
+                f"buffer_events takes Event instances; item {index} is a {type(event).__name__}"
+            )
+        records.append(accept_call(app, (event,), {}))
+    if records:
+        buffer = get_buffer(app)
+        assert buffer is not None
+        buffer.push([r.payload for r in records])
+    return [r.idempotency_key for r in records]
+
+
+def buffer_stats(*, app: Any = None) -> dict[str, Any]:
+    """``pending``, ``in_flight``, ``scheduled_retries``, ``dead``, ``oldest_age_seconds``,
+    ``breaker`` ("closed" | "open" | "half_open")."""
+    buffer = get_buffer(resolve_app(app))
+    assert buffer is not None
+    return buffer.stats()

@@ -1,0 +1,295 @@
+"""Celery glue: the ``track_event`` and ``flush_buffer`` tasks and their retry policy.
+
+``track_event.delay(...)`` validates and serialises the event in the caller's process
+(so bad input raises there and nothing is published) and publishes the finished
+record; the worker only sends bytes. Flower and result backends see the event name,
+distinct_id and idempotency key, never properties or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from celery.signals import beat_embedded_init, beat_init
+
+from .buffer import dead_letter_entry
+from .config import get_settings
+from .events import AcceptedRecord
+from .exceptions import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from .flusher import backoff_delay
+from .producer import accept_call
+from .runtime import get_buffer, get_client, get_flusher
+
+__all__ = ["FLUSH_TASK", "TRACK_TASK", "TrackEventTask", "flush_buffer", "track_event"]
+
+logger = logging.getLogger(__name__)
+
+TRACK_TASK = "suprsend_celery.track_event"
+FLUSH_TASK = "suprsend_celery.flush_buffer"
+BEAT_ENTRY = "suprsend-celery-flush-buffer"
+
+_RECORD = "record"
+_META = ("event", "distinct_id", "idempotency_key")
+
+
+def _redacted(record: AcceptedRecord | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(record, AcceptedRecord):
+        return {
+            "event": record.event_name,
+            "distinct_id": record.distinct_id,
+            "idempotency_key": record.idempotency_key,
+        }
+    return {k: record.get(k) for k in _META}
+
+
+def _meta_of(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {"event": None, "distinct_id": None, "idempotency_key": None}
+    return {
+        "event": parsed.get("event"),
+        "distinct_id": parsed.get("distinct_id"),
+        "idempotency_key": parsed.get("$idempotency_key"),
+    }
+
+
+def _is_prepared(args: Any, kwargs: Any) -> bool:
+    return (
+        not args
+        and isinstance(kwargs, dict)
+        and len(kwargs) == 1
+        and isinstance(kwargs.get(_RECORD), str)
+        and kwargs[_RECORD].startswith("{")
+    )
+
+
+class TrackEventTask(Task):  # type: ignore[misc]
+    """Sends one accepted event; the record is fixed before it is published."""
+
+    #: Acknowledge only after the send, and requeue if the worker dies mid-send.
+    acks_late = True
+    reject_on_worker_lost = True
+    #: Retries are counted and bounded by ``suprsend_max_retries`` in ``run``, so
+    #: Celery never raises MaxRetriesExceededError (whose message shows raw arguments).
+    max_retries = None
+    #: The task takes the prepared record, not the call's arguments.
+    typing = False
+
+    def _prepare(self, args: Any, kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(message kwargs, options)`` for a call: validates and fixes the record."""
+        if _is_prepared(args, kwargs):
+            meta = _meta_of(kwargs[_RECORD])
+            return kwargs, {"argsrepr": "()", "kwargsrepr": repr(meta)}
+        record = accept_call(self.app, tuple(args or ()), dict(kwargs or {}))
+        meta = _redacted(record)
+        return {_RECORD: record.payload.decode("utf-8")}, {
+            "argsrepr": "()",
+            "kwargsrepr": repr(meta),
+        }
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: Any = None, *rest: Any, **options: Any
+    ) -> Any:
+        """Validate and serialise in the caller, then publish only the finished record."""
+        message_kwargs, redaction = self._prepare(args, kwargs)
+        options.update(redaction)
+        return super().apply_async((), message_kwargs, task_id, *rest, **options)
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
+        """Publish when the current Django transaction commits (nothing if it rolls back).
+
+        The event is validated now, so bad input still raises in the view.
+        Returns the idempotency key.
+        """
+        try:
+            from django.db import transaction  # type: ignore[import-untyped]
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigurationError("delay_on_commit needs Django installed") from None
+        message_kwargs, options = self._prepare(args, kwargs)
+        key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
+        publish = super().apply_async
+        transaction.on_commit(lambda: publish((), message_kwargs, **options))
+        return str(key)
+
+    def send_record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The task body: send the prepared record (or build it, when called directly)."""
+        if _is_prepared(args, kwargs):
+            text: str = kwargs[_RECORD]
+        else:  # called directly, e.g. track_event("u1", "signed_up") in a shell
+            text = accept_call(self.app, args, kwargs).payload.decode("utf-8")
+        meta = _meta_of(text)
+        # Result backends with result_extended store request args: keep them redacted.
+        self.request.args, self.request.kwargs = (), meta
+        return self._send(text, meta)
+
+    def _send(self, text: str, meta: dict[str, Any]) -> dict[str, Any]:
+        settings = get_settings(self.app)
+        key = meta["idempotency_key"]
+        attempt = int(self.request.retries or 0) + 1
+        try:
+            response = get_client(self.app).send_event(text.encode("utf-8"))
+        except TransientDeliveryError as exc:
+            if attempt <= settings.max_retries:
+                countdown = backoff_delay(
+                    attempt, cap=settings.max_countdown, floor=exc.retry_after
+                )
+                reason = TransientDeliveryError(
+                    f"{exc}; retry {attempt}/{settings.max_retries} in {countdown:.1f}s "
+                    f"(idempotency key {key})",
+                    status_code=exc.status_code,
+                    idempotency_key=key,
+                    retry_after=exc.retry_after,
+                )
+                logger.warning(
+                    "event %s: %s; retry %d/%d in %.1fs",
+                    key,
+                    exc,
+                    attempt,
+                    settings.max_retries,
+                    countdown,
+                )
+                raise self.retry(
+                    args=(), kwargs={_RECORD: text}, exc=reason, countdown=countdown
+                ) from None
+            self._fail(text, meta, exc, attempt, f"gave up after {attempt} attempts: {exc}")
+        except PermanentDeliveryError as exc:
+            if exc.is_auth_error:
+                self._credentials_refused(text, meta, exc, attempt)
+            self._fail(text, meta, exc, attempt, str(exc))
+        return {
+            "status": response["status"],
+            "status_code": response["status_code"],
+            "message_id": response["message_id"],
+            "idempotency_key": key,
+            "attempts": attempt,
+        }
+
+    def _fail(
+        self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int, reason: str
+    ) -> None:
+        """Dead-letter (when Redis is configured) and fail, naming the key, never the payload."""
+        key = meta["idempotency_key"]
+        where = "not dead-lettered (no suprsend_redis_url)"
+        buffer = get_buffer(self.app, required=False)
+        if buffer is not None:
+            entry = dead_letter_entry(
+                text.encode("utf-8"),
+                error=reason,
+                status_code=exc.status_code,
+                attempts=attempts,
+                source="direct",
+                idempotency_key=key,
+                event=meta["event"],
+            )
+            try:
+                buffer.dead_letter(entry)
+            except redis.RedisError as redis_exc:
+                # Losing the event is worse than retrying later: keep it in the broker.
+                logger.error("event %s: dead-lettering failed (%s); retrying", key, redis_exc)
+                raise self.retry(args=(), kwargs={_RECORD: text}, exc=exc, countdown=30) from None
+            where = "moved to the dead-letter list"
+        logger.error("event %s not delivered: %s; %s", key, reason, where)
+        raise type(exc)(
+            f"event {key} not delivered: {reason}; {where}",
+            status_code=exc.status_code,
+            idempotency_key=key,
+            retry_after=exc.retry_after,
+        ) from None
+
+    def _credentials_refused(
+        self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int
+    ) -> None:
+        """401/403: a configuration fault, so the event is kept for later, not dead-lettered."""
+        key = meta["idempotency_key"]
+        buffer = get_buffer(self.app, required=False)
+        where = "the event could not be kept (no suprsend_redis_url)"
+        if buffer is not None:
+            entry = dead_letter_entry(
+                text.encode("utf-8"),
+                error=str(exc),
+                status_code=exc.status_code,
+                attempts=attempts,
+                source="direct",
+                idempotency_key=key,
+                event=meta["event"],
+            )
+            try:
+                kept = buffer.rehome(text.encode("utf-8"), entry)
+            except redis.RedisError:
+                kept = None
+            if kept is True:
+                where = "the event was moved to the buffer and is sent once this is fixed"
+            elif kept is False:
+                where = "the buffer is full, so the event was dead-lettered"
+        logger.error("event %s: %s; %s", key, exc, where)
+        raise ConfigurationError(f"event {key}: {exc}; {where}") from None
+
+
+@shared_task(bind=True, base=TrackEventTask, name=TRACK_TASK)  # type: ignore[untyped-decorator]
+def track_event(self: TrackEventTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Send one event to SuprSend (see ``TrackEventTask``)."""
+    return self.send_record(*args, **kwargs)
+
+
+@shared_task(bind=True, name=FLUSH_TASK, ignore_result=False)  # type: ignore[untyped-decorator]
+def flush_buffer(
+    self: Task, time_budget: float | None = None, max_batches: int | None = None
+) -> dict[str, Any]:
+    """Drain the Redis buffer into bulk requests; safe to run on many workers at once.
+
+    Returns ``{"sent", "retry_scheduled", "dead_lettered", "remaining", "seconds"}``.
+    """
+    from . import defaults
+
+    report = get_flusher(self.app).run(
+        time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,
+        max_batches=max_batches,
+    )
+    return report.as_result()
+
+
+def beat_entry(app: Any) -> dict[str, Any] | None:
+    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0."""
+    interval = get_settings(app).flush_interval
+    if interval <= 0:
+        return None
+    # Expiring after one interval keeps a backlog of runs from piling up behind a
+    # slow worker: the next run will drain what the skipped one would have.
+    return {"task": FLUSH_TASK, "schedule": interval, "options": {"expires": interval}}
+
+
+def register_beat_entry(app: Any) -> None:
+    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one."""
+    try:
+        entry = beat_entry(app)
+    except ConfigurationError as exc:
+        logger.error("flush_buffer not scheduled: %s", exc)
+        return
+    if entry is None:
+        return
+    schedule = app.conf.beat_schedule
+    if schedule is None:
+        app.conf.beat_schedule = schedule = {}
+    if not any(e.get("task") == FLUSH_TASK for e in schedule.values()):
+        schedule[BEAT_ENTRY] = entry
+
+
+@beat_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    register_beat_entry(sender.app)
+
+
+@beat_embedded_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
+    register_beat_entry(sender.app)

@@ -1,0 +1,132 @@
+"""Shared fixtures: a private Redis, the sandbox, and a Celery app wired to both.
+
+Redis: ``SUPRSEND_TEST_REDIS_URL`` when set, else a ``redis-server`` (or the embedded
+Valkey) started on a free port for the session and flushed before each test. Tests
+that kill or restart Redis start their own ``RedisServer``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from suprsend_celery.config import reset_settings
+from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.sandbox import Sandbox
+
+WORKSPACE_KEY = "WSKEY_test_0123456789abcdef"
+WORKSPACE_SECRET = "WSSECRET_test_0123456789"
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, message: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_session_url() -> Iterator[str]:
+    url = os.environ.get("SUPRSEND_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer(appendonly=False) as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_session_url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_session_url)
+    client.flushdb()
+    client.close()
+    yield redis_session_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_session() -> Iterator[Sandbox]:
+    with Sandbox(workspace_key=WORKSPACE_KEY, workspace_secret=WORKSPACE_SECRET) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sandbox(sandbox_session: Sandbox) -> Sandbox:
+    sandbox_session.reset()
+    return sandbox_session
+
+
+def make_app(redis_url: str, sandbox_url: str, **conf: Any) -> Celery:
+    """A Celery app on the test Redis (broker and results) sending to the sandbox."""
+    app = Celery("suprsend_celery_tests", set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="suprsend-tests",
+        worker_hijack_root_logger=False,
+        suprsend_workspace_key=WORKSPACE_KEY,
+        suprsend_workspace_secret=WORKSPACE_SECRET,
+        suprsend_base_url=sandbox_url,
+        suprsend_redis_url=redis_url,
+        suprsend_request_timeout=5,
+        suprsend_flush_interval=0,
+    )
+    app.conf.update(conf)
+    return app
+
+
+@pytest.fixture
+def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Celery]]:
+    apps: list[Celery] = []
+
+    def factory(**conf: Any) -> Celery:
+        app = make_app(redis_url, sandbox.url, **conf)
+        app.set_current()
+        app.set_default()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        reset_settings(app)
+        app.close()
+
+
+@pytest.fixture
+def celery_app(app_factory: Callable[..., Celery]) -> Celery:
+    return app_factory()
+
+
+@pytest.fixture
+def worker(celery_app: Celery) -> Iterator[Any]:
+    """An in-process worker (threads pool) consuming the test queue."""
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=10,
+    ) as w:
+        yield w
