@@ -7,7 +7,7 @@
 Standard library only, so importing it is cheap.
 """
 
-from .auth import check_request, signature_for, string_to_sign
+from .auth import check_request, signature_for, string_to_sign, verify_signature
 from .command import main, serve
 from .faults import FaultPlan, FaultPlanError, FaultRule, RecordErrorSpec
 from .server import (
@@ -39,4 +39,5 @@ __all__ = [
     "signature_for",
     "string_to_sign",
     "validate_record",
+    "verify_signature",
 ]

@@ -428,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event_request(route)
             elif route.startswith("/_sandbox/"):
                 self._control(route, "POST")
-            else:
+            elif self._read_body() is not None:
                 self._not_found(route)
         except Exception:
             logger.exception("sandbox failed on POST %s", route)
@@ -450,7 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _other_verb(self, method: str) -> None:
         route = self._route()
         if route in EVENT_ROUTES:
-            self._discard_body()
+            if self._read_body() is None:
+                return
             self._send(
                 405,
                 json.dumps(_error_body(f"{method} not allowed", "MethodNotAllowed")).encode(),
@@ -458,12 +459,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         elif route.startswith("/_sandbox/"):
             self._control(route, method)
-        else:
-            self._discard_body()
+        elif self._read_body() is not None:
             self._not_found(route)
-
-    def _discard_body(self) -> None:
-        self._read_body()
 
     def _not_found(self, route: str) -> None:
         self._send_error_json(404, f"no route {route!r}", "NotFound")
@@ -557,8 +554,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if problem is not None:
             logger.info("sandbox refused %s: %s", route, problem)
-            self._send_error_json(401, problem, "AuthenticationError")
             log(401, problem, auth_failures=1)
+            self._send_error_json(401, problem, "AuthenticationError")
             return
 
         incoming.parse()
@@ -577,20 +574,21 @@ class _Handler(BaseHTTPRequestHandler):
             if rule.process:
                 self._answer(incoming, None, 0)
             if rule.drop_connection:
+                log(None, events_received=received)
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                log(None, events_received=received)
             else:
                 assert rule.status is not None
-                self._send_fault(rule, rule.status)
                 log(rule.status, events_received=received)
+                self._send_fault(rule, rule.status)
             return
 
         status, payload, error = self._answer(incoming, rule, decision.rule_index or 0)
-        self._send_json(status, payload)
         rejected = max(received, 1) if error is not None else 0
+        # Count before answering, so a client that got its response sees it in stats().
         log(status, error, events_received=received, rejected=rejected)
+        self._send_json(status, payload)
 
     def _answer(
         self, incoming: _Incoming, rule: FaultRule | None, rule_index: int
