@@ -269,7 +269,7 @@ class TestValidation:
             ({"$insert_id": None}, "$insert_id"),
             ({"$insert_id": "too-short"}, "$insert_id"),
             ({"$time": 1640995199999}, "$time"),
-            ({"$time": 1.7e12}, "$time"),
+            ({"$time": 1.7e12 + 0.5}, "$time"),
             ({"$time": "1700000000000"}, "$time"),
             ({"$time": True}, "$time"),
             ({"event": "x"}, "event"),

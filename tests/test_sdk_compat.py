@@ -6,15 +6,23 @@ does for the SDK, so it is a fair referee for our own client.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
+import suprsend
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from suprsend import Event, Suprsend
 
 from suprsend_celery.sandbox import (
     Sandbox,
     signature_for,
     string_to_sign,
+    validate_record,
     verify_signature,
 )
 
@@ -29,6 +37,67 @@ VECTOR_PATH = "/v2/event/"
 VECTOR_MD5 = "97c5d4dbf680d5ae18b5ab1a64c8b7ef"
 VECTOR_CONTENT_TYPE = "application/json; charset=utf-8"
 VECTOR_AUTHORIZATION = "WSKEY_abcdefghij0123456789:8WNYOgeftXtIg8iGf1DDS5FP+tblpl80o389i7IOSU8="
+
+
+# The SDK's own schema for a track_event record, as shipped in its package.
+_SCHEMA = jsonschema.Draft7Validator(
+    json.loads((Path(suprsend.__file__).parent / "request_json" / "event.json").read_text())
+)
+
+
+def _text(min_size: int = 0, max_size: int = 300) -> st.SearchStrategy[str]:
+    return st.text(min_size=min_size, max_size=max_size)
+
+
+_ANY_VALUE: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text(0, 5),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(_text(1, 3), st.integers(), max_size=2),
+)
+
+
+_EDGY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "$insert_id": st.one_of(_text(34, 38), _ANY_VALUE),
+    "$time": st.one_of(
+        st.integers(1640995199990, 1640995200010),
+        st.floats(1640995199000.0, 1.9e12),
+        _ANY_VALUE,
+    ),
+    "event": st.one_of(_text(0, 3), _ANY_VALUE),
+    "env": st.one_of(st.sampled_from([KEY[:-1], KEY + "x", "x" * 19, "x" * 20]), _ANY_VALUE),
+    "distinct_id": st.one_of(_text(0, 2), _ANY_VALUE),
+    "properties": st.one_of(st.dictionaries(_text(1, 5), _ANY_VALUE, max_size=3), _ANY_VALUE),
+    "$idempotency_key": st.one_of(_text(250, 260), _ANY_VALUE),
+    "tenant_id": st.one_of(_text(60, 68), _ANY_VALUE),
+    "brand_id": st.one_of(_text(60, 68), _ANY_VALUE),
+}
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid record with up to two fields removed or replaced by edge-case values."""
+    record: dict[str, Any] = {
+        "$insert_id": draw(_text(36, 40)),
+        "$time": draw(st.integers(1640995200000, 2**53)),
+        "event": draw(_text(2, 20)),
+        "env": KEY,
+        "distinct_id": draw(_text(1, 10)),
+        "properties": draw(st.dictionaries(_text(1, 5), _ANY_VALUE, max_size=3)),
+    }
+    for name in ("$idempotency_key", "tenant_id", "brand_id"):
+        if draw(st.booleans()):
+            record[name] = draw(st.one_of(st.none(), _text(0, 64)))
+    for _ in range(draw(st.integers(0, 2))):
+        name = draw(st.sampled_from(sorted(_EDGY_FIELDS)))
+        if draw(st.integers(0, 4)) == 0:
+            record.pop(name, None)
+        else:
+            record[name] = draw(_EDGY_FIELDS[name])
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +233,14 @@ class TestOfficialSdk:
         """An SDK configured for another workspace is refused."""
         client = Suprsend("WSKEY_another_workspace_0001", SECRET, base_url=sb.url)
         assert client.track_event(Event("u", "signed_up"))["status_code"] == 401
+
+
+class TestSchemaAgreement:
+    """The sandbox's hand-written validator agrees with the SDK's own JSON schema."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(record=_records())
+    def test_validator_matches_schema(self, record: dict[str, Any]) -> None:
+        """Any record: accepted by the sandbox iff the schema accepts it and env matches."""
+        expected = _SCHEMA.is_valid(record) and record.get("env") == KEY
+        assert (validate_record(record, KEY) is None) == expected

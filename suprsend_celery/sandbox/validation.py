@@ -34,7 +34,8 @@ def validate_record(record: Any, workspace_key: str) -> str | None:
     if "$time" not in record:
         return "'$time' is a required property"
     ts = record["$time"]
-    if type(ts) is not int:
+    # JSON Schema's "integer" includes integral floats such as 1.7e12; so do we.
+    if type(ts) is not int and not (type(ts) is float and ts.is_integer()):
         return "'$time' must be an integer (epoch milliseconds)"
     if ts < MIN_EVENT_TIME_MS:
         return f"'$time' must be >= {MIN_EVENT_TIME_MS}"
