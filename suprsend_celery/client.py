@@ -11,6 +11,8 @@ Retrying is the caller's job (the tasks), so one call is always one request.
 from __future__ import annotations
 
 import base64
+import copy
+import datetime
 import email.utils
 import hashlib
 import hmac
@@ -115,6 +117,8 @@ def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CA
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, source zone unknown"
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - time.time()
     if math.isnan(seconds):
         return None
@@ -154,6 +158,8 @@ def _decode_json(content: bytes) -> object:
     """The body as JSON, or the text itself when it is not JSON (an HTML error page)."""
     try:
         return json.loads(content)
+    except RecursionError:  # absurdly nested JSON
+        return None
     except ValueError:
         text = content.decode("utf-8", "replace").strip()
         if text.startswith("<"):
@@ -458,6 +464,7 @@ class SuprsendClient:
                 key = pairs[offset + index][1]
                 error = response.request_error or errors.get(index)
                 if error is not None and error.idempotency_key is None:
+                    error = copy.copy(error)  # a whole-request error is shared by its records
                     error.idempotency_key = key
                 status = error.status_code if error is not None else 202
                 results.append(RecordResult(offset + index, key, status, error))

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from . import defaults
 from .exceptions import ConfigurationError
@@ -46,7 +47,8 @@ def _number(
             number = kind(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):
             raise ConfigurationError(f"{key} must be a number; got {value!r}") from None
-        if math.isnan(number) or number < low or (high is not None and number > high):  # type: ignore[operator, arg-type]
+        finite = not isinstance(number, float) or math.isfinite(number)
+        if not finite or number < low or (high is not None and number > high):  # type: ignore[operator]
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigurationError(f"{key} must be {bound}; got {value!r}")
         return number
@@ -56,7 +58,11 @@ def _number(
 
 def _url(key: str, value: object) -> str:
     text = _text(key, value)
-    if not text.startswith(("http://", "https://")):
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        host = None
+    if not text.startswith(("http://", "https://")) or not host:
         raise ConfigurationError(f"{key} must be an http(s) URL; got {value!r}")
     return text if text.endswith("/") else text + "/"
 

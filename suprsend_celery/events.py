@@ -42,7 +42,10 @@ _REPR_LIMIT = 80
 
 def _show(value: object) -> str:
     """A short repr for error messages, so a huge value cannot flood a log line."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int too long to print (sys.get_int_max_str_digits)
+        text = f"<{type(value).__name__}>"
     if len(text) > _REPR_LIMIT:
         text = text[: _REPR_LIMIT - 3] + "..."
     return text
@@ -50,6 +53,14 @@ def _show(value: object) -> str:
 
 def _is_reserved(name: str) -> bool:
     return name[:1] == "$" or name[:3].lower() == "ss_"
+
+
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_default(value: object) -> object:
@@ -76,7 +87,12 @@ def _check_distinct_id(value: object) -> str:
         raise InvalidEventError(
             f"distinct_id must be a str, int or UUID; got {_show(value)}", field="distinct_id"
         )
-    text = str(value).strip()
+    try:
+        text = str(value).strip()
+    except ValueError:  # an int too long to convert to text
+        raise InvalidEventError(
+            f"distinct_id is too long; got {_show(value)}", field="distinct_id"
+        ) from None
     if not text:
         raise InvalidEventError(
             f"distinct_id must not be empty; got {_show(value)}", field="distinct_id"
@@ -193,14 +209,17 @@ def _check_attachment_url(url: object) -> str:
     if not isinstance(url, str):
         raise InvalidEventError(f"attachment url must be a str; got {_show(url)}", field="url")
     text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(text)
+        host = (parts.hostname or "").rstrip(".")
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        host = ""
+    if not host or parts.scheme not in ("http", "https"):
         raise InvalidEventError(
             "attachment must be a public http:// or https:// URL (files are never inlined: "
             f"the event API is limited to 100 KB); got {_show(url)}",
             field="url",
         )
-    host = parts.hostname
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -351,7 +370,23 @@ def accept(
             f"properties are not JSON-serialisable ({type(exc).__name__})"
         )
         raise InvalidEventError(reason, field="properties") from None
-    payload = text.encode("utf-8")
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from os.fsdecode
+        identifiers = {
+            "distinct_id": event.distinct_id,
+            "event_name": event.event_name,
+            "idempotency_key": key,
+            "tenant_id": event.tenant_id,
+            "brand_id": event.brand_id,
+        }
+        field = next(
+            (f for f, v in identifiers.items() if v and not _is_utf8_encodable(v)), "properties"
+        )
+        raise InvalidEventError(
+            f"{field} contains a lone surrogate character, which is not valid UTF-8",
+            field=field,
+        ) from None
     if len(payload) > max_event_bytes:
         raise InvalidEventError(
             f"event is {len(payload)} bytes serialised; the limit is {max_event_bytes} "

@@ -1,0 +1,356 @@
+"""Settings: app.conf → environment → default, validated, with errors naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from suprsend_celery import ConfigurationError
+from suprsend_celery.config import Settings, get_settings, load_settings, reset_settings
+
+KEY = "WSKEY_config_0123456789"
+SECRET = "WSSECRET_config_do_not_print"
+
+#: name → (app.conf value, its parsed form, env value, its parsed form, default)
+KEYS: dict[str, tuple[Any, Any, str, Any, Any]] = {
+    "base_url": (
+        "http://conf.example.com/",
+        "http://conf.example.com/",
+        "http://env.example.com/api",
+        "http://env.example.com/api/",
+        "https://hub.suprsend.com/",
+    ),
+    "redis_url": (
+        "redis://conf:6379/1",
+        "redis://conf:6379/1",
+        "rediss://env:6380/2",
+        "rediss://env:6380/2",
+        None,
+    ),
+    "key_prefix": ("conf_prefix", "conf_prefix", " env_prefix ", "env_prefix", "suprsend_celery"),
+    "buffer_max_length": (10, 10, "20", 20, 1_000_000),
+    "flush_interval": (0, 0.0, "2.5", 2.5, 5.0),
+    "flush_batch_size": (1, 1, "50", 50, 100),
+    "max_retries": (0, 0, "3", 3, 10),
+    "retry_backoff_max": (30, 30.0, "60", 60.0, 600.0),
+    "request_timeout": (1.5, 1.5, "2", 2.0, 10.0),
+    "max_event_bytes": (1024, 1024, "2048", 2048, 102_400),
+}
+ALL_NAMES = ["workspace_key", "workspace_secret", *KEYS]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SUPRSEND_* variable from the outer environment leaks into these tests."""
+    for name in ALL_NAMES:
+        monkeypatch.delenv(f"SUPRSEND_{name.upper()}", raising=False)
+
+
+@pytest.fixture
+def make_app() -> Iterator[Any]:
+    apps: list[Celery] = []
+
+    def factory(credentials: bool = True, **conf: Any) -> Celery:
+        app = Celery("suprsend_celery_config_tests", set_as_current=False)
+        if credentials:
+            conf.setdefault("suprsend_workspace_key", KEY)
+            conf.setdefault("suprsend_workspace_secret", SECRET)
+        app.conf.update(conf)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.close()
+
+
+def config_error(call: Any) -> ConfigurationError:
+    with pytest.raises(ConfigurationError) as info:
+        call()
+    assert SECRET not in str(info.value)
+    return info.value
+
+
+class TestResolution:
+    """Each key comes from app.conf, else the upper-case env var, else its default."""
+
+    @pytest.mark.parametrize("name", list(KEYS))
+    def test_conf_wins_over_env(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """An app.conf value beats the environment variable."""
+        conf_value, conf_parsed, env_value, _, _ = KEYS[name]
+        monkeypatch.setenv(f"SUPRSEND_{name.upper()}", env_value)
+        app = make_app(**{f"suprsend_{name}": conf_value})
+        assert getattr(load_settings(app.conf), name) == conf_parsed
+
+    @pytest.mark.parametrize("name", list(KEYS))
+    def test_env_wins_over_default(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """Without an app.conf value, the environment variable is used, parsed."""
+        _, _, env_value, env_parsed, _ = KEYS[name]
+        monkeypatch.setenv(f"SUPRSEND_{name.upper()}", env_value)
+        assert getattr(load_settings(make_app().conf), name) == env_parsed
+
+    @pytest.mark.parametrize("name", list(KEYS))
+    def test_default(self, make_app: Any, name: str) -> None:
+        """With neither, the SPEC's default applies."""
+        assert getattr(load_settings(make_app().conf), name) == KEYS[name][4]
+
+    @pytest.mark.parametrize("name", list(KEYS))
+    def test_empty_env_is_unset(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        """An empty environment variable counts as unset."""
+        monkeypatch.setenv(f"SUPRSEND_{name.upper()}", "")
+        assert getattr(load_settings(make_app().conf), name) == KEYS[name][4]
+
+    def test_conf_none_falls_back_to_env(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``app.conf.suprsend_x = None`` means "not set here"."""
+        monkeypatch.setenv("SUPRSEND_MAX_RETRIES", "4")
+        assert load_settings(make_app(suprsend_max_retries=None).conf).max_retries == 4
+
+    def test_credentials_from_env_only(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With no Celery config at all, everything comes from the environment."""
+        monkeypatch.setenv("SUPRSEND_WORKSPACE_KEY", f"  {KEY} ")
+        monkeypatch.setenv("SUPRSEND_WORKSPACE_SECRET", SECRET)
+        loaded = load_settings(None)
+        assert (loaded.workspace_key, loaded.workspace_secret) == (KEY, SECRET)
+        assert loaded.redis_url is None
+        assert loaded.visibility_timeout == 3600.0
+
+    def test_credentials_conf_beats_env(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The credentials follow the same order."""
+        monkeypatch.setenv("SUPRSEND_WORKSPACE_KEY", "WSKEY_from_env_000000")
+        assert load_settings(make_app().conf).workspace_key == KEY
+
+    def test_django_namespace(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``config_from_object(settings, namespace="CELERY")`` reads CELERY_SUPRSEND_*."""
+
+        class DjangoSettings:
+            CELERY_BROKER_URL = "redis://broker:6379/0"
+            CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 900}
+            CELERY_SUPRSEND_WORKSPACE_KEY = KEY
+            CELERY_SUPRSEND_WORKSPACE_SECRET = SECRET
+            CELERY_SUPRSEND_BASE_URL = "http://sandbox.local:8787"
+            CELERY_SUPRSEND_FLUSH_BATCH_SIZE = 25
+            CELERY_SUPRSEND_MAX_RETRIES = "7"
+            SUPRSEND_KEY_PREFIX = "not-namespaced-so-ignored"
+
+        monkeypatch.setenv("SUPRSEND_MAX_RETRIES", "1")
+        monkeypatch.setenv("SUPRSEND_REQUEST_TIMEOUT", "3")
+        app = Celery("django_style", set_as_current=False)
+        try:
+            app.config_from_object(DjangoSettings, namespace="CELERY")
+            loaded = load_settings(app.conf)
+        finally:
+            app.close()
+        assert (loaded.workspace_key, loaded.workspace_secret) == (KEY, SECRET)
+        assert loaded.base_url == "http://sandbox.local:8787/"
+        assert (loaded.flush_batch_size, loaded.max_retries) == (25, 7)
+        assert loaded.request_timeout == 3.0
+        assert loaded.key_prefix == "suprsend_celery"
+        assert loaded.redis_url == "redis://broker:6379/0"
+        assert loaded.visibility_timeout == 900.0
+
+
+class TestValidation:
+    """A missing or invalid value raises ConfigurationError naming the key."""
+
+    @pytest.mark.parametrize("name", ["workspace_key", "workspace_secret"])
+    def test_required(self, make_app: Any, name: str) -> None:
+        """Missing credentials name the Celery key, the Django setting and the env var."""
+        other = "workspace_secret" if name == "workspace_key" else "workspace_key"
+        app = make_app(credentials=False, **{f"suprsend_{other}": "x"})
+        message = str(config_error(lambda: load_settings(app.conf)))
+        assert f"suprsend_{name}" in message
+        assert f"SUPRSEND_{name.upper()}" in message
+        assert f"CELERY_SUPRSEND_{name.upper()}" in message
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("workspace_key", ""),
+            ("workspace_key", "   "),
+            ("workspace_key", 5),
+            ("workspace_secret", ""),
+            ("base_url", "hub.suprsend.com"),
+            ("base_url", "ftp://hub.suprsend.com/"),
+            ("base_url", "http://"),
+            ("base_url", "http://[::1"),
+            ("base_url", 5),
+            ("redis_url", "localhost:6379"),
+            ("redis_url", "http://redis:6379/0"),
+            ("redis_url", ""),
+            ("key_prefix", ""),
+            ("key_prefix", 5),
+            ("buffer_max_length", "lots"),
+            ("buffer_max_length", 0),
+            ("buffer_max_length", True),
+            ("flush_interval", "soon"),
+            ("flush_interval", -1),
+            ("flush_interval", "nan"),
+            ("flush_interval", float("inf")),
+            ("flush_batch_size", 0),
+            ("flush_batch_size", 101),
+            ("flush_batch_size", "ten"),
+            ("flush_batch_size", [50]),
+            ("max_retries", -1),
+            ("max_retries", "many"),
+            ("retry_backoff_max", 0),
+            ("retry_backoff_max", "long"),
+            ("request_timeout", 0),
+            ("request_timeout", "-5"),
+            ("request_timeout", "inf"),
+            ("request_timeout", [10]),
+            ("max_event_bytes", 0),
+            ("max_event_bytes", 102_401),
+            ("max_event_bytes", "big"),
+        ],
+    )
+    def test_invalid_conf_value(self, make_app: Any, name: str, value: Any) -> None:
+        """Each bad app.conf value is refused with the key in the message."""
+        app = make_app(**{f"suprsend_{name}": value})
+        assert f"suprsend_{name}" in str(config_error(lambda: load_settings(app.conf)))
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("flush_batch_size", "0"),
+            ("flush_batch_size", "101"),
+            ("request_timeout", "ten"),
+            ("max_retries", "1.5"),
+            ("base_url", "not a url"),
+            ("redis_url", "amqp://guest@rabbit//"),
+        ],
+    )
+    def test_invalid_env_value(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+    ) -> None:
+        """A bad environment variable is refused the same way."""
+        monkeypatch.setenv(f"SUPRSEND_{name.upper()}", value)
+        app = make_app()
+        assert f"suprsend_{name}" in str(config_error(lambda: load_settings(app.conf)))
+
+    @pytest.mark.parametrize("size", [1, 100])
+    def test_batch_size_bounds(self, make_app: Any, size: int) -> None:
+        """Batch sizes 1 and 100 are the valid extremes."""
+        assert load_settings(make_app(suprsend_flush_batch_size=size).conf).flush_batch_size == size
+
+    def test_secret_never_shown(self, make_app: Any) -> None:
+        """A bad secret is refused without echoing it; repr(Settings) hides it."""
+        app = make_app(suprsend_workspace_secret=[SECRET])
+        assert "<hidden>" in str(config_error(lambda: load_settings(app.conf)))
+        loaded = load_settings(make_app().conf)
+        assert loaded.workspace_secret == SECRET
+        assert SECRET not in repr(loaded)
+        assert SECRET not in str(loaded)
+        assert "workspace_secret='<hidden>'" in repr(loaded)
+
+
+class TestRedisUrl:
+    """``suprsend_redis_url`` falls back to a Redis broker URL."""
+
+    @pytest.mark.parametrize(
+        ("broker", "expected"),
+        [
+            ("redis://broker:6379/0", "redis://broker:6379/0"),
+            ("rediss://:pw@broker:6380/1", "rediss://:pw@broker:6380/1"),
+            ("redis://a:6379/0;redis://b:6379/0", "redis://a:6379/0"),
+            (["redis://a:6379/0", "redis://b:6379/0"], "redis://a:6379/0"),
+            ("amqp://guest:guest@rabbit:5672//", None),
+            ("sqs://", None),
+            ("memory://", None),
+        ],
+    )
+    def test_broker_fallback(self, make_app: Any, broker: Any, expected: str | None) -> None:
+        """A Redis broker doubles as the buffer; any other broker leaves it unset."""
+        assert load_settings(make_app(broker_url=broker).conf).redis_url == expected
+
+    def test_explicit_wins(self, make_app: Any) -> None:
+        """An explicit suprsend_redis_url beats the broker."""
+        app = make_app(broker_url="redis://broker/0", suprsend_redis_url="redis://buffer/5")
+        assert load_settings(app.conf).redis_url == "redis://buffer/5"
+
+    def test_required_for_buffering(self, make_app: Any) -> None:
+        """Without any Redis, buffering asks for suprsend_redis_url."""
+        loaded = load_settings(make_app(broker_url="amqp://rabbit//").conf)
+        assert "suprsend_redis_url" in str(config_error(loaded.require_redis_url))
+        with_redis = load_settings(make_app(broker_url="redis://r/0").conf)
+        assert with_redis.require_redis_url() == "redis://r/0"
+
+
+class TestVisibilityTimeout:
+    """Retry countdowns stay below the broker's visibility timeout (celery#5935)."""
+
+    def test_default(self, make_app: Any) -> None:
+        """Kombu's default of one hour applies when the broker sets none."""
+        loaded = load_settings(make_app().conf)
+        assert loaded.visibility_timeout == 3600.0
+        assert loaded.max_countdown == 600.0
+
+    def test_from_transport_options(self, make_app: Any) -> None:
+        """The broker's visibility timeout is read and caps the countdown."""
+        app = make_app(
+            broker_transport_options={"visibility_timeout": 300}, suprsend_retry_backoff_max=900
+        )
+        loaded = load_settings(app.conf)
+        assert loaded.visibility_timeout == 300.0
+        assert loaded.max_countdown < 300
+
+    def test_invalid(self, make_app: Any) -> None:
+        """A non-numeric visibility timeout names the option."""
+        app = make_app(broker_transport_options={"visibility_timeout": "long"})
+        assert "visibility_timeout" in str(config_error(lambda: load_settings(app.conf)))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        visibility=st.floats(2, 10**7, allow_nan=False),
+        backoff=st.floats(1, 10**7, allow_nan=False),
+    )
+    def test_countdown_below_visibility(self, visibility: float, backoff: float) -> None:
+        """The countdown cap is positive, within the backoff cap and below the visibility."""
+        loaded = Settings(
+            workspace_key=KEY,
+            workspace_secret=SECRET,
+            retry_backoff_max=backoff,
+            visibility_timeout=visibility,
+        )
+        assert 1.0 <= loaded.max_countdown < visibility
+        assert loaded.max_countdown <= backoff
+
+
+class TestCache:
+    """Settings are read once per app and forgotten on request."""
+
+    def test_cached_until_reset(self, make_app: Any) -> None:
+        """``get_settings`` caches on the app; ``reset_settings`` re-reads app.conf."""
+        app = make_app(suprsend_max_retries=2)
+        first = get_settings(app)
+        assert get_settings(app) is first
+        app.conf.suprsend_max_retries = 5
+        assert get_settings(app).max_retries == 2
+        reset_settings(app)
+        assert get_settings(app).max_retries == 5
+
+    def test_apps_are_independent(self, make_app: Any) -> None:
+        """Two apps keep their own settings."""
+        one, two = make_app(suprsend_key_prefix="one"), make_app(suprsend_key_prefix="two")
+        assert (get_settings(one).key_prefix, get_settings(two).key_prefix) == ("one", "two")
+
+    def test_errors_are_not_cached(self, make_app: Any) -> None:
+        """A failed load raises again until the config is fixed."""
+        app = make_app(suprsend_flush_batch_size=0)
+        config_error(lambda: get_settings(app))
+        app.conf.suprsend_flush_batch_size = 10
+        assert get_settings(app).flush_batch_size == 10

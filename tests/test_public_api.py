@@ -1,0 +1,184 @@
+"""The public surface of ``import suprsend_celery`` matches the SPEC, name for name."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import inspect
+import pickle
+
+import pytest
+
+import suprsend_celery
+from suprsend_celery import (
+    BufferFullError,
+    ConfigurationError,
+    DeliveryError,
+    InvalidEventError,
+    PermanentDeliveryError,
+    SuprsendCeleryError,
+    TransientDeliveryError,
+)
+
+#: The SPEC's "Public Python API", plus the version and BulkResult's item type.
+EXPECTED_ALL = {
+    "Event",
+    "track_event",
+    "buffer_event",
+    "buffer_events",
+    "flush_buffer",
+    "buffer_stats",
+    "SuprsendClient",
+    "BulkResult",
+    "RecordResult",
+    "SuprsendCeleryError",
+    "ConfigurationError",
+    "InvalidEventError",
+    "BufferFullError",
+    "DeliveryError",
+    "TransientDeliveryError",
+    "PermanentDeliveryError",
+    "__version__",
+}
+
+
+class TestAll:
+    """``__all__`` is complete, exact and importable."""
+
+    def test_exact(self) -> None:
+        """``__all__`` lists exactly the SPEC's names, once each."""
+        assert set(suprsend_celery.__all__) == EXPECTED_ALL
+        assert len(suprsend_celery.__all__) == len(EXPECTED_ALL)
+
+    @pytest.mark.parametrize("name", sorted(EXPECTED_ALL))
+    def test_importable(self, name: str) -> None:
+        """Every name resolves, also through ``from suprsend_celery import name``."""
+        assert getattr(suprsend_celery, name) is not None
+        namespace: dict[str, object] = {}
+        exec(f"from suprsend_celery import {name}", namespace)
+        assert namespace[name] is getattr(suprsend_celery, name)
+
+    def test_no_public_strays(self) -> None:
+        """Public classes and callables defined by the package are all in ``__all__``."""
+        public = {
+            name
+            for name, value in vars(suprsend_celery).items()
+            if not name.startswith("_")
+            and not inspect.ismodule(value)
+            and getattr(value, "__module__", "").startswith("suprsend_celery")
+        }
+        assert public <= EXPECTED_ALL
+
+    def test_version(self) -> None:
+        """``__version__`` is a non-empty version string."""
+        assert isinstance(suprsend_celery.__version__, str)
+        assert suprsend_celery.__version__[:1].isdigit()
+
+    def test_py_typed_shipped(self) -> None:
+        """The package carries a ``py.typed`` marker for type checkers."""
+        assert importlib.resources.files("suprsend_celery").joinpath("py.typed").is_file()
+
+
+class TestErrorTree:
+    """One exception tree, as drawn in the SPEC."""
+
+    @pytest.mark.parametrize(
+        ("cls", "parent"),
+        [
+            (ConfigurationError, SuprsendCeleryError),
+            (InvalidEventError, SuprsendCeleryError),
+            (InvalidEventError, ValueError),
+            (BufferFullError, SuprsendCeleryError),
+            (DeliveryError, SuprsendCeleryError),
+            (TransientDeliveryError, DeliveryError),
+            (PermanentDeliveryError, DeliveryError),
+            (SuprsendCeleryError, Exception),
+        ],
+    )
+    def test_subclass(self, cls: type, parent: type) -> None:
+        """Each error sits where the SPEC puts it."""
+        assert issubclass(cls, parent)
+
+    def test_siblings_are_distinct(self) -> None:
+        """Transient and permanent delivery errors never overlap."""
+        assert not issubclass(TransientDeliveryError, PermanentDeliveryError)
+        assert not issubclass(PermanentDeliveryError, TransientDeliveryError)
+        assert not issubclass(ConfigurationError, ValueError)
+
+    @pytest.mark.parametrize("cls", [DeliveryError, TransientDeliveryError, PermanentDeliveryError])
+    def test_delivery_error_attributes(self, cls: type[DeliveryError]) -> None:
+        """``status_code``, ``idempotency_key`` and ``retry_after`` default to None and pickle."""
+        bare = cls("boom")
+        assert (bare.status_code, bare.idempotency_key, bare.retry_after) == (None, None, None)
+        full = cls("boom", status_code=503, idempotency_key="k", retry_after=1.5)
+        copy = pickle.loads(pickle.dumps(full))
+        assert type(copy) is cls
+        assert (copy.status_code, copy.idempotency_key, copy.retry_after) == (503, "k", 1.5)
+        assert str(copy) == "boom"
+
+    def test_retryable_flag(self) -> None:
+        """Only transient errors say they are worth retrying."""
+        assert TransientDeliveryError("x").retryable
+        assert not PermanentDeliveryError("x").retryable
+
+    def test_invalid_event_error_field(self) -> None:
+        """InvalidEventError names the offending field."""
+        error = InvalidEventError("bad", field="distinct_id")
+        assert error.field == "distinct_id"
+        assert isinstance(error, ValueError)
+
+
+class TestTasks:
+    """The two Celery tasks keep their SPEC names."""
+
+    def test_names(self) -> None:
+        """``track_event`` and ``flush_buffer`` are registered under fixed names."""
+        assert suprsend_celery.track_event.name == "suprsend_celery.track_event"
+        assert suprsend_celery.flush_buffer.name == "suprsend_celery.flush_buffer"
+
+    def test_task_api(self) -> None:
+        """Both are Celery tasks with ``delay`` and ``apply_async``."""
+        for task in (suprsend_celery.track_event, suprsend_celery.flush_buffer):
+            assert callable(task.delay)
+            assert callable(task.apply_async)
+
+
+class TestSignatures:
+    """Constructors and helpers take the SPEC's parameters."""
+
+    def test_event(self) -> None:
+        """``Event(distinct_id, event_name, properties=None, idempotency_key=None, ...)``."""
+        params = inspect.signature(suprsend_celery.Event).parameters
+        assert list(params) == [
+            "distinct_id",
+            "event_name",
+            "properties",
+            "idempotency_key",
+            "tenant_id",
+            "brand_id",
+        ]
+        assert all(params[n].default is None for n in list(params)[2:])
+
+    def test_add_attachment(self) -> None:
+        """``Event.add_attachment(url, filename=None, ignore_if_error=False)``."""
+        params = inspect.signature(suprsend_celery.Event.add_attachment).parameters
+        assert list(params) == ["self", "url", "filename", "ignore_if_error"]
+        assert params["filename"].default is None
+        assert params["ignore_if_error"].default is False
+
+    def test_client(self) -> None:
+        """``SuprsendClient(workspace_key, workspace_secret, base_url=..., timeout=...)``."""
+        params = list(inspect.signature(suprsend_celery.SuprsendClient).parameters)
+        assert params[:4] == ["workspace_key", "workspace_secret", "base_url", "timeout"]
+        for method in ("send_event", "send_bulk"):
+            assert callable(getattr(suprsend_celery.SuprsendClient, method))
+
+    def test_buffer_functions(self) -> None:
+        """The buffer helpers are plain functions."""
+        for name in ("buffer_event", "buffer_events", "buffer_stats"):
+            assert inspect.isfunction(getattr(suprsend_celery, name))
+
+    def test_reimport_is_stable(self) -> None:
+        """Re-importing the package hands back the same objects."""
+        again = importlib.import_module("suprsend_celery")
+        assert again.Event is suprsend_celery.Event
