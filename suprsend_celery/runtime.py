@@ -18,7 +18,7 @@ from .flusher import Flusher
 
 __all__ = ["get_buffer", "get_client", "get_flusher", "resolve_app"]
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # builders nest: the flusher builds the buffer and client
 
 
 def resolve_app(app: Any = None) -> Any:
