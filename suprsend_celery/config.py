@@ -34,7 +34,19 @@ def _text(key: str, value: object) -> str:
 
 
 def _redact(key: str, value: object) -> str:
-    return "<hidden>" if "secret" in key and value else repr(value)
+    if "secret" in key and value:
+        return repr("<hidden>")
+    return repr(mask_url(value) if isinstance(value, str) else value)
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password replaced, fit for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    auth, _, host = rest.partition("@")
+    user = auth.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in auth else f"{scheme}://***@{host}"
 
 
 def _number(
@@ -71,7 +83,7 @@ def _redis_url(key: str, value: object) -> str:
     text = _text(key, value)
     if not text.startswith(_REDIS_SCHEMES):
         raise ConfigurationError(
-            f"{key} must be a redis:// , rediss:// or unix:// URL; got {value!r}"
+            f"{key} must be a redis:// , rediss:// or unix:// URL; got {_redact(key, value)}"
         )
     return text
 
@@ -97,8 +109,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={'<hidden>' if f.name == 'workspace_secret' else getattr(self, f.name)!r}"
-            for f in fields(self)
+            f"{f.name}={_redact(f.name, getattr(self, f.name))}" for f in fields(self)
         )
         return f"Settings({shown})"
 
