@@ -354,3 +354,39 @@ class TestCache:
         config_error(lambda: get_settings(app))
         app.conf.suprsend_flush_batch_size = 10
         assert get_settings(app).flush_batch_size == 10
+
+
+class TestRedisUrlMasking:
+    """A Redis password never reaches a repr or an error message."""
+
+    def test_repr_masks_the_password(self) -> None:
+        """``repr(Settings)`` shows the Redis host but not its password."""
+        from suprsend_celery.config import load_settings
+
+        settings = load_settings(
+            {
+                "suprsend_workspace_key": "WSKEY_config_0123456789",
+                "suprsend_workspace_secret": "s3cr3t",
+                "suprsend_redis_url": "redis://user:hunter2pw@cache:6379/0",
+            }
+        )
+        assert "hunter2pw" not in repr(settings)
+        assert "redis://user:***@cache:6379/0" in repr(settings)
+
+    def test_invalid_url_message_masks_the_password(self) -> None:
+        """A refused URL is named without its password."""
+        import pytest
+
+        from suprsend_celery.config import load_settings
+        from suprsend_celery.exceptions import ConfigurationError
+
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings(
+                {
+                    "suprsend_workspace_key": "WSKEY_config_0123456789",
+                    "suprsend_workspace_secret": "s3cr3t",
+                    "suprsend_redis_url": "http://:hunter2pw@cache:6379/0",
+                }
+            )
+        assert "hunter2pw" not in str(caught.value)
+        assert "suprsend_redis_url" in str(caught.value)
