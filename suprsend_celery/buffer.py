@@ -6,7 +6,8 @@ thanks to the ``{prefix}`` hash tag::
 
     {p}:pending      LIST   records waiting to be sent (FIFO: RPUSH, LPOP)
     {p}:claims       ZSET   claim id -> lease deadline (Redis TIME, seconds)
-    {p}:claim:<id>   LIST   the records one flusher is sending right now
+    {p}:claim:<id>   LIST   the records one flusher is sending right now (once settled,
+                            a STRING tombstone for a minute, see SETTLE_LUA)
     {p}:inflight     STRING how many records sit in claims (for stats and the bound)
     {p}:retry        ZSET   record -> when it is due again
     {p}:dead         LIST   dead letters, newest first, trimmed to DEAD_LETTER_MAX
@@ -63,9 +64,17 @@ return len
 # First returns expired claims and due retries to pending, then consults the breaker,
 # then moves up to `count` records into a new claim.
 # Returns {mode, wait, record...}: mode 'ok' | 'probe' | 'open' (wait = seconds left).
+# Idempotent per claim id: redis-py re-sends a command after a connection error or a
+# timeout, and a second run must hand back the same records rather than take more
+# (which the flusher would never see, yet settle would delete).
 CLAIM_LUA = (
     _NOW
     + """
+if redis.call('TYPE', KEYS[3]).ok == 'list' then
+    local out = {'ok', '0'}
+    for _, item in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = item end
+    return out
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 50)
 for _, id in ipairs(expired) do
     local key = ARGV[4] .. id
@@ -110,8 +119,12 @@ return out
 # ARGV: claim id, dead max, n_retry, n_dead, n_back, breaker verdict, breaker threshold,
 #       cooldown, cooldown max, open-for floor, reason,
 #       then n_retry pairs (delay, item), n_dead entries, n_back items.
-# breaker verdict: 'ok' (success), 'fail' (a whole-request failure), 'auth', or '' (none).
+# breaker verdict: 'ok' (SuprSend answered), 'fail' (a whole-request failure), 'auth',
+# or '' (no evidence either way).
 # Returns -1 if the lease was lost (the records are already back in pending), else 1.
+# A settled claim leaves a short-lived tombstone, so a re-sent SETTLE (redis-py retries
+# after a connection error) answers 1 again instead of "lease lost" and does not feed
+# the breaker twice.
 SETTLE_LUA = (
     _NOW
     + """
@@ -129,29 +142,42 @@ local function breaker(verdict)
     local fails = redis.call('HINCRBY', b, 'failures', 1)
     local state = redis.call('HGET', b, 'state') or 'closed'
     local cooldown = tonumber(redis.call('HGET', b, 'cooldown') or ARGV[8])
-    if state == 'half_open' then
-        cooldown = math.min(cooldown * 2, tonumber(ARGV[9]))
-    elseif state == 'closed' and (fails >= tonumber(ARGV[7]) or verdict == 'auth'
-            or tonumber(ARGV[10]) > 0) then
-        cooldown = tonumber(ARGV[8])
-    else
-        return
-    end
+    local threshold = tonumber(ARGV[7])
     local floor = tonumber(ARGV[10])
-    local open_for = math.max(cooldown, floor)
-    if state == 'closed' and floor > 0 and fails < tonumber(ARGV[7]) and verdict ~= 'auth' then
-        open_for = floor  -- a Retry-After alone pauses exactly as long as the server asked
+    local open_for
+    if state == 'half_open' then
+        -- the probe (or a straggler) failed: open again, for longer
+        cooldown = math.min(cooldown * 2, tonumber(ARGV[9]))
+        open_for = math.max(cooldown, floor)
+    elseif state == 'closed' then
+        if fails >= threshold or verdict == 'auth' then
+            cooldown = tonumber(ARGV[8])
+            open_for = math.max(cooldown, floor)
+        elseif floor > 0 then
+            -- a Retry-After alone pauses exactly as long as the server asked
+            cooldown = tonumber(ARGV[8])
+            open_for = floor
+        else
+            return
+        end
+    else
+        -- already open: a longer Retry-After pushes the next probe out, never in
+        local until_ = tonumber(redis.call('HGET', b, 'until') or '0')
+        if now + floor > until_ then redis.call('HSET', b, 'until', now + floor) end
+        if verdict == 'auth' then redis.call('HSET', b, 'reason', ARGV[11]) end
+        return
     end
     redis.call('HSET', b, 'state', 'open', 'until', now + open_for, 'cooldown', cooldown,
         'reason', ARGV[11], 'opened_at', now)
 end
 
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+    if redis.call('TYPE', KEYS[2]).ok == 'string' then return 1 end
     breaker(ARGV[6])
     return -1
 end
 redis.call('DECRBY', KEYS[3], redis.call('LLEN', KEYS[2]))
-redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[2], '1', 'EX', 60)
 local i = 12
 for _ = 1, tonumber(ARGV[3]) do
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[i]), ARGV[i + 1])
@@ -539,11 +565,17 @@ class RedisBuffer:
         pipe.llen(self.dead_key)
         pipe.lindex(self.pending_key, 0)
         pipe.zrange(self.claims_key, 0, 0)
+        pipe.zrange(self.retry_key, 0, 0)
         pipe.hgetall(self.breaker_key)
         pipe.time()
-        pending, inflight, retries, dead, head, oldest_claim, breaker, now_pair = pipe.execute()
+        (pending, inflight, retries, dead, head, oldest_claim, first_retry, breaker, now_pair) = (
+            pipe.execute()
+        )
         now = float(now_pair[0]) + float(now_pair[1]) / 1e6
+        # Approximately the oldest record: the head of pending, the first record of the
+        # claim due back first and the retry due first (records keep their $time).
         candidates = [head] if head else []
+        candidates.extend(first_retry)
         if oldest_claim:
             first = self.redis.lindex(self.claim_prefix + oldest_claim[0].decode(), 0)
             if first:

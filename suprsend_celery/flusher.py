@@ -14,6 +14,7 @@ SuprSend skips them.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,10 @@ from .exceptions import DeliveryError, TransientDeliveryError
 __all__ = ["FlushReport", "Flusher", "backoff_delay"]
 
 logger = logging.getLogger(__name__)
+
+LEASE_ENV = "SUPRSEND_CLAIM_LEASE"
+"""Overrides the claim lease (seconds) of flushers built without one: for crash tests,
+which want a killed flusher's records back quickly. Not a setting; leave it unset."""
 
 
 def backoff_delay(
@@ -77,9 +82,13 @@ class _Outcome:
 
     failures: list[tuple[int, DeliveryError]]
     requests: int = 0
-    any_ok: bool = False
+    #: SuprSend answered at least one request with a verdict (success or a permanent
+    #: refusal): the API is up, which closes the breaker.
+    answered: bool = False
     transient_request_error: DeliveryError | None = None
     auth_error: DeliveryError | None = None
+    #: Index of the first record not sent because the credentials were refused.
+    auth_offset: int = 0
 
 
 class Flusher:
@@ -103,6 +112,8 @@ class Flusher:
         self.backoff_max = backoff_max
         self.backoff_base = backoff_base
         # A lease must outlast one request's worst case by a wide margin.
+        if not lease and os.environ.get(LEASE_ENV):
+            lease = float(os.environ[LEASE_ENV])
         self.lease = lease or max(defaults.CLAIM_LEASE, 3 * sum(client.timeout))
 
     def run(
@@ -162,22 +173,23 @@ class Flusher:
         outcome = self._send(claim.id, payloads)
         report.requests += outcome.requests
 
+        back: Sequence[bytes] = ()
+        failures = outcome.failures
         if outcome.auth_error is not None:
-            error = outcome.auth_error
+            # Records from the refused request on were never judged: they go back to
+            # the head of the buffer untouched (no attempt counted, never dead-lettered).
+            back = items[outcome.auth_offset :]
+            failures = [(i, e) for i, e in failures if i < outcome.auth_offset]
             logger.error(
                 "SuprSend refused the credentials (HTTP %s); %d record(s) stay buffered and "
                 "the breaker is open until the configuration is fixed",
-                error.status_code,
-                len(items),
+                outcome.auth_error.status_code,
+                len(back),
             )
-            self.buffer.settle(claim.id, back=items, verdict="auth", reason=str(error)[:200])
-            report.returned += len(items)
-            report.breaker = "open"
-            return True
 
         retries: list[tuple[float, bytes]] = []
         dead: list[bytes] = []
-        for index, error in outcome.failures:
+        for index, error in failures:
             payload = payloads[index]
             attempt = (attempts[index] if attempts else 0) + 1
             if error.retryable and attempt <= self.max_retries:
@@ -211,14 +223,23 @@ class Flusher:
         verdict = ""
         open_for = 0.0
         reason = ""
-        if outcome.transient_request_error is not None:
+        if outcome.auth_error is not None:
+            verdict = "auth"
+            reason = str(outcome.auth_error)[:200]
+        elif outcome.transient_request_error is not None:
             verdict = "fail"
             open_for = outcome.transient_request_error.retry_after or 0.0
             reason = str(outcome.transient_request_error)[:200]
-        elif outcome.any_ok:
+        elif outcome.answered:
             verdict = "ok"
         settled = self.buffer.settle(
-            claim.id, retries=retries, dead=dead, verdict=verdict, open_for=open_for, reason=reason
+            claim.id,
+            retries=retries,
+            dead=dead,
+            back=back,
+            verdict=verdict,
+            open_for=open_for,
+            reason=reason,
         )
         if not settled:
             logger.warning(
@@ -228,10 +249,14 @@ class Flusher:
                 len(items),
             )
             report.returned += len(items)
-            return False
-        report.sent += len(items) - len(outcome.failures)
+            return outcome.auth_error is not None
+        report.sent += len(items) - len(back) - len(failures)
         report.retry_scheduled += len(retries)
         report.dead_lettered += len(dead)
+        report.returned += len(back)
+        if outcome.auth_error is not None:
+            report.breaker = "open"
+            return True
         return False
 
     def _send(self, claim_id: str, payloads: Sequence[bytes]) -> _Outcome:
@@ -254,17 +279,19 @@ class Flusher:
         outcome.requests += 1
         error = response.request_error
         if error is None:
-            outcome.any_ok = True
+            outcome.answered = True
             for index, record_error in response.failures or ():
                 outcome.failures.append((offset + index, record_error))
             return
         if error.is_auth_error:
             outcome.auth_error = error
+            outcome.auth_offset = offset
             return
         if error.retryable:
             outcome.transient_request_error = error
             outcome.failures.extend((offset + i, error) for i in range(len(chunk)))
             return
+        outcome.answered = True
         if len(chunk) > 1:
             # A whole bulk request refused for good: find the culprit by halves
             # rather than dead-letter the records that were fine.

@@ -12,11 +12,11 @@ import logging
 from typing import Any
 
 import redis
-from celery import Task, shared_task
+from celery import Task, _state, shared_task
 from celery.signals import beat_embedded_init, beat_init
 
 from .buffer import dead_letter_entry
-from .config import get_settings
+from .config import Settings, get_settings, load_settings
 from .events import AcceptedRecord
 from .exceptions import (
     ConfigurationError,
@@ -249,19 +249,30 @@ def flush_buffer(
     """Drain the Redis buffer into bulk requests; safe to run on many workers at once.
 
     Returns ``{"sent", "retry_scheduled", "dead_lettered", "remaining", "seconds"}``.
+    A Redis failure fails the run (the next one resumes): whatever this run had
+    claimed but not settled returns to the buffer when its lease runs out.
     """
     from . import defaults
 
-    report = get_flusher(self.app).run(
-        time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,
-        max_batches=max_batches,
-    )
+    try:
+        report = get_flusher(self.app).run(
+            time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,
+            max_batches=max_batches,
+        )
+    except redis.RedisError as exc:
+        logger.error(
+            "flush_buffer stopped: Redis failed (%s: %s); claimed records return to the "
+            "buffer after their lease and the next run resumes",
+            type(exc).__name__,
+            exc,
+        )
+        raise
     return report.as_result()
 
 
-def beat_entry(app: Any) -> dict[str, Any] | None:
+def beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
     """The beat schedule entry for ``flush_buffer``, or None when the interval is 0."""
-    interval = get_settings(app).flush_interval
+    interval = (settings or get_settings(app)).flush_interval
     if interval <= 0:
         return None
     # Expiring after one interval keeps a backlog of runs from piling up behind a
@@ -269,27 +280,59 @@ def beat_entry(app: Any) -> dict[str, Any] | None:
     return {"task": FLUSH_TASK, "schedule": interval, "options": {"expires": interval}}
 
 
-def register_beat_entry(app: Any) -> None:
-    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one."""
+def register_beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
+    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one.
+
+    Returns the flush entry now in the schedule (the user's own, if any), or None.
+    """
+    entry = beat_entry(app, settings)
+    if entry is None:
+        return None
+    schedule = app.conf.beat_schedule
+    if schedule is None:
+        app.conf.beat_schedule = schedule = {}
+    for existing in schedule.values():
+        if existing.get("task") == FLUSH_TASK:
+            return dict(existing)
+    schedule[BEAT_ENTRY] = entry
+    return entry
+
+
+def _on_app_finalize(app: Any) -> None:
+    """Register the schedule on every configured app as it is finalized, silently
+    skipping apps that do not use SuprSend (no credentials configured)."""
     try:
-        entry = beat_entry(app)
+        register_beat_entry(app, load_settings(app.conf))
+    except ConfigurationError as exc:
+        logger.debug("flush_buffer not scheduled on %r: %s", app, exc)
+    except Exception:  # finalizing the user's app must never fail because of us
+        logger.debug("flush_buffer not scheduled on %r", app, exc_info=True)
+
+
+_state.connect_on_app_finalize(_on_app_finalize)
+for _app in _state._get_active_apps():
+    if _app.finalized:
+        _on_app_finalize(_app)
+
+
+@beat_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    """Make sure the running scheduler has the entry: it read ``beat_schedule`` before
+    this signal, so an entry added to the config now would never run."""
+    app = sender.app
+    try:
+        entry = register_beat_entry(app)
     except ConfigurationError as exc:
         logger.error("flush_buffer not scheduled: %s", exc)
         return
     if entry is None:
         return
-    schedule = app.conf.beat_schedule
-    if schedule is None:
-        app.conf.beat_schedule = schedule = {}
-    if not any(e.get("task") == FLUSH_TASK for e in schedule.values()):
-        schedule[BEAT_ENTRY] = entry
-
-
-@beat_init.connect  # type: ignore[untyped-decorator]
-def _on_beat_init(sender: Any = None, **_: Any) -> None:
-    register_beat_entry(sender.app)
+    scheduler = sender.scheduler
+    if not any(getattr(e, "task", None) == FLUSH_TASK for e in scheduler.schedule.values()):
+        scheduler.update_from_dict({BEAT_ENTRY: entry})
+        logger.info("flush_buffer scheduled every %ss", entry["schedule"])
 
 
 @beat_embedded_init.connect  # type: ignore[untyped-decorator]
 def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
-    register_beat_entry(sender.app)
+    _on_beat_init(sender)
