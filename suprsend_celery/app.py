@@ -11,13 +11,41 @@ key falls back to its upper-case environment variable (see ``config``).
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from celery import Celery
 
 from . import tasks as _tasks  # noqa: F401  (registers the tasks and the beat hook)
+from .exceptions import ConfigurationError
 
 __all__ = ["app"]
+
+
+def _transport_options() -> dict[str, Any]:
+    """``CELERY_BROKER_TRANSPORT_OPTIONS`` (a JSON object), plus the visibility timeout
+    from ``CELERY_BROKER_VISIBILITY_TIMEOUT`` (seconds), which retry countdowns stay under.
+    """
+    raw = os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS") or "{}"
+    try:
+        options = json.loads(raw)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise ConfigurationError(
+            f"CELERY_BROKER_TRANSPORT_OPTIONS must be a JSON object; got {raw!r}"
+        )
+    timeout = os.environ.get("CELERY_BROKER_VISIBILITY_TIMEOUT")
+    if timeout:
+        try:
+            options["visibility_timeout"] = float(timeout)
+        except ValueError:
+            raise ConfigurationError(
+                f"CELERY_BROKER_VISIBILITY_TIMEOUT must be a number of seconds; got {timeout!r}"
+            ) from None
+    return options
+
 
 _broker = (
     os.environ.get("CELERY_BROKER_URL")
@@ -30,6 +58,7 @@ app.conf.update(
     broker_url=_broker,
     result_backend=os.environ.get("CELERY_RESULT_BACKEND") or _broker,
     broker_connection_retry_on_startup=True,
+    broker_transport_options=_transport_options(),
     task_default_queue=os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery"),
     # Results expire after a day: task results are only for monitoring (Flower).
     result_expires=int(os.environ.get("CELERY_RESULT_EXPIRES", "86400")),

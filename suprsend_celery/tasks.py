@@ -197,7 +197,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
             except redis.RedisError as redis_exc:
                 # Losing the event is worse than retrying later: keep it in the broker.
                 logger.error("event %s: dead-lettering failed (%s); retrying", key, redis_exc)
-                raise self.retry(args=(), kwargs={_RECORD: text}, exc=exc, countdown=30) from None
+                countdown = min(30.0, get_settings(self.app).max_countdown)
+                raise self.retry(
+                    args=(), kwargs={_RECORD: text}, exc=exc, countdown=countdown
+                ) from None
             where = "moved to the dead-letter list"
         logger.error("event %s not delivered: %s; %s", key, reason, where)
         raise type(exc)(
