@@ -290,7 +290,8 @@ class DeadLetter:
     attempts: int
     failed_at: float
     source: str
-    record: bytes
+    #: The record as it will be re-sent; kept out of repr, since it holds properties.
+    record: bytes = field(repr=False)
     raw: bytes = field(repr=False)
 
     @property
