@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import socket
+import socketserver
 import threading
 import time
 import uuid
@@ -213,9 +214,9 @@ class _State:
         ]
         results: list[dict[str, Any]] = []
         processed = duplicates = rejected = 0
-        now = self.clock()
         new_id = self.message_ids
         with self.lock:
+            now = self.clock()  # under the lock, so keys are inserted in time order
             seen = self.seen_keys
             horizon = now - self.idempotency_ttl
             while seen and next(iter(seen.values()))[0] <= horizon:
@@ -327,6 +328,14 @@ class _Server(ThreadingHTTPServer):
         self._live: dict[socket.socket, threading.Thread] = {}
         self._live_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall for seconds
+        # on machines with slow reverse DNS; nothing here needs it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
     def track(self, conn: socket.socket) -> None:
         with self._live_lock:
