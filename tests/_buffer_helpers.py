@@ -1,0 +1,154 @@
+"""Helpers shared by the buffered-path tests (test_flush.py, test_buffer_faults.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+
+from suprsend_celery import Event
+from suprsend_celery.buffer import RedisBuffer
+from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.tasks import FLUSH_TASK
+
+TESTS = Path(__file__).resolve().parent
+MAX_BULK_BODY = 800 * 1024
+
+
+def make_events(count: int, name: str = "order_placed", blob: int = 0) -> list[Event]:
+    """``count`` distinct events; ``blob`` pads each one's properties to about that size."""
+    extra = {"blob": "x" * blob} if blob else {}
+    return [Event(f"user-{i}", name, {"n": i, **extra}) for i in range(count)]
+
+
+def flush(app: Celery, time_budget: float = 10.0, timeout: float = 60.0) -> dict[str, Any]:
+    """Run ``flush_buffer`` on the worker and return its result."""
+    result: dict[str, Any] = app.send_task(FLUSH_TASK, kwargs={"time_budget": time_budget}).get(
+        timeout=timeout
+    )
+    return result
+
+
+def flush_until(
+    app: Celery,
+    condition: Callable[[], Any],
+    timeout: float = 60.0,
+    message: str = "",
+    interval: float = 0.05,
+) -> list[dict[str, Any]]:
+    """Run ``flush_buffer`` on the worker, again and again, until ``condition`` holds."""
+    results: list[dict[str, Any]] = []
+
+    def step() -> Any:
+        if condition():
+            return True
+        results.append(flush(app))
+        return condition()
+
+    wait_for(step, timeout=timeout, interval=interval, message=message or str(condition))
+    return results
+
+
+@contextmanager
+def threads_worker(app: Celery, concurrency: int = 2) -> Iterator[Any]:
+    """An in-process worker (threads pool) on the app's test queue."""
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+
+
+def processed_keys(sandbox: Sandbox) -> Counter[str]:
+    """How often each idempotency key was processed by the sandbox (1 each, ideally)."""
+    return Counter(e["$idempotency_key"] for e in sandbox.events())
+
+
+def sent_keys(sandbox: Sandbox) -> Counter[str | None]:
+    """How often each idempotency key was sent to the sandbox, in any request."""
+    return Counter(k for r in sandbox.requests() for k in r.idempotency_keys)
+
+
+def assert_bulk_limits(sandbox: Sandbox) -> None:
+    """Every bulk request stayed within SuprSend's limits (100 records, 800 KiB)."""
+    bulk = [r for r in sandbox.requests() if r.path.endswith("/v2/bulk/event/")]
+    assert bulk, "no bulk request was sent"
+    for r in bulk:
+        assert r.records is not None and 1 <= r.records <= 100, r
+        assert r.body_bytes <= MAX_BULK_BODY, r
+
+
+def redis_state(buffer: RedisBuffer) -> dict[str, int]:
+    """Every part of the buffer, counted from Redis."""
+    r = buffer.redis
+    live_claims = r.zrange(buffer.claims_key, 0, -1)
+    return {
+        "pending": int(r.llen(buffer.pending_key)),
+        "in_flight": int(r.get(buffer.inflight_key) or 0),
+        "claims": len(live_claims),
+        "claimed_records": sum(int(r.llen(buffer.claim_prefix + c.decode())) for c in live_claims),
+        "retry": int(r.zcard(buffer.retry_key)),
+        "dead": int(r.llen(buffer.dead_key)),
+    }
+
+
+EMPTY = {"pending": 0, "in_flight": 0, "claims": 0, "claimed_records": 0, "retry": 0, "dead": 0}
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        SUPRSEND_WORKSPACE_KEY=WORKSPACE_KEY,
+        SUPRSEND_WORKSPACE_SECRET=WORKSPACE_SECRET,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group (so a SIGKILL can take all of it)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=TESTS.parent,
+            start_new_session=True,
+        )
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child and everything in its process group, and reap it."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def wait_group_gone(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until no process of the child's group is left (pool children included)."""
+
+    def gone() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=timeout, message=f"process group {proc.pid} to exit")
