@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -255,14 +256,16 @@ def _worker_env(redis_url: str, sandbox: Sandbox) -> dict[str, str]:
     return env
 
 
-def _send_events(app: Any, count: int, run: str) -> tuple[collections.Counter[str], list[Any], int]:
-    """Send ``count`` events, half each way; ``(times each key was accepted, results, dups)``."""
+def _send_events(
+    app: Any, count: int, run: str, results: list[Any]
+) -> tuple[collections.Counter[str], int]:
+    """Send ``count`` events, half each way (direct results go to ``results``);
+    returns how often each key was accepted and how many events repeat a key."""
     from .events import Event
     from .producer import buffer_event, buffer_events
     from .tasks import track_event
 
     accepted: collections.Counter[str] = collections.Counter()
-    results: list[Any] = []
     repeated = 0
     direct = count // 2
 
@@ -298,7 +301,7 @@ def _send_events(app: Any, count: int, run: str) -> tuple[collections.Counter[st
         ]
         for key in buffer_events(events, app=app):
             accepted[key] += 1
-    return accepted, results, repeated
+    return accepted, repeated
 
 
 def _flush_rate(client: Any) -> float | None:
@@ -339,6 +342,7 @@ def run_demo(
     sandbox: Sandbox | None = None
     worker: _Worker | None = None
     app: Any = None
+    results: list[Any] = []  # AsyncResults of the direct sends
     try:
         with _sigterm_as_interrupt():
             server = RedisServer(appendonly=True, appendfsync="always").start()
@@ -356,7 +360,7 @@ def run_demo(
             app = _producer_app(server.url, sandbox)
             app.set_current()
             run = uuid.uuid4().hex[:8]
-            accepted, results, repeated = _send_events(app, events, run)
+            accepted, repeated = _send_events(app, events, run, results)
             direct = events // 2
             say(
                 f"sent       {direct} with track_event.delay, {events - direct} with "
@@ -388,6 +392,9 @@ def run_demo(
         say("\ninterrupted; stopping everything")
         return 130
     finally:
+        # AsyncResults unsubscribe from Redis when collected: do it while Redis runs.
+        results.clear()
+        gc.collect()
         if app is not None:
             with contextlib.suppress(Exception):
                 app.close()
