@@ -16,6 +16,7 @@ import datetime
 import email.utils
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import defaults
@@ -312,6 +314,7 @@ class SuprsendClient:
         self._secret = workspace_secret.strip()
         self.base_url = base
         self.timeout = (connect_timeout, timeout)
+        self._urllib3_timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
         self.max_event_bytes = max_event_bytes
         self._pool_size = pool_size
         base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
@@ -358,17 +361,46 @@ class SuprsendClient:
             "Authorization": f"{self.workspace_key}:{sign(self._secret, body, date, path)}",
         }
         try:
-            response = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
-        except requests.Timeout as exc:
+            response = self._pool(url).urlopen(
+                "POST",
+                path,
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                timeout=self._urllib3_timeout,
+                preload_content=True,
+            )
+        except urllib3.exceptions.TimeoutError as exc:
             raise TransientDeliveryError(
                 f"timed out: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             # Connection resets, refused connections, malformed HTTP: all worth a retry.
             raise TransientDeliveryError(
                 f"connection failed: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        return response.status_code, _decode_json(response.content), response.headers
+        return response.status, _decode_json(response.data), response.headers
+
+    def _pool(self, url: str) -> urllib3.HTTPConnectionPool:
+        """The session's own urllib3 pool for the API host: same connections, same TLS.
+
+        Requests go straight to it: ``Session.request`` (URL, cookie, hook and header
+        merging) costs about 300 µs a call, a third of the flusher's CPU per batch.
+        """
+        session = self.session
+        local = self._local
+        if getattr(local, "pool_session", None) is not session:
+            adapter = session.get_adapter(url)
+            assert isinstance(adapter, HTTPAdapter)
+            with_tls = getattr(adapter, "get_connection_with_tls_context", None)
+            if with_tls is not None:
+                local.pool = with_tls(requests.Request("POST", url).prepare(), True)
+            else:  # requests < 2.32.2
+                local.pool = adapter.get_connection(url)
+            local.pool_session = session
+        pool: urllib3.HTTPConnectionPool = local.pool
+        return pool
 
     # -- single events -------------------------------------------------------------
 
