@@ -1,0 +1,232 @@
+"""Retry monitoring in a real Flower: state, retries, reason, redacted arguments, results.
+
+A real worker (``celery -A suprsend_celery.app worker``, events on) and a real Flower
+(``celery -A suprsend_celery.app flower``) run as subprocesses on the private Redis;
+this process publishes with ``task_send_sent_event``. Everything is read through
+Flower's HTTP API, the way an operator's tooling would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from celery import Celery
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+
+from suprsend_celery import Event, buffer_events, flush_buffer, track_event
+
+pytestmark = pytest.mark.slow
+
+MARKER = "flower-marker-5d1c-never-shown"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Stack:
+    """A worker and a Flower subprocess sharing one environment."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, sandbox_url: str, queue: str) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPRSEND_", "CELERY_"))}
+        env.update(
+            SUPRSEND_WORKSPACE_KEY=WORKSPACE_KEY,
+            SUPRSEND_WORKSPACE_SECRET=WORKSPACE_SECRET,
+            SUPRSEND_BASE_URL=sandbox_url,
+            SUPRSEND_FLUSH_INTERVAL="0",
+            CELERY_BROKER_URL=redis_url,
+            CELERY_TASK_DEFAULT_QUEUE=queue,
+            FLOWER_UNAUTHENTICATED_API="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.env = env
+        self.queue = queue
+        self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def spawn(self, name: str, *args: str) -> None:
+        log = self.tmp_path / f"{name}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "suprsend_celery.app", *args],
+                env=self.env,
+                cwd=self.tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append((process, log))
+
+    def start(self) -> None:
+        self.spawn(
+            "worker",
+            "worker",
+            "--pool=prefork",
+            "-c",
+            "1",
+            "-Q",
+            self.queue,
+            "-n",
+            f"flower-test-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=INFO",
+        )
+        self.spawn("flower", "flower", f"--port={self.port}", "--address=127.0.0.1")
+        wait_for(self._flower_up, 60, 0.2, message=f"Flower on {self.url}; {self.logs()}")
+
+    def _flower_up(self) -> bool:
+        self.check_alive()
+        try:
+            return requests.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def check_alive(self) -> None:
+        for process, log in self.processes:
+            if process.poll() is not None:
+                raise AssertionError(f"{log.stem} exited: {log.read_text(errors='replace')}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.stem}\n" + log.read_text(errors="replace")[-3000:]
+            for _, log in self.processes
+        )
+
+    def api(self, path: str) -> tuple[Any, str]:
+        """(parsed JSON, raw text) of a Flower API response."""
+        response = requests.get(self.url + path, timeout=10)
+        response.raise_for_status()
+        return response.json(), response.text
+
+    def stop(self) -> None:
+        for process, _ in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process, _ in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait(5)
+            else:
+                # prefork children leave with their parent; make sure of it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, 9)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str, sandbox: Any) -> Iterator[Stack]:
+    queue = f"flower-{uuid.uuid4().hex[:8]}"
+    stack = Stack(tmp_path, redis_url, sandbox.url, queue)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def producer(app_factory: Callable[..., Celery], stack: Stack) -> Celery:
+    """This process's app: same Redis and queue, and it sends task-sent events."""
+    return app_factory(task_default_queue=stack.queue, task_send_sent_event=True)
+
+
+class TestFlower:
+    def test_retrying_task_shows_state_reason_and_redacted_arguments(
+        self, stack: Stack, producer: Celery, sandbox: Any
+    ) -> None:
+        """503 twice (Retry-After 2): Flower shows RETRY with why and when, then SUCCESS."""
+        sandbox.set_faults(
+            {"paths": ["/v2/event/"], "rules": [{"status": 503, "retry_after": "2", "count": 2}]}
+        )
+        result = track_event.delay(
+            "user-42", "order_shipped", {"note": MARKER}, idempotency_key="flower-key-1"
+        )
+        task_id = result.id
+        seen: dict[str, dict[str, Any]] = {}
+        raw: list[str] = []
+
+        def observe(state: str) -> bool:
+            stack.check_alive()
+            try:
+                info, text = stack.api(f"/api/task/info/{task_id}")
+            except requests.HTTPError:
+                return False  # 404 until Flower saw the first event
+            raw.append(text)
+            seen.setdefault(info["state"], info)
+            return info["state"] == state
+
+        wait_for(lambda: observe("RETRY"), 60, 0.05, message=f"RETRY; {stack.logs()}")
+        wait_for(lambda: observe("SUCCESS"), 60, 0.1, message=f"SUCCESS; {stack.logs()}")
+
+        retry = seen["RETRY"]
+        assert retry["name"] == "suprsend_celery.track_event"
+        assert "503" in retry["exception"]
+        assert re.search(r"retry [12]/\d+ in \d+(\.\d+)?s", retry["exception"]), retry
+        assert "flower-key-1" in retry["exception"]
+        assert retry["eta"]  # when the retry is due
+
+        final = seen["SUCCESS"]
+        assert final["retries"] == 2
+        assert final["args"] == "()"
+        kwargs = final["kwargs"]
+        for shown in ("order_shipped", "user-42", "flower-key-1"):
+            assert shown in kwargs
+        assert "'attempts': 3" in final["result"]
+        assert "flower-key-1" in final["result"]
+
+        tasks, tasks_text = stack.api("/api/tasks")
+        assert task_id in tasks
+        everything = "\n".join([*raw, tasks_text])
+        assert MARKER not in everything
+        assert WORKSPACE_SECRET not in everything
+        assert "properties" not in everything
+        assert sandbox.stats()["events_processed"] == 1
+
+    def test_flush_runs_show_their_counts(
+        self, stack: Stack, producer: Celery, sandbox: Any
+    ) -> None:
+        """A flush_buffer run's result in Flower is its sent/retry/dead/remaining counts."""
+        buffer_events(
+            [Event(f"u{i}", "page_viewed", {"note": MARKER}) for i in range(7)], app=producer
+        )
+        task_id = flush_buffer.delay().id
+
+        def finished() -> dict[str, Any] | None:
+            stack.check_alive()
+            try:
+                info, _ = stack.api(f"/api/task/info/{task_id}")
+            except requests.HTTPError:
+                return None
+            return info if info["state"] == "SUCCESS" else None
+
+        info = wait_for(finished, 60, 0.1, message=f"flush SUCCESS; {stack.logs()}")
+        assert info["name"] == "suprsend_celery.flush_buffer"
+        result = info["result"]
+        assert "'sent': 7" in result
+        assert "'retry_scheduled': 0" in result
+        assert "'dead_lettered': 0" in result
+        assert "'remaining': 0" in result
+        assert "'seconds':" in result
+        _, text = stack.api("/api/tasks")
+        assert MARKER not in text
+        assert WORKSPACE_SECRET not in json.dumps(info)
+        assert sandbox.stats()["events_processed"] == 7
