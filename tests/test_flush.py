@@ -298,6 +298,46 @@ class TestBreaker:
         assert sandbox.stats()["duplicates_skipped"] == 0
         assert buffer.stats()["breaker"] == "closed"
 
+    def test_credentials_refused_mid_claim_returns_only_the_unsent(
+        self, redis_client: Any, sandbox: Sandbox
+    ) -> None:
+        """A claim split by size whose second request gets 401: the records already
+        accepted are acknowledged, only the rest go back (so nothing is sent twice)."""
+        buffer = RedisBuffer(redis_client, prefix="auth2", breaker_cooldown=0.2)
+        client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+        records = [client.accept(e).payload for e in make_events(30, blob=90_000)]
+        buffer.push(records)
+        sandbox.set_faults([{"status": 401, "after": 1, "count": 1}])
+        flusher = Flusher(buffer, client)
+        report = flusher.run(5)
+        first = sandbox.requests()[0]
+        assert report.requests == 2
+        assert (report.sent, report.returned) == (first.records, 30 - (first.records or 0))
+        assert buffer.stats()["pending"] == report.returned
+        assert buffer.stats()["breaker"] == "open"
+        wait_for(lambda: flusher.run(5).remaining == 0, timeout=30, interval=0.1)
+        assert sandbox.stats()["events_processed"] == 30
+        assert sandbox.stats()["duplicates_skipped"] == 0
+
+    def test_a_probe_answered_with_a_refusal_closes_the_breaker(
+        self, redis_client: Any, sandbox: Sandbox
+    ) -> None:
+        """A 400 is an answer: the API is up, so a refused probe still closes the
+        breaker (its record is dead-lettered) and the others flow again at once."""
+        buffer = RedisBuffer(redis_client, prefix="probe400", breaker_cooldown=0.2)
+        client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+        buffer.push([client.accept(e).payload for e in make_events(10)])
+        sandbox.set_faults([{"status": 503, "count": 5}, {"status": 400, "count": 1}])
+        flusher = Flusher(buffer, client, batch_size=1)
+        assert flusher.run(5).breaker == "open"
+        wait_for(lambda: buffer.stats()["breaker"] == "half_open", timeout=10)
+        report = flusher.run(5, max_batches=1)
+        assert (report.requests, report.dead_lettered) == (1, 1)
+        assert buffer.stats()["breaker"] == "closed"
+        wait_for(lambda: flusher.run(5).remaining == 0, timeout=30, interval=0.1)
+        assert sandbox.stats()["events_processed"] == 9
+        assert buffer.stats()["dead"] == 1
+
     def test_retry_after_pauses_every_flusher(self, redis_client: Any, sandbox: Sandbox) -> None:
         """A 429 with Retry-After: 2 stops all sending for at least two seconds."""
         buffer = RedisBuffer(redis_client, prefix="ra")
