@@ -87,8 +87,9 @@ class _Outcome:
     answered: bool = False
     transient_request_error: DeliveryError | None = None
     auth_error: DeliveryError | None = None
-    #: Index of the first record not sent because the credentials were refused.
-    auth_offset: int = 0
+    #: Index of the first record left unsent because a request failed as a whole
+    #: (refused credentials, or the API failing): those go back to the buffer untouched.
+    unsent_from: int | None = None
 
 
 class Flusher:
@@ -175,11 +176,12 @@ class Flusher:
 
         back: Sequence[bytes] = ()
         failures = outcome.failures
+        if outcome.unsent_from is not None:
+            # Records never judged by SuprSend go back to the head of the buffer
+            # untouched: no attempt counted, never dead-lettered.
+            back = items[outcome.unsent_from :]
+            failures = [(i, e) for i, e in failures if i < outcome.unsent_from]
         if outcome.auth_error is not None:
-            # Records from the refused request on were never judged: they go back to
-            # the head of the buffer untouched (no attempt counted, never dead-lettered).
-            back = items[outcome.auth_offset :]
-            failures = [(i, e) for i, e in failures if i < outcome.auth_offset]
             logger.error(
                 "SuprSend refused the credentials (HTTP %s); %d record(s) stay buffered and "
                 "the breaker is open until the configuration is fixed",
@@ -189,6 +191,7 @@ class Flusher:
 
         retries: list[tuple[float, bytes]] = []
         dead: list[bytes] = []
+        shared = outcome.transient_request_error  # one error for a whole request's records
         for index, error in failures:
             payload = payloads[index]
             attempt = (attempts[index] if attempts else 0) + 1
@@ -197,13 +200,14 @@ class Flusher:
                     attempt, base=self.backoff_base, cap=self.backoff_max, floor=error.retry_after
                 )
                 retries.append((round(delay, 3), join_item(attempt, payload)))
-                logger.warning(
-                    "record %s will be retried in %.1fs (attempt %d): %s",
-                    error.idempotency_key,
-                    delay,
-                    attempt,
-                    error,
-                )
+                if error is not shared:
+                    logger.warning(
+                        "record %s will be retried in %.1fs (attempt %d): %s",
+                        error.idempotency_key,
+                        delay,
+                        attempt,
+                        error,
+                    )
                 continue
             reason = str(error)
             if error.retryable:
@@ -219,6 +223,14 @@ class Flusher:
                 )
             )
             logger.error("record %s dead-lettered: %s", error.idempotency_key, reason)
+
+        if shared is not None:
+            logger.warning(
+                "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
+                shared,
+                len(retries),
+                len(back),
+            )
 
         verdict = ""
         open_for = 0.0
@@ -270,7 +282,9 @@ class Flusher:
                 continue
             first = False
             self._send_chunk(offset, chunk, outcome)
-            if outcome.auth_error is not None:
+            if outcome.unsent_from is not None:
+                # Credentials refused, or the API failing as a whole: sending the rest
+                # of this claim now would only add load (and breaker failures).
                 break
         return outcome
 
@@ -285,11 +299,12 @@ class Flusher:
             return
         if error.is_auth_error:
             outcome.auth_error = error
-            outcome.auth_offset = offset
+            outcome.unsent_from = offset
             return
         if error.retryable:
             outcome.transient_request_error = error
             outcome.failures.extend((offset + i, error) for i in range(len(chunk)))
+            outcome.unsent_from = offset + len(chunk)
             return
         outcome.answered = True
         if len(chunk) > 1:
@@ -297,7 +312,7 @@ class Flusher:
             # rather than dead-letter the records that were fine.
             half = len(chunk) // 2
             self._send_chunk(offset, chunk[:half], outcome)
-            if outcome.auth_error is None:
+            if outcome.unsent_from is None:
                 self._send_chunk(offset + half, chunk[half:], outcome)
             return
         outcome.failures.append((offset, error))

@@ -31,7 +31,7 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import buffer_events, buffer_stats
-from suprsend_celery.buffer import RedisBuffer, split_item
+from suprsend_celery.buffer import RedisBuffer, join_item, split_item
 from suprsend_celery.client import SuprsendClient
 from suprsend_celery.flusher import Flusher
 from suprsend_celery.runtime import get_buffer
@@ -316,6 +316,27 @@ class TestBreaker:
         assert buffer.stats()["pending"] == report.returned
         assert buffer.stats()["breaker"] == "open"
         wait_for(lambda: flusher.run(5).remaining == 0, timeout=30, interval=0.1)
+        assert sandbox.stats()["events_processed"] == 30
+        assert sandbox.stats()["duplicates_skipped"] == 0
+
+    def test_a_failing_api_gets_one_request_per_claim(
+        self, redis_client: Any, sandbox: Sandbox
+    ) -> None:
+        """When a claim's first request fails as a whole, the rest of the claim is not
+        sent: those records go back untouched; only the sent ones count an attempt."""
+        buffer = RedisBuffer(redis_client, prefix="stop")
+        client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+        records = [client.accept(e).payload for e in make_events(30, blob=90_000)]
+        buffer.push(records)
+        sandbox.set_faults([{"status": 502, "html": True, "count": 1}])
+        report = Flusher(buffer, client).run(5, max_batches=1)
+        sent = sandbox.requests()[0].records or 0
+        assert report.requests == 1
+        assert (report.retry_scheduled, report.returned) == (sent, 30 - sent)
+        assert buffer.redis.lrange(buffer.pending_key, 0, -1) == records[sent:]
+        retrying = buffer.redis.zrange(buffer.retry_key, 0, -1)
+        assert sorted(retrying) == sorted(join_item(1, r) for r in records[:sent])
+        wait_for(lambda: Flusher(buffer, client).run(5).remaining == 0, timeout=30, interval=0.1)
         assert sandbox.stats()["events_processed"] == 30
         assert sandbox.stats()["duplicates_skipped"] == 0
 
