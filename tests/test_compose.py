@@ -1,0 +1,293 @@
+"""docker-compose.yml, Dockerfile and .env.sample agree with each other and with the package.
+
+No Docker engine is needed: the file is parsed, every ``${VAR:-default}`` resolved,
+and every service's command checked against the real entry point it names (the
+``suprsend-celery`` click group, ``celery -A suprsend_celery.app <verb>``, the
+Django example's ``manage.py``), with ``--help`` so that unknown verbs and options fail.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from suprsend_celery.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
+
+
+def resolve(value: object) -> str:
+    """A compose string with every ``${VAR:-default}`` replaced by its default."""
+    return _VARIABLE.sub(lambda m: m.group(3) or "", str(value))
+
+
+def strings(node: object) -> list[str]:
+    """Every string anywhere in a parsed YAML node (keys too)."""
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in (*strings(k), *strings(v))]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def references() -> dict[str, set[str | None]]:
+    """Variable name → the defaults it is given across docker-compose.yml."""
+    found: dict[str, set[str | None]] = {}
+    for text in strings(COMPOSE):
+        for match in _VARIABLE.finditer(text):
+            default = match.group(3) if match.group(2) else None
+            found.setdefault(match.group(1), set()).add(default)
+    return found
+
+
+def env_sample() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.sample").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f"not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def command(service: str) -> list[str]:
+    raw = SERVICES[service]["command"]
+    parts = shlex.split(raw) if isinstance(raw, str) else [str(p) for p in raw]
+    return [resolve(p) for p in parts]
+
+
+def container_ports(service: str) -> dict[int, str]:
+    """Container port → the host side of the mapping (``ip:port`` or ``port``)."""
+    out = {}
+    for mapping in SERVICES[service].get("ports", []):
+        host, _, container = resolve(mapping).rpartition(":")
+        out[int(container)] = host
+    return out
+
+
+def image_path(path: str) -> Path:
+    """Where a path inside the image comes from in this repository (WORKDIR /app)."""
+    assert path.startswith("/app"), path
+    return ROOT / path.removeprefix("/app").lstrip("/")
+
+
+class TestServices:
+    def test_every_service_is_there(self) -> None:
+        """redis, sandbox, worker, beat, flower and the Django example (web + producer)."""
+        assert set(SERVICES) >= {"redis", "sandbox", "worker", "beat", "flower", "django"}
+        assert "producer" in SERVICES  # the example producing events on its own
+
+    def test_redis_is_durable(self) -> None:
+        """redis:7-alpine with AOF on, fsync always by default, data on a volume."""
+        redis = SERVICES["redis"]
+        assert resolve(redis["image"]) == "redis:7-alpine"
+        args = command("redis")
+        assert args[0] == "redis-server"
+        assert args[args.index("--appendonly") + 1] == "yes"
+        assert args[args.index("--appendfsync") + 1] == "always"
+        assert any(v.endswith(":/data") for v in redis["volumes"])
+        assert "redis-cli" in redis["healthcheck"]["test"]
+
+    def test_published_ports(self) -> None:
+        """Flower on 5555, the sandbox on 8787, Django on 8000; Redis only on loopback."""
+        assert container_ports("flower") == {5555: "5555"}
+        assert container_ports("sandbox") == {8787: "8787"}
+        assert container_ports("django") == {8000: "8000"}
+        assert container_ports("redis") == {6379: "127.0.0.1:6379"}
+        assert "--port=5555" in command("flower")
+        assert command("sandbox")[-2:] == ["--port", "8787"]
+        assert "0.0.0.0:8000" in " ".join(command("django"))
+
+    def test_images_are_named_with_tags(self) -> None:
+        """Every service runs a named, tagged image; built ones come from this Dockerfile."""
+        for name, service in SERVICES.items():
+            image = resolve(service["image"])
+            repository, sep, tag = image.rpartition(":")
+            assert sep and re.fullmatch(r"[a-z0-9][a-z0-9._/-]*", repository), (name, image)
+            assert tag and tag != "latest", (name, image)
+            if "build" in service:
+                assert service["build"] == "."
+                assert repository == "suprsend-celery"
+        assert (ROOT / "Dockerfile").is_file()
+
+    def test_dependencies_name_services(self) -> None:
+        """depends_on only names services of this file."""
+        for name, service in SERVICES.items():
+            for dependency in service.get("depends_on", {}):
+                assert dependency in SERVICES, (name, dependency)
+        assert SERVICES["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+    def test_urls_point_at_services(self) -> None:
+        """The default SuprSend URL is the sandbox service, the Redis URLs the redis one."""
+        env = {k: resolve(v) for k, v in SERVICES["worker"]["environment"].items()}
+        base = urlsplit(env["SUPRSEND_BASE_URL"])
+        assert (base.hostname, base.port) == ("sandbox", 8787)
+        for key in ("CELERY_BROKER_URL", "SUPRSEND_REDIS_URL"):
+            url = urlsplit(env[key])
+            assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379)
+
+    def test_producers_and_relay_share_queue_and_buffer(self) -> None:
+        """django and producer publish where worker and beat consume and flush."""
+        envs = {name: SERVICES[name]["environment"] for name in SERVICES if name != "redis"}
+        for key in ("CELERY_BROKER_URL", "CELERY_TASK_DEFAULT_QUEUE", "SUPRSEND_KEY_PREFIX"):
+            assert len({resolve(env[key]) for env in envs.values()}) == 1, key
+
+
+class TestEnvironment:
+    def test_every_variable_has_a_default(self) -> None:
+        """``${VAR:-default}`` everywhere, so ``docker compose up`` works without a .env."""
+        for name, defaults in references().items():
+            assert None not in defaults, f"${{{name}}} has no default"
+
+    def test_env_sample_lists_every_variable_with_its_default(self) -> None:
+        """.env.sample names each variable once, with the default compose uses."""
+        sample = env_sample()
+        used = references()
+        assert set(sample) == set(used)
+        for name, defaults in used.items():
+            assert defaults == {sample[name]}, (name, defaults, sample[name])
+
+
+class TestDockerfile:
+    def test_builds_the_package_on_python_slim(self) -> None:
+        """python:3.11-slim; every COPY source exists; the package is pip-installed."""
+        lines = (ROOT / "Dockerfile").read_text().splitlines()
+        instructions = [line.split(None, 1) for line in lines if line and not line[0].isspace()]
+        instructions = [i for i in instructions if i[0].isupper()]
+        assert instructions[0] == ["FROM", "python:3.11-slim"]
+        workdir = next(arg for op, arg in instructions if op == "WORKDIR")
+        assert workdir == "/app"
+        for op, arg in instructions:
+            if op == "COPY":
+                *sources, _ = arg.split()
+                for source in sources:
+                    assert (ROOT / source).exists(), source
+        installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
+        assert installs and "pip install ." in installs[0]
+        for extra in ("flower", "django"):
+            assert extra in installs[0]
+
+    def test_working_dirs_are_in_the_image(self) -> None:
+        """A service's working_dir is a directory the Dockerfile copies in."""
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        for name, service in SERVICES.items():
+            if "working_dir" in service:
+                local = image_path(service["working_dir"])
+                assert local.is_dir(), (name, local)
+                top = local.relative_to(ROOT).parts[0]
+                assert f"COPY {top} " in dockerfile, (name, top)
+
+
+def run_python(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` (plus ``--help`` unless it is ``-c CODE``) in a clean environment."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, *args, *([] if args[0] == "-c" else ["--help"])],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def django_steps(service: str) -> list[list[str]]:
+    """The ``python manage.py ...`` steps of an ``sh -c "a && exec b"`` command."""
+    args = command(service)
+    assert args[:2] == ["sh", "-c"], args
+    steps = []
+    for part in args[2].split("&&"):
+        words = shlex.split(part)
+        if words[0] == "exec":
+            words = words[1:]
+        assert words[:2] == ["python", "manage.py"], words
+        steps.append(words[2:])
+    return steps
+
+
+class TestCommands:
+    def test_suprsend_celery_commands_exist(self) -> None:
+        """``suprsend-celery`` is this package's console script and accepts each command."""
+        scripts = {
+            ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
+        }
+        assert scripts["suprsend-celery"] == "suprsend_celery.cli:main"
+        found = [name for name in SERVICES if command(name)[0] == "suprsend-celery"]
+        assert found == ["sandbox"]
+        for name in found:
+            args = command(name)[1:]
+            assert args[0] in cli.commands
+            result = CliRunner().invoke(cli, [*args, "--help"])
+            assert result.exit_code == 0, (name, result.output)
+
+    def test_celery_commands_resolve(self) -> None:
+        """``celery -A suprsend_celery.app worker|beat|flower`` with their options."""
+        celery_services = [name for name in SERVICES if command(name)[0] == "celery"]
+        assert sorted(celery_services) == ["beat", "flower", "worker"]
+        plugins = {ep.name for ep in importlib.metadata.entry_points(group="celery.commands")}
+        assert "flower" in plugins
+        assert importlib.util.find_spec("flower") is not None
+        from celery.bin.celery import celery as celery_group
+
+        jobs = []
+        for name in celery_services:
+            args = command(name)
+            assert args[1] == "-A"
+            verb = args[3]
+            assert verb in celery_group.commands or verb in plugins, (name, verb)
+            jobs.append((name, ["-m", *args]))
+            # The app module is imported in a subprocess: importing it here would make
+            # its app the current one for the rest of the test session.
+            probe = f"import {args[2]} as m, celery; assert isinstance(m.app, celery.Celery)"
+            jobs.append((f"{name} app", ["-c", probe]))
+        with ThreadPoolExecutor(3) as pool:
+            results = pool.map(lambda job: (job[0], run_python(job[1], ROOT)), jobs)
+            for name, done in results:
+                assert done.returncode == 0, (name, done.stdout + done.stderr)
+
+    @pytest.mark.slow
+    def test_django_commands_resolve(self, tmp_path: Path) -> None:
+        """The example's ``manage.py`` steps name real Django commands with valid options."""
+        jobs = []
+        for name in ("django", "producer"):
+            workdir = image_path(SERVICES[name]["working_dir"])
+            assert (workdir / "manage.py").is_file()
+            settings = SERVICES[name]["environment"]["DJANGO_SETTINGS_MODULE"]
+            assert (workdir / Path(*settings.split("."))).with_suffix(".py").is_file()
+            for step in django_steps(name):
+                jobs.append((name, workdir, settings, ["manage.py", *step]))
+        assert ["manage.py", "produce_events", "--every", "2"] in [job[3] for job in jobs]
+
+        def check(job: tuple[str, Path, str, list[str]]) -> tuple[str, Any]:
+            name, workdir, settings, args = job
+            done = run_python(
+                args,
+                workdir,
+                DJANGO_SETTINGS_MODULE=settings,
+                DJANGO_DB_PATH=str(tmp_path / f"{name}.sqlite3"),
+            )
+            return " ".join(args), done
+
+        with ThreadPoolExecutor(2) as pool:
+            for label, done in pool.map(check, jobs):
+                assert done.returncode == 0, (label, done.stdout + done.stderr)
+                assert "usage: manage.py" in done.stdout, label
