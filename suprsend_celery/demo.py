@@ -91,6 +91,7 @@ class DemoResult:
     lost: int = 0
     flush_rate: float | None = None
     seconds: float = 0.0
+    faults: bool = True
     lost_keys: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -113,7 +114,10 @@ class DemoResult:
             ("lost", self.lost, "accepted but neither delivered nor dead-lettered"),
         ]
         lines = [f"  {name:<14}{value:>7}   {note}" for name, value, note in rows]
-        lines.append(f"  {'flusher rate':<14}{rate:>7}   events/s while flush_buffer ran")
+        note = "events/s while flush_buffer ran"
+        if self.faults:
+            note += " (injected delays included)"
+        lines.append(f"  {'flusher rate':<14}{rate:>7}   {note}")
         return "\n".join(lines)
 
 
@@ -371,6 +375,7 @@ def run_demo(
             result.direct = direct
             result.buffered = events - direct
             result.repeated_keys = repeated
+            result.faults = faults
             client = server.client()
             try:
                 result.flush_rate = _flush_rate(client)

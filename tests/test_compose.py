@@ -291,3 +291,43 @@ class TestCommands:
             for label, done in pool.map(check, jobs):
                 assert done.returncode == 0, (label, done.stdout + done.stderr)
                 assert "usage: manage.py" in done.stdout, label
+
+
+class TestReadme:
+    """The README's commands are the ones CI and a newcomer run."""
+
+    README = (ROOT / "README.md").read_text()
+    DEMO = (
+        'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[demo]" '
+        "&& suprsend-celery demo"
+    )
+
+    def first_code_block(self) -> list[str]:
+        start = self.README.index("```")
+        body = self.README[start:].split("\n", 1)[1]
+        return body[: body.index("```")].splitlines()
+
+    def test_setup_commands_come_first(self) -> None:
+        """The demo and test commands, verbatim, in the first code block."""
+        lines = self.first_code_block()
+        ci = (ROOT / ".ci" / "run").read_text().rstrip("\n").splitlines()[-1]
+        assert self.DEMO in lines
+        assert ci in lines
+        assert lines.index(self.DEMO) < lines.index(ci)
+
+    def test_configuration_table_lists_every_key(self) -> None:
+        """Each ``suprsend_*`` setting appears in the table with its environment variable."""
+        from suprsend_celery.config import Settings
+
+        for field in Settings.__dataclass_fields__:
+            if field == "visibility_timeout":
+                continue  # read from broker_transport_options, documented below the table
+            assert f"| `suprsend_{field}` |" in self.README or f"`suprsend_{field}`," in (
+                self.README
+            ), field
+            assert f"`SUPRSEND_{field.upper()}`" in self.README, field
+
+    def test_cli_verbs_are_documented(self) -> None:
+        """Every command of the click group is shown in the README."""
+        for verb in cli.commands:
+            assert f"suprsend-celery {verb}" in self.README, verb
