@@ -1,0 +1,76 @@
+"""One flusher process: ``Flusher.run`` draining the buffer, measuring its own CPU.
+
+Protocol with the parent: builds the app's flusher and warms it up (Redis connection,
+HTTP keep-alive connection, one bulk request that the parent then discounts), prints
+``{"ready": ...}``, waits for a line on stdin, drains until the buffer is empty and
+prints ``{"wall", "cpu", "sent", ...}``. CPU is ``getrusage(RUSAGE_SELF)``, so only
+this process is counted: not Redis, not the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+from celery import Celery
+
+from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET
+from suprsend_celery.events import Event
+from suprsend_celery.runtime import get_client, get_flusher
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parser.parse_args()
+
+    app = Celery("bench-flusher", set_as_current=False)
+    app.conf.update(
+        broker_url=args.redis_url,
+        suprsend_workspace_key=WORKSPACE_KEY,
+        suprsend_workspace_secret=WORKSPACE_SECRET,
+        suprsend_base_url=args.base_url,
+        suprsend_redis_url=args.redis_url,
+        suprsend_key_prefix=PREFIX,
+        suprsend_flush_batch_size=args.batch_size,
+    )
+    flusher = get_flusher(app)
+    client = get_client(app)
+    flusher.buffer.remaining()
+    warm = client.accept(Event("warm-up", "bench_warm_up", idempotency_key=f"warm-{os.getpid()}"))
+    client.post_bulk([warm.payload])
+    print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+
+    sys.stdin.readline()
+    start, cpu0 = time.time(), _cpu()
+    report = flusher.run(time_budget=3600)
+    end, cpu1 = time.time(), _cpu()
+    result = {
+        "start": start,
+        "end": end,
+        "wall": end - start,
+        "cpu": cpu1 - cpu0,
+        "sent": report.sent,
+        "requests": report.requests,
+        "retry_scheduled": report.retry_scheduled,
+        "dead_lettered": report.dead_lettered,
+        "remaining": report.remaining,
+        "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Scenario 1: what a producer (a Django view) pays per call.
+
+Four ways to hand over one event, timed call by call in this process, interleaved in
+rounds so that background noise hits them all alike:
+
+- ``buffer_event(...)``: validate, serialise, one EVALSHA that appends to the buffer;
+- ``track_event.delay(...)``: validate, serialise, publish one Celery message;
+- a plain Celery task's ``.delay(...)`` with the same arguments (same broker);
+- the official SDK's synchronous ``Suprsend(...).track_event(Event(...))`` against
+  the sandbox: the request is made in the view.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from suprsend import Event as SdkEvent
+from suprsend import Suprsend
+
+from benchmarks.common import (
+    PREFIX,
+    WORKSPACE_KEY,
+    WORKSPACE_SECRET,
+    SandboxProcess,
+    event_args,
+    log,
+    median,
+    percentile,
+    producer_app,
+    run_id,
+)
+from suprsend_celery import buffer_event, track_event
+from suprsend_celery.config import reset_settings
+
+QUEUE = "bench-latency"
+
+
+def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) -> dict[str, Any]:
+    app = producer_app(redis_url, sandbox.url, QUEUE)
+
+    @app.task(name="benchmarks.plain_task")  # type: ignore[untyped-decorator]
+    def plain_task(
+        distinct_id: str,
+        event_name: str,
+        properties: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        return None
+
+    sdk = Suprsend(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+    tag = run_id()
+    counter = iter(range(10**9))
+
+    def via_buffer() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        buffer_event(d, n, p, idempotency_key=k)
+
+    def via_track() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        track_event.delay(d, n, p, idempotency_key=k)
+
+    def via_plain() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        plain_task.delay(d, n, p, idempotency_key=k)
+
+    def via_sdk() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        sdk.track_event(SdkEvent(d, n, p, idempotency_key=k))
+
+    methods: dict[str, Callable[[], None]] = {
+        "buffer_event": via_buffer,
+        "track_event.delay": via_track,
+        "plain task .delay": via_plain,
+        "SDK track_event (sync)": via_sdk,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    elapsed: dict[str, float] = dict.fromkeys(methods, 0.0)
+    for fn in methods.values():  # warm-up: imports, connections, script loading
+        for _ in range(50):
+            fn()
+    per_round = max(1, calls // rounds)
+    for r in range(rounds):
+        for name, fn in methods.items():
+            times = samples[name]
+            clock = time.perf_counter
+            round_start = clock()
+            for _ in range(per_round):
+                t0 = clock()
+                fn()
+                times.append(clock() - t0)
+            elapsed[name] += clock() - round_start
+        log(f"latency: round {r + 1}/{rounds} done")
+    results = {
+        name: {
+            "calls": len(times),
+            "p50_us": median(times) * 1e6,
+            "p99_us": percentile(times, 99) * 1e6,
+            "calls_per_s": len(times) / elapsed[name],
+        }
+        for name, times in samples.items()
+    }
+    client = redis.Redis.from_url(redis_url)
+    client.delete(QUEUE, "{" + PREFIX + "}:pending")
+    client.close()
+    reset_settings(app)
+    app.close()
+    return results

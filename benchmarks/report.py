@@ -1,0 +1,284 @@
+"""The results as a table, the targets as verdicts, and ``BENCHMARKS.md``.
+
+``write`` regenerates the whole file from one run's results but keeps the hand-written
+analysis between the ``analysis:start``/``analysis:end`` markers of the previous file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_START, _END = "<!-- analysis:start -->", "<!-- analysis:end -->"
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _by_name(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["name"].startswith(prefix)), None)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """``(target, measured, required, met)`` for every target the run can judge."""
+    out: list[tuple[str, str, str, bool]] = []
+    rows = results.get("throughput") or []
+    ours = _by_name(rows, "buffered flusher")
+    sdk = _by_name(rows, "SDK bulk")
+    naive = _by_name(rows, "naive")
+    if ours:
+        cpu = ours["cpu_us_per_event"]
+        out.append(("flusher CPU per event", f"{cpu:.2f} µs", "≤ 10 µs", cpu <= 10))
+        if sdk:
+            ratio = sdk["cpu_us_per_event"] / cpu
+            out.append(("flusher CPU vs SDK bulk", f"{ratio:.1f}x less", "≥ 5x less", ratio >= 5))
+            ratio = ours["events_per_s"] / sdk["events_per_s"]
+            out.append(("throughput vs SDK bulk", f"{ratio:.1f}x", "≥ 2x", ratio >= 2))
+        if naive:
+            ratio = ours["events_per_s"] / naive["events_per_s"]
+            out.append(("throughput vs naive task", f"{ratio:.1f}x", "≥ 30x", ratio >= 30))
+    lat = results.get("latency")
+    if lat:
+        ratio = lat["plain task .delay"]["p50_us"] / lat["buffer_event"]["p50_us"]
+        out.append(("buffer_event p50 vs plain .delay", f"{ratio:.1f}x faster", "≥ 4x", ratio >= 4))
+    mem = results.get("memory")
+    if mem:
+        growth = mem["rss_growth"] / 2**20
+        label = f"RSS growth, {mem['events']:,}-record drain"
+        out.append((label, f"{growth:.1f} MB", "< 100 MB", growth < 100))
+    return out
+
+
+def sections(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(title, markdown table)`` per scenario that ran."""
+    out: list[tuple[str, str]] = []
+    lat = results.get("latency")
+    if lat:
+        base = lat["buffer_event"]["p50_us"]
+        rows = [
+            [
+                f"`{name}`",
+                str(r["calls"]),
+                _fmt(r["p50_us"]),
+                _fmt(r["p99_us"]),
+                _fmt(r["calls_per_s"], 0),
+                f"{r['p50_us'] / base:.1f}x",
+            ]
+            for name, r in lat.items()
+        ]
+        header = ["method", "calls", "p50 µs", "p99 µs", "calls/s", "p50 vs buffer_event"]
+        out.append(("1. Producer latency (per call, in the caller)", _md_table(header, rows)))
+    rows_t = results.get("throughput")
+    if rows_t:
+        ours = _by_name(rows_t, "buffered flusher") or rows_t[0]
+        rows = [
+            [
+                r["name"],
+                f"{r['events']:,}",
+                f"{r.get('processed', 0):,}",
+                _fmt(r["wall_s"], 2),
+                _fmt(r["events_per_s"], 0),
+                _fmt(r["cpu_us_per_event"], 2),
+                f"{ours['events_per_s'] / r['events_per_s']:.1f}x",
+                f"{r['cpu_us_per_event'] / ours['cpu_us_per_event']:.1f}x",
+            ]
+            for r in rows_t
+        ]
+        header = [
+            "sender",
+            "events",
+            "processed",
+            "wall s",
+            "events/s",
+            "sender CPU µs/event",
+            "buffered is faster by",
+            "CPU vs buffered",
+        ]
+        out.append(("2. Delivery throughput and sender CPU", _md_table(header, rows)))
+    mem = results.get("memory")
+    if mem:
+        mb = 2**20
+        rows = [
+            [
+                f"{mem['events']:,}",
+                _fmt(mem["record_bytes"], 0),
+                _fmt(mem["rss_baseline"] / mb),
+                _fmt(mem["rss_peak"] / mb),
+                _fmt(mem["rss_growth"] / mb),
+                _fmt(mem["events_per_s"], 0),
+                _fmt(mem["cpu_us_per_event"], 2),
+            ]
+        ]
+        header = [
+            "backlog",
+            "bytes/record",
+            "RSS warm MB",
+            "RSS peak MB",
+            "growth MB",
+            "events/s",
+            "CPU µs/event",
+        ]
+        out.append(("3. Memory: one flusher draining a backlog", _md_table(header, rows)))
+    scaling = results.get("scaling")
+    if scaling:
+        one = scaling[0]["events_per_s"]
+        rows = [
+            [
+                str(i + 1),
+                f"{r['events']:,}",
+                _fmt(r["wall_s"], 2),
+                _fmt(r["events_per_s"], 0),
+                _fmt(r["cpu_us_per_event"], 2),
+                f"{r['events_per_s'] / one:.2f}x",
+            ]
+            for i, r in enumerate(scaling)
+        ]
+        header = ["flusher processes", "events", "wall s", "events/s", "CPU µs/event", "vs one"]
+        out.append(("4. Scaling: one vs two flusher processes", _md_table(header, rows)))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    parts = [f"## {title}\n\n{body}" for title, body in sections(results)]
+    verdicts = targets(results)
+    if verdicts:
+        rows = [[t, m, r, "met" if ok else "MISSED"] for t, m, r, ok in verdicts]
+        parts.append("## Targets\n\n" + _md_table(["target", "measured", "required", ""], rows))
+    return "\n\n".join(parts)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _redis_version(binary: str | None) -> str:
+    if not binary:
+        return "unknown"
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    match = re.search(r"v=(\S+)", out.stdout)
+    name = Path(binary).name
+    return f"{name} {match.group(1)}" if match else name
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f"{pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory = "unknown RAM"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {memory}, {system}"
+
+
+def versions(results: dict[str, Any]) -> str:
+    items = [
+        ("python", platform.python_version()),
+        ("suprsend-celery", _version("suprsend-celery")),
+        ("celery", _version("celery")),
+        ("kombu", _version("kombu")),
+        ("redis-py", _version("redis")),
+        ("requests", _version("requests")),
+        ("urllib3", _version("urllib3")),
+        ("suprsend-py-sdk", _version("suprsend-py-sdk")),
+        ("server", _redis_version(results.get("redis_binary"))),
+    ]
+    return ", ".join(f"{name} {version}" for name, version in items)
+
+
+METHOD = """\
+- One command, `python -m benchmarks`, starts a private Redis (`RedisServer`, no
+  persistence), the sandbox in its own process (`benchmarks/_sandbox.py`, so its CPU is
+  never counted as a sender's) and every sender it measures, in this order, in one run.
+- Every scenario sends the same events: `order_placed` for `user-<n>` with five
+  realistic order properties (id, amount, currency, items, channel) and a unique
+  idempotency key; a record is about {record_bytes} bytes serialised.
+- Producer latency: each call timed with `perf_counter` in this process, the four
+  methods interleaved in 5 rounds after 50 warm-up calls each. `buffer_event` and
+  `track_event.delay` include validation and serialisation; the plain task gets the
+  same arguments; the SDK call includes building its `Event` and its HTTP request.
+- Throughput and CPU: each sender drains the same N events into the sandbox; the
+  clock runs from "go" to the sandbox having processed all N. Only the sending
+  processes' CPU is counted: `getrusage(RUSAGE_SELF)` inside the flusher and SDK
+  processes, `psutil` over a Celery worker and its prefork pool. Workers (prefork,
+  concurrency 2, the relay app's settings) are warmed up on a side queue and then
+  pointed at the loaded queue with `add_consumer`, so start-up is not measured. The
+  buffered and SDK senders start from events already built (by `buffer_events` and
+  `suprsend.Event(...)` respectively): both measure the sending side only.
+- Memory: the backlog is pushed straight into the pending list (pipelined `RPUSH`
+  of records as `buffer_event` stores them), then one flusher process drains it
+  while its RSS is sampled every 0.1 s; growth = peak minus RSS when warm.
+- Scaling: the same buffered drain with one, then two, flusher processes.
+- The machine has 2 cores shared by Redis, the sandbox and the senders, so the
+  end-to-end rates are bounded by the sandbox as much as by the senders; the CPU per
+  event is the figure that shows the sender's own cost.
+"""
+
+
+def write(path: Path, results: dict[str, Any]) -> None:
+    analysis = f"{_START}\n_Analysis to be written after the run._\n{_END}"
+    if path.exists():
+        previous = path.read_text()
+        if _START in previous and _END in previous:
+            analysis = previous[previous.index(_START) : previous.index(_END) + len(_END)]
+    when = datetime.datetime.fromtimestamp(results["started"], datetime.timezone.utc)
+    minutes = (results["finished"] - results["started"]) / 60
+    record_bytes = "330"
+    if results.get("memory"):
+        record_bytes = f"{results['memory']['record_bytes']:.0f}"
+    args = results.get("args", {})
+    body = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m benchmarks` (see `benchmarks/`); the analysis section is "
+        "written by hand and kept across runs. Figures are from one run; on a shared "
+        "2-core machine expect a few percent of noise between runs.",
+        "",
+        f"- Date: {when:%Y-%m-%d %H:%M} UTC, the run took {minutes:.1f} minutes",
+        f"- Machine: {machine()}",
+        f"- Versions: {versions(results)}",
+        f"- Sizes: {args.get('calls')} calls per producer method, {args.get('events')} events "
+        f"per throughput run ({args.get('naive_events')} for the naive task), "
+        f"{args.get('backlog'):,} records for the memory run",
+        "",
+        "## Method",
+        "",
+        METHOD.format(record_bytes=record_bytes),
+        table(results),
+        "",
+        "## Analysis",
+        "",
+        analysis,
+        "",
+    ]
+    path.write_text("\n".join(body))
