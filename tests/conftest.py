@@ -110,6 +110,13 @@ def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Cele
     yield factory
     for app in apps:
         reset_settings(app)
+        # The Redis result backend keeps a pubsub connection for .get(); close it (and
+        # forget its subscriptions, so an AsyncResult collected later does not reopen it),
+        # or a later GC reports the socket as an unraisable ResourceWarning in another test.
+        consumer = getattr(app.backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.subscribed_to.clear()
+            consumer.stop()
         app.close()
 
 
