@@ -1,0 +1,212 @@
+"""The direct path survives a worker killed mid-send (SIGKILL): redelivered, sent once.
+
+Real prefork workers run as subprocesses of the standalone relay app
+(``suprsend_celery.app``, configured from the environment) on the test Redis; the
+sandbox holds the first request open (a delay fault) so the kill lands while it is in
+flight. SuprSend's idempotency then turns the resend into a counted duplicate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from celery.result import AsyncResult
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+
+from suprsend_celery import track_event
+from suprsend_celery.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow
+
+VISIBILITY_TIMEOUT = 5
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (from /proc, so no extra dependency)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+class RelayWorkers:
+    """Starts prefork relay workers (``-c 1``) as subprocesses; kills them all at the end."""
+
+    def __init__(self, redis_url: str, sandbox_url: str, queue: str, logs: Path) -> None:
+        self.queue = queue
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = {
+            **os.environ,
+            "SUPRSEND_WORKSPACE_KEY": WORKSPACE_KEY,
+            "SUPRSEND_WORKSPACE_SECRET": WORKSPACE_SECRET,
+            "SUPRSEND_BASE_URL": sandbox_url,
+            "SUPRSEND_REDIS_URL": redis_url,
+            "SUPRSEND_FLUSH_INTERVAL": "0",
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "CELERY_TASK_DEFAULT_QUEUE": queue,
+            "CELERY_WORKER_PREFETCH_MULTIPLIER": "1",
+            "CELERY_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            # Sweep for expired unacked messages every second, not every 100 s.
+            "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(
+                {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+            ),
+        }
+
+    def start(self) -> subprocess.Popen[bytes]:
+        index = len(self.procs)
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "suprsend_celery.app",
+            "worker",
+            "--pool=prefork",
+            "-c",
+            "1",
+            "-Q",
+            self.queue,
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"kill{index}-{self.queue}@%h",
+        ]
+        with open(self.logs / f"worker{index}.log", "wb") as log:
+            proc = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.procs.append(proc)
+        return proc
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+    def close(self) -> None:
+        """SIGKILL every worker's process group: the main process and its pool children,
+        also children orphaned by an earlier kill of their parent."""
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def relay_workers(
+    redis_url: str, sandbox: Sandbox, tmp_path: Path
+) -> Iterator[Callable[[], RelayWorkers]]:
+    queue = f"direct-kill-{uuid.uuid4().hex[:8]}"
+    workers = RelayWorkers(redis_url, sandbox.url, queue, tmp_path)
+    try:
+        yield lambda: workers
+    finally:
+        workers.close()
+
+
+@contextmanager
+def diagnostics(workers: RelayWorkers, sandbox: Sandbox) -> Iterator[None]:
+    """On failure, show what the workers logged and what the sandbox saw."""
+    try:
+        yield
+    except BaseException as exc:
+        detail = f"\nsandbox: {sandbox.stats()}\nworker logs:\n{workers.log()[-6000:]}"
+        raise AssertionError(f"{exc}{detail}") from exc
+
+
+def _publish(app: Celery, key: str) -> AsyncResult:
+    result: AsyncResult = track_event.apply_async(
+        ("u-kill", "order_placed", {"n": 1}), {"idempotency_key": key}
+    )
+    return result
+
+
+def _request_in_flight(sandbox: Sandbox) -> bool:
+    """The sandbox has received the request and is holding it (delay fault applied)."""
+    return bool(sandbox.faults()["rules"][0]["applied"] >= 1)
+
+
+def _delivered_once(sandbox: Sandbox, key: str) -> None:
+    wait_for(
+        lambda: sandbox.stats()["events_received"] >= 2,
+        60,
+        interval=0.1,
+        message="the redelivered task to send again",
+    )
+    stats = sandbox.stats()
+    assert stats["events_processed"] == 1, stats
+    assert stats["duplicates_skipped"] == stats["events_received"] - 1, stats
+    assert [e["$idempotency_key"] for e in sandbox.events()] == [key]
+
+
+def test_pool_child_killed_mid_send(
+    app_factory: Callable[..., Celery],
+    sandbox: Sandbox,
+    relay_workers: Callable[[], RelayWorkers],
+) -> None:
+    """SIGKILL of the pool process while the request is in flight: the message is
+    requeued (reject_on_worker_lost), sent again, and processed exactly once."""
+    workers = relay_workers()
+    app = app_factory(task_default_queue=workers.queue)
+    sandbox.set_faults({"rules": [{"delay": 3, "count": 1}]})
+    key = f"kill-child-{uuid.uuid4().hex[:8]}"
+    main = workers.start()
+    with diagnostics(workers, sandbox):
+        result = _publish(app, key)
+        wait_for(lambda: _request_in_flight(sandbox), 60, 0.05, "the request to reach the sandbox")
+        (child,) = _children(main.pid)
+        os.kill(child, signal.SIGKILL)
+
+        _delivered_once(sandbox, key)
+        wait_for(lambda: result.state == "SUCCESS", 30, 0.1, "the task to succeed")
+        assert result.result["idempotency_key"] == key
+        assert main.poll() is None  # the main process survived and respawned its child
+
+
+def test_main_process_killed_mid_send(
+    app_factory: Callable[..., Celery],
+    sandbox: Sandbox,
+    relay_workers: Callable[[], RelayWorkers],
+) -> None:
+    """SIGKILL of the whole worker while the request is in flight: the unacknowledged
+    message returns after the visibility timeout, another worker sends it, and it is
+    processed exactly once."""
+    workers = relay_workers()
+    app = app_factory(task_default_queue=workers.queue)
+    sandbox.set_faults({"rules": [{"delay": 3, "count": 1}]})
+    key = f"kill-main-{uuid.uuid4().hex[:8]}"
+    first = workers.start()
+    with diagnostics(workers, sandbox):
+        result = _publish(app, key)
+        wait_for(lambda: _request_in_flight(sandbox), 60, 0.05, "the request to reach the sandbox")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+
+        workers.start()
+        _delivered_once(sandbox, key)
+        wait_for(lambda: result.state == "SUCCESS", 30, 0.1, "the task to succeed")
+        assert result.result["idempotency_key"] == key
