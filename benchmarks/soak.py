@@ -269,6 +269,10 @@ class Soak:
         self.workers = [self._start_worker() for _ in range(self.config.workers)]
         self.app = producer_app(self.server.url, self.sandbox.url, QUEUE)
         self.app.conf.suprsend_key_prefix = SOAK_PREFIX
+        # The producer journals direct-path records for as long as the broker's
+        # visibility timeout, so it must know the workers' value.
+        visibility = float(WORKER_ENV["CELERY_BROKER_VISIBILITY_TIMEOUT"])
+        self.app.conf.broker_transport_options = {"visibility_timeout": visibility}
         reset_settings(self.app)
 
     def close(self) -> None:

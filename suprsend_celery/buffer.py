@@ -12,6 +12,8 @@ thanks to the ``{prefix}`` hash tag::
     {p}:retry        ZSET   record -> when it is due again
     {p}:dead         LIST   dead letters, newest first, trimmed to DEAD_LETTER_MAX
     {p}:breaker      HASH   the circuit breaker shared by every flusher
+    {p}:journal      ZSET   direct-path records -> when to send them here if their task
+                            went silent (a broker message lost; see ``journal``)
 
 A record is the event's JSON exactly as it will be sent. A record that has failed
 before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
@@ -252,6 +254,29 @@ redis.call('LPUSH', KEYS[1], ARGV[3])
 return 0
 """
 
+# KEYS: journal  ARGV: seconds, record
+# Notes a published direct-path record, due after ``seconds`` (Redis TIME).
+JOURNAL_LUA = (
+    _NOW
+    + """
+return redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+"""
+)
+
+# KEYS: journal, pending  ARGV: limit
+# Moves journal records that are due (their task never settled them) to pending.
+# Returns how many moved.
+RECOVER_JOURNAL_LUA = (
+    _NOW
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #due == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], unpack(due))
+redis.call('ZREM', KEYS[1], unpack(due))
+return #due
+"""
+)
+
 
 def split_item(item: bytes) -> tuple[int, bytes]:
     """``(attempts, record)`` of a stored item: ``b"3|{...}"`` or a bare ``b"{...}"``."""
@@ -381,12 +406,15 @@ class RedisBuffer:
         self.retry_key = f"{tag}:retry"
         self.dead_key = f"{tag}:dead"
         self.breaker_key = f"{tag}:breaker"
+        self.journal_key = f"{tag}:journal"
         self._push = client.register_script(PUSH_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._extend = client.register_script(EXTEND_LUA)
         self._requeue = client.register_script(REQUEUE_LUA)
         self._rehome = client.register_script(REHOME_LUA)
+        self._journal = client.register_script(JOURNAL_LUA)
+        self._recover_journal = client.register_script(RECOVER_JOURNAL_LUA)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisBuffer:
@@ -500,6 +528,25 @@ class RedisBuffer:
             args=[self.max_length, record, entry],
         )
         return int(result) == 1
+
+    def journal(self, record: bytes, seconds: float) -> None:
+        """Keep a published direct-path record here until its task settles it.
+
+        Celery's Redis transport pops a message (BRPOP) before it notes it as
+        unacknowledged, so a worker or Redis killed in between loses the message. A
+        record still here ``seconds`` after it was published (the broker's visibility
+        timeout, plus any countdown) is sent by the flusher instead; if the task did
+        run after all, SuprSend skips the repeat by its idempotency key.
+        """
+        self._journal(keys=[self.journal_key], args=[seconds, record])
+
+    def settle_journal(self, record: bytes) -> None:
+        """The task settled this record (sent, dead-lettered or moved to pending)."""
+        self.redis.zrem(self.journal_key, record)
+
+    def recover_journal(self, limit: int = 1000) -> int:
+        """Move journal records whose task went silent to pending; returns how many."""
+        return int(self._recover_journal(keys=[self.journal_key, self.pending_key], args=[limit]))
 
     # -- dead letters --------------------------------------------------------------
 
@@ -629,6 +676,7 @@ class RedisBuffer:
             self.retry_key,
             self.dead_key,
             self.breaker_key,
+            self.journal_key,
         ]
         self.redis.delete(*keys)
 

@@ -129,6 +129,13 @@ class Flusher:
         deadline = started + time_budget
         report = FlushReport()
         batches = 0
+        recovered = self.buffer.recover_journal()
+        if recovered:
+            logger.warning(
+                "%d direct-path record(s) were never settled by their task (a lost broker "
+                "message); sending them from the buffer",
+                recovered,
+            )
         while time.monotonic() < deadline and (max_batches is None or batches < max_batches):
             claim = self.buffer.claim(self.batch_size, self.lease)
             if claim.mode == "open":

@@ -8,6 +8,8 @@ distinct_id and idempotency key, never properties or secrets.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 from typing import Any
 
@@ -64,6 +66,18 @@ def _meta_of(text: str) -> dict[str, Any]:
     }
 
 
+def _delay_of(options: dict[str, Any]) -> float:
+    """Seconds until a message published with these options may run (countdown/eta)."""
+    countdown = options.get("countdown")
+    if isinstance(countdown, (int, float)) and not isinstance(countdown, bool):
+        return max(0.0, float(countdown))
+    eta = options.get("eta")
+    if isinstance(eta, datetime.datetime):
+        now = datetime.datetime.now(eta.tzinfo or None)
+        return max(0.0, (eta - now).total_seconds())
+    return 0.0
+
+
 def _is_prepared(args: Any, kwargs: Any) -> bool:
     return (
         not args
@@ -104,7 +118,46 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """Validate and serialise in the caller, then publish only the finished record."""
         message_kwargs, redaction = self._prepare(args, kwargs)
         options.update(redaction)
-        return super().apply_async((), message_kwargs, task_id, *rest, **options)
+        publish = super().apply_async
+        return self._journaled(
+            message_kwargs, options, lambda: publish((), message_kwargs, task_id, *rest, **options)
+        )
+
+    def _journaled(
+        self, message_kwargs: dict[str, Any], options: dict[str, Any], publish: Any
+    ) -> Any:
+        """Publish with the record noted in the buffer's journal until a worker settles it.
+
+        The broker can lose a message that a worker had popped but not yet noted as
+        unacknowledged (a SIGKILL or a Redis restart in between); the flusher then sends
+        the record from the journal (see ``RedisBuffer.journal``). Best effort: without
+        a buffer, or with Redis unreachable, the broker's own guarantee remains.
+        """
+        buffer = get_buffer(self.app, required=False)
+        if buffer is None:
+            return publish()
+        record = message_kwargs[_RECORD].encode("utf-8")
+        seconds = get_settings(self.app).visibility_timeout + _delay_of(options)
+        try:
+            buffer.journal(record, seconds)
+        except redis.RedisError as exc:
+            key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
+            logger.warning("event %s not journaled (%s); relying on the broker alone", key, exc)
+            return publish()
+        try:
+            return publish()
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):
+                buffer.settle_journal(record)
+            raise
+
+    def _settle_journal(self, text: str) -> None:
+        buffer = get_buffer(self.app, required=False)
+        if buffer is not None:
+            try:
+                buffer.settle_journal(text.encode("utf-8"))
+            except redis.RedisError as exc:  # the flusher will re-send it: a duplicate, skipped
+                logger.warning("journal entry not settled (%s)", exc)
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
         """Publish when the current Django transaction commits (nothing if it rolls back).
@@ -119,7 +172,11 @@ class TrackEventTask(Task):  # type: ignore[misc]
         message_kwargs, options = self._prepare(args, kwargs)
         key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
         publish = super().apply_async
-        transaction.on_commit(lambda: publish((), message_kwargs, **options))
+        transaction.on_commit(
+            lambda: self._journaled(
+                message_kwargs, options, lambda: publish((), message_kwargs, **options)
+            )
+        )
         return str(key)
 
     def send_record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -131,7 +188,15 @@ class TrackEventTask(Task):  # type: ignore[misc]
         meta = _meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
-        return self._send(text, meta)
+        try:
+            result = self._send(text, meta)
+        except (DeliveryError, ConfigurationError):
+            self._settle_journal(text)  # dead-lettered, or kept in the buffer
+            raise
+        # A Retry re-published the record (and pushed its journal entry out); any other
+        # exception leaves the entry for the flusher to send.
+        self._settle_journal(text)
+        return result
 
     def _send(self, text: str, meta: dict[str, Any]) -> dict[str, Any]:
         settings = get_settings(self.app)
