@@ -320,8 +320,8 @@ def start_worker(
     return Child(argv, env=env, log=log)
 
 
-def producer_app(redis_url: str, sandbox_url: str, queue: str) -> Any:
-    """The producer side's Celery app (this process), made current for the shared tasks."""
+def producer_app(redis_url: str, sandbox_url: str, queue: str, *, current: bool = True) -> Any:
+    """The producer side's Celery app (this process), by default made current."""
     from celery import Celery
 
     app = Celery("bench-producer", set_as_current=False)
@@ -337,8 +337,9 @@ def producer_app(redis_url: str, sandbox_url: str, queue: str) -> Any:
         suprsend_key_prefix=PREFIX,
         suprsend_flush_interval=0,
     )
-    app.set_current()
-    app.set_default()
+    if current:
+        app.set_current()
+        app.set_default()
     return app
 
 

@@ -267,7 +267,7 @@ class Soak:
             log=self.logdir / "beat.log",
         )
         self.workers = [self._start_worker() for _ in range(self.config.workers)]
-        self.app = producer_app(self.server.url, self.sandbox.url, QUEUE)
+        self.app = producer_app(self.server.url, self.sandbox.url, QUEUE, current=False)
         self.app.conf.suprsend_key_prefix = SOAK_PREFIX
         # The producer journals direct-path records for as long as the broker's
         # visibility timeout, so it must know the workers' value.

@@ -1,0 +1,84 @@
+"""The direct path's journal: a published record whose broker message is lost still arrives.
+
+Celery's Redis transport pops a message before it notes it as unacknowledged, so a
+worker or Redis killed in between loses it. ``track_event.delay`` therefore notes the
+record in the buffer's journal until a worker settles it; once the broker's visibility
+timeout has passed, the flusher sends what is still there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from conftest import wait_for
+
+from suprsend_celery import track_event
+from suprsend_celery.runtime import get_buffer, get_flusher
+from suprsend_celery.sandbox import Sandbox
+
+QUEUE = "suprsend-tests"
+
+
+def journal_size(app: Celery) -> int:
+    buffer = get_buffer(app)
+    assert buffer is not None
+    return int(buffer.redis.zcard(buffer.journal_key))
+
+
+class TestJournal:
+    """``track_event`` records are journaled until settled, and recovered when lost."""
+
+    def test_lost_message_is_sent_by_the_flusher(
+        self,
+        app_factory: Callable[..., Celery],
+        sandbox: Sandbox,
+        redis_client: redis.Redis,
+    ) -> None:
+        """A message that vanished from the broker is delivered once its journal entry is due."""
+        app = app_factory(broker_transport_options={"visibility_timeout": 1})
+        track_event.delay("u1", "order_placed", {"n": 1}, idempotency_key="lost-1")
+        assert journal_size(app) == 1
+        redis_client.delete(QUEUE)  # the broker lost the message
+        flusher = get_flusher(app)
+        wait_for(
+            lambda: flusher.run(time_budget=5).sent == 1,
+            timeout=15,
+            interval=0.2,
+            message="the journaled record to be flushed",
+        )
+        assert [e["$idempotency_key"] for e in sandbox.events()] == ["lost-1"]
+        assert journal_size(app) == 0
+
+    def test_entry_is_not_due_before_the_visibility_timeout(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """A task still queued is left to its worker: the flusher does not send it early."""
+        app = app_factory(broker_transport_options={"visibility_timeout": 600})
+        track_event.delay("u1", "order_placed", idempotency_key="queued-1")
+        report = get_flusher(app).run(time_budget=5)
+        assert (report.sent, journal_size(app), sandbox.stats()["requests"]) == (0, 1, 0)
+
+    def test_worker_settles_sent_and_dead_lettered_records(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """A delivered event and a dead-lettered one both leave the journal empty."""
+        app = app_factory()
+        sandbox.set_faults({"rules": [{"status": 400, "count": 1, "paths": ["/v2/event/"]}]})
+        with start_worker(
+            app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+        ):
+            track_event.delay("u1", "order_placed", idempotency_key="refused-1")
+            track_event.delay("u2", "order_placed", idempotency_key="sent-1")
+            buffer = get_buffer(app)
+            assert buffer is not None
+            wait_for(
+                lambda: len(buffer.dead_letters()) == 1 and sandbox.stats()["events_processed"],
+                timeout=20,
+                message="one event delivered and one dead-lettered",
+            )
+            wait_for(lambda: journal_size(app) == 0, timeout=10, message="an empty journal")
+        assert [e["$idempotency_key"] for e in sandbox.events()] == ["sent-1"]
+        assert buffer.dead_letters()[0].idempotency_key == "refused-1"

@@ -1,0 +1,37 @@
+"""The short reliability soak: chaos on both paths, then nothing lost, nothing twice.
+
+Runs ``benchmarks.soak`` for about 20 seconds of chaos (worker and pool-process
+SIGKILLs, 503/429/HTML 502 outages, slow and lost responses, Redis SIGKILLed and
+restarted from its AOF) while events are buffered and sent directly, then waits for
+the drain. ``python -m benchmarks.soak --seconds 60`` is the long version.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
+
+from benchmarks.soak import FAULTS, SoakConfig, run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(170)
+class TestSoak:
+    """Every accepted event is processed exactly once, whatever the chaos did."""
+
+    def test_no_event_lost_or_processed_twice(self) -> None:
+        """Lost and processed-twice are 0 after a drain, with every kind of chaos applied."""
+        report = run(SoakConfig(seconds=21, rate=30, chaos_interval=2.5, drain_timeout=90, seed=6))
+        summary = "\n".join(report.lines()) + f"\nlost: {report.lost_keys}\nlogs: {report.logdir}"
+        assert report.lost == 0, summary
+        assert report.processed_twice == 0, summary
+        assert report.drained, summary
+        assert report.accepted_buffered > 100 and report.accepted_direct > 100, summary
+        assert report.processed_accepted + report.dead_letters >= report.accepted, summary
+        assert report.worker_kills >= 1 and report.pool_kills >= 1, summary
+        assert report.redis_restarts >= 1, summary
+        assert set(report.faults) == set(FAULTS), summary
