@@ -6,8 +6,8 @@ thanks to the ``{prefix}`` hash tag::
 
     {p}:pending      LIST   records waiting to be sent (FIFO: RPUSH, LPOP)
     {p}:claims       ZSET   claim id -> lease deadline (Redis TIME, seconds)
-    {p}:claim:<id>   LIST   the records one flusher is sending right now (once settled,
-                            a STRING tombstone for a minute, see SETTLE_LUA)
+    {p}:claim:<id>   LIST   the records one flusher is sending right now
+    {p}:settled:<id> STRING a settled claim's tombstone, for a minute (see SETTLE_LUA)
     {p}:inflight     STRING how many records sit in claims (for stats and the bound)
     {p}:retry        ZSET   record -> when it is due again
     {p}:dead         LIST   dead letters, newest first, trimmed to DEAD_LETTER_MAX
@@ -117,7 +117,7 @@ return out
 """
 )
 
-# KEYS: claims, claim key, inflight, retry, dead, pending, breaker
+# KEYS: claims, claim key, inflight, retry, dead, pending, breaker, settled key
 # ARGV: claim id, dead max, n_retry, n_dead, n_back, breaker verdict, breaker threshold,
 #       cooldown, cooldown max, open-for floor, reason,
 #       then n_retry pairs (delay, item), n_dead entries, n_back items.
@@ -174,12 +174,13 @@ local function breaker(verdict)
 end
 
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
-    if redis.call('TYPE', KEYS[2]).ok == 'string' then return 1 end
+    if redis.call('EXISTS', KEYS[8]) == 1 then return 1 end
     breaker(ARGV[6])
     return -1
 end
 redis.call('DECRBY', KEYS[3], redis.call('LLEN', KEYS[2]))
-redis.call('SET', KEYS[2], '1', 'EX', 60)
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[8], '1', 'EX', 60)
 local i = 12
 for _ = 1, tonumber(ARGV[3]) do
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[i]), ARGV[i + 1])
@@ -402,6 +403,7 @@ class RedisBuffer:
         self.pending_key = f"{tag}:pending"
         self.claims_key = f"{tag}:claims"
         self.claim_prefix = f"{tag}:claim:"
+        self.settled_prefix = f"{tag}:settled:"
         self.inflight_key = f"{tag}:inflight"
         self.retry_key = f"{tag}:retry"
         self.dead_key = f"{tag}:dead"
@@ -508,6 +510,7 @@ class RedisBuffer:
                 self.dead_key,
                 self.pending_key,
                 self.breaker_key,
+                self.settled_prefix + claim_id,
             ],
             args=args,
         )
@@ -669,6 +672,7 @@ class RedisBuffer:
     def clear(self) -> None:
         """Delete every key of this buffer (tests and ``dead-letters purge`` helpers)."""
         keys = list(self.redis.scan_iter(match=self.claim_prefix + "*", count=1000))
+        keys += self.redis.scan_iter(match=self.settled_prefix + "*", count=1000)
         keys += [
             self.pending_key,
             self.claims_key,
