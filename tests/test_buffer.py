@@ -332,7 +332,25 @@ class TestBreaker:
 
     @pytest.fixture
     def fast(self, make_buffer: Callable[..., RedisBuffer]) -> RedisBuffer:
+        """A breaker whose cool-down passes quickly (for tests that wait for it)."""
         return make_buffer(breaker_threshold=3, breaker_cooldown=0.3, breaker_cooldown_max=5)
+
+    @pytest.fixture
+    def slow(self, make_buffer: Callable[..., RedisBuffer]) -> RedisBuffer:
+        """A breaker that stays open for the whole test, however slow the machine."""
+        return make_buffer(breaker_threshold=3, breaker_cooldown=60)
+
+    @staticmethod
+    def raw(buf: RedisBuffer) -> dict[str, float | str]:
+        """The breaker hash as stored (no clock involved)."""
+        out: dict[str, float | str] = {}
+        for k, v in buf.redis.hgetall(buf.breaker_key).items():
+            text = v.decode()
+            try:
+                out[k.decode()] = float(text)
+            except ValueError:
+                out[k.decode()] = text
+        return out
 
     def fail_once(self, buf: RedisBuffer, verdict: str = "fail", **kwargs: Any) -> None:
         buf.push([make_record(0)])
@@ -340,20 +358,20 @@ class TestBreaker:
         assert claim.items, claim
         buf.settle(claim.id, back=claim.items, verdict=verdict, reason="HTTP 503", **kwargs)
 
-    def test_opens_after_threshold_and_refuses_claims(self, fast: RedisBuffer) -> None:
+    def test_opens_after_threshold_and_refuses_claims(self, slow: RedisBuffer) -> None:
         """Consecutive failures open it; while open no one claims, records stay put."""
-        self.fail_once(fast)
-        self.fail_once(fast)
-        assert fast.stats()["breaker"] == "closed"
-        self.fail_once(fast)
-        state = fast.breaker()
+        self.fail_once(slow)
+        self.fail_once(slow)
+        assert slow.stats()["breaker"] == "closed"
+        self.fail_once(slow)
+        state = slow.breaker()
         assert state["state"] == "open"
         assert state["reason"] == "HTTP 503"
-        assert 0 < state["retry_in"] <= 0.3
-        refused = fast.claim(100, lease=30)
+        assert 50 < state["retry_in"] <= 60
+        refused = slow.claim(100, lease=30)
         assert (refused.mode, refused.items) == ("open", [])
-        assert 0 < refused.wait <= 0.3
-        assert fast.stats()["pending"] == 3
+        assert 50 < refused.wait <= 60
+        assert slow.stats()["pending"] == 3
 
     def test_a_success_resets_the_count(self, fast: RedisBuffer) -> None:
         """Failures must be consecutive."""
@@ -391,10 +409,10 @@ class TestBreaker:
         probe = fast.claim(100, lease=30)
         assert probe.mode == "probe"
         fast.settle(probe.id, back=probe.items, verdict="fail", reason="HTTP 502")
-        state = fast.breaker()
-        assert state["state"] == "open"
-        assert state["reason"] == "HTTP 502"
-        assert 0.3 < state["retry_in"] <= 0.6
+        raw = self.raw(fast)
+        assert (raw["state"], raw["reason"]) == ("open", "HTTP 502")
+        assert raw["cooldown"] == pytest.approx(0.6)
+        assert float(raw["until"]) - float(raw["opened_at"]) == pytest.approx(0.6)
 
     def test_probe_of_an_empty_buffer_leaves_it_half_open(self, fast: RedisBuffer) -> None:
         """With nothing to send, the next claim with records becomes the probe."""
@@ -406,11 +424,11 @@ class TestBreaker:
         fast.push([make_record(5)])
         assert fast.claim(100, lease=30).mode == "probe"
 
-    def test_auth_opens_at_once(self, fast: RedisBuffer) -> None:
+    def test_auth_opens_at_once(self, slow: RedisBuffer) -> None:
         """401/403 open the breaker on the first failure, records go back untouched."""
-        self.fail_once(fast, verdict="auth")
-        assert fast.breaker()["state"] == "open"
-        assert fast.redis.lrange(fast.pending_key, 0, -1)[0][:1] == b"{"
+        self.fail_once(slow, verdict="auth")
+        assert slow.breaker()["state"] == "open"
+        assert slow.redis.lrange(slow.pending_key, 0, -1)[0][:1] == b"{"
 
     def test_retry_after_pauses_exactly_that_long(
         self, make_buffer: Callable[..., RedisBuffer]
@@ -418,9 +436,9 @@ class TestBreaker:
         """One Retry-After opens the breaker for that many seconds, below the threshold."""
         buf = make_buffer(breaker_threshold=5, breaker_cooldown=60)
         self.fail_once(buf, open_for=2.0)
-        state = buf.breaker()
-        assert state["state"] == "open"
-        assert 1.5 < state["retry_in"] <= 2.0
+        raw = self.raw(buf)
+        assert raw["state"] == "open"
+        assert float(raw["until"]) - float(raw["opened_at"]) == pytest.approx(2.0)
 
     def test_retry_after_extends_an_open_breaker(self, fast: RedisBuffer) -> None:
         """A longer Retry-After answered while open pushes the next probe out, a shorter
@@ -429,18 +447,19 @@ class TestBreaker:
         early, late = fast.claim(1, lease=30), fast.claim(1, lease=30)  # before it opened
         for _ in range(3):
             self.fail_once(fast)
-        assert fast.breaker()["retry_in"] <= 0.3
+        opened = self.raw(fast)
         fast.settle(early.id, back=early.items, verdict="fail", open_for=5.0)
-        assert 4 < fast.breaker()["retry_in"] <= 5
+        extended = self.raw(fast)
+        assert float(extended["until"]) - float(opened["until"]) > 4.5
         fast.settle(late.id, back=late.items, verdict="fail", open_for=1.0)
-        assert fast.breaker()["retry_in"] > 3
-        assert fast.breaker()["state"] == "open"
+        assert self.raw(fast)["until"] == extended["until"]
+        assert self.raw(fast)["state"] == "open"
 
-    def test_reset_breaker(self, fast: RedisBuffer) -> None:
+    def test_reset_breaker(self, slow: RedisBuffer) -> None:
         """reset_breaker closes it at once."""
-        self.fail_once(fast, verdict="auth")
-        fast.reset_breaker()
-        assert fast.stats()["breaker"] == "closed"
+        self.fail_once(slow, verdict="auth")
+        slow.reset_breaker()
+        assert slow.stats()["breaker"] == "closed"
 
 
 class TestDeadLetters:

@@ -194,11 +194,17 @@ class TestKilledFlushers:
         """Four processes drain one buffer together and never send a record twice."""
         app = app_factory()
         buffer = buffer_of(app)
-        keys = buffer_events(make_events(4000), app=app)
         sandbox.set_faults([{"delay": 0.01}])
         args = [str(TESTS / "_flusher_proc.py"), redis_url, sandbox.url, "30", "25"]
-        procs = [spawn(args, subprocess_env(), tmp_path / f"f{i}.log") for i in range(4)]
+        logs = [tmp_path / f"f{i}.log" for i in range(4)]
+        procs = [spawn(args, subprocess_env(), log) for log in logs]
         try:
+            wait_for(
+                lambda: all(b"flusher ready" in log.read_bytes() for log in logs),
+                timeout=60,
+                message="four flushers polling an empty buffer",
+            )
+            keys = buffer_events(make_events(4000), app=app)
             wait_for(
                 lambda: buffer.remaining() == 0 and sandbox.stats()["events_processed"] == 4000,
                 timeout=90,
