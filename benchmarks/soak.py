@@ -125,6 +125,8 @@ class SoakReport:
     requests: int = 0
     outage_seconds: float = 0.0
     requests_during_outages: int = 0
+    bulk_requests_during_outages: int = 0
+    direct_sent_from_journal: int = 0
     worker_kills: int = 0
     pool_kills: int = 0
     redis_restarts: int = 0
@@ -152,9 +154,12 @@ class SoakReport:
             f"lost                  {self.lost}",
             f"processed twice       {self.processed_twice}",
             f"dead letters          {self.dead_letters}",
+            f"journal recoveries    {self.direct_sent_from_journal} direct events whose broker "
+            "message was lost, sent by the flusher",
             f"requests              {self.requests} to the event API; "
             f"{self.requests_during_outages} during {self.outage_seconds:.1f}s of outages "
-            f"({outage_rate:.1f}/s)",
+            f"({outage_rate:.1f}/s; {self.bulk_requests_during_outages} of them bulk requests "
+            "from flushers, the rest direct-task retries)",
             f"chaos                 {self.worker_kills} worker kills, {self.pool_kills} pool "
             f"process kills, {self.redis_restarts} Redis restarts, faults {self.faults}",
             f"producer errors       {self.producer_errors or 'none'}",
@@ -465,9 +470,17 @@ class Soak:
         report.dead_letters = len(dead)
         report.requests = stats["requests"]
         report.outage_seconds = sum(end - start for start, end in self.outages)
-        arrivals = [r["received_at"] for r in self.sandbox.requests()]
+        log_entries = self.sandbox.requests()
+        arrivals = [r["received_at"] for r in log_entries]
+        direct = {k for k, via in accepted.items() if via == "direct"}
+        bulk = [r for r in log_entries if r["path"].endswith("/bulk/event/")]
+        via_bulk = {k for r in bulk for k in r["idempotency_keys"]}
+        report.direct_sent_from_journal = len(direct & via_bulk)
         report.requests_during_outages = sum(
             1 for t in arrivals if any(start <= t <= end for start, end in self.outages)
+        )
+        report.bulk_requests_during_outages = sum(
+            1 for r in bulk if any(start <= r["received_at"] <= end for start, end in self.outages)
         )
         return report
 
