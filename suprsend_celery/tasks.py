@@ -260,12 +260,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             try:
                 buffer.dead_letter(entry)
             except redis.RedisError as redis_exc:
-                # Losing the event is worse than retrying later: keep it in the broker.
-                logger.error("event %s: dead-lettering failed (%s); retrying", key, redis_exc)
-                countdown = min(30.0, get_settings(self.app).max_countdown)
-                raise self.retry(
-                    args=(), kwargs={_RECORD: text}, exc=exc, countdown=countdown
-                ) from None
+                raise self._retry_for_redis(text, key, exc, "dead-lettering", redis_exc) from None
             where = "moved to the dead-letter list"
         logger.error("event %s not delivered: %s; %s", key, reason, where)
         raise type(exc)(
@@ -274,6 +269,24 @@ class TrackEventTask(Task):  # type: ignore[misc]
             idempotency_key=key,
             retry_after=exc.retry_after,
         ) from None
+
+    def _retry_for_redis(
+        self, text: str, key: str, exc: DeliveryError, action: str, redis_exc: Exception
+    ) -> Exception:
+        """Redis is unreachable: keep the event in the broker and try again later.
+
+        Losing the event is worse than sending it again (the key makes that safe).
+        """
+        countdown = min(30.0, get_settings(self.app).max_countdown)
+        reason = f"{exc}; {action} failed ({type(redis_exc).__name__}); retry in {countdown:.1f}s"
+        logger.error("event %s: %s", key, reason)
+        retry_exc = type(exc)(
+            f"{reason} (idempotency key {key})", status_code=exc.status_code, idempotency_key=key
+        )
+        result: Exception = self.retry(
+            args=(), kwargs={_RECORD: text}, exc=retry_exc, countdown=countdown
+        )
+        return result
 
     def _credentials_refused(
         self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int
@@ -294,11 +307,13 @@ class TrackEventTask(Task):  # type: ignore[misc]
             )
             try:
                 kept = buffer.rehome(text.encode("utf-8"), entry)
-            except redis.RedisError:
-                kept = None
-            if kept is True:
+            except redis.RedisError as redis_exc:
+                raise self._retry_for_redis(
+                    text, key, exc, "keeping it in the buffer", redis_exc
+                ) from None
+            if kept:
                 where = "the event was moved to the buffer and is sent once this is fixed"
-            elif kept is False:
+            else:
                 where = "the buffer is full, so the event was dead-lettered"
         logger.error("event %s: %s; %s", key, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None

@@ -43,6 +43,7 @@ from suprsend_celery import (
 )
 from suprsend_celery.buffer import parse_dead_letter
 from suprsend_celery.events import BUILTIN_EVENT_NAMES
+from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer, get_flusher
 from suprsend_celery.sandbox import Sandbox
 
@@ -382,6 +383,47 @@ class TestFailures:
         assert report.sent == 1
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-401"]
 
+    @pytest.mark.parametrize("status", [400, 401])
+    def test_buffer_redis_down_keeps_the_event_in_the_broker(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox, status: int
+    ) -> None:
+        """When the dead-letter (400) or buffer (401) Redis is down, the task retries
+        instead of losing the event, and files it once Redis is back."""
+        with RedisServer(appendonly=True, appendfsync="always") as buffer_redis:
+            overrides: dict[str, Any] = {
+                "suprsend_redis_url": buffer_redis.url,
+                "suprsend_retry_backoff_max": 1,
+            }
+            if status == 400:
+                sandbox.set_faults({"rules": [{"status": 400}]})
+            else:
+                overrides["suprsend_workspace_secret"] = "WSSECRET_wrong"
+            app = app_factory(**overrides)
+            buffer_redis.kill()
+            with running_worker(app):
+                result = track_event.delay("u-down", "order_placed", idempotency_key="k-down")
+                wait_for(lambda: result.state == "RETRY", 30, 0.05, "a RETRY while Redis is down")
+                reason = str(result.info)
+                buffer_redis.restart()
+                finished(result)
+            assert "failed" in reason
+            assert "retry in" in reason
+            assert "k-down" in reason
+            assert result.state == "FAILURE"
+            assert sandbox.stats()["requests"] >= 2
+            buffer = get_buffer(app)
+            assert buffer is not None
+            pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
+            if status == 400:
+                assert isinstance(result.result, PermanentDeliveryError)
+                assert [d.idempotency_key for d in dead_letters(app)] == ["k-down"]
+                assert pending == []
+            else:
+                assert isinstance(result.result, ConfigurationError)
+                assert dead_letters(app) == []
+                assert [json.loads(p)["$idempotency_key"] for p in pending] == ["k-down"]
+            buffer.redis.close()
+
 
 # -- validation at the call site -------------------------------------------------------
 
@@ -629,7 +671,10 @@ def test_secrets_and_properties_stay_hidden(
     assert "MaxRetriesExceededError" not in failed["exception"]
 
     # Logs, formatted and raw (arguments and extras).
-    assert caplog.records, "no logs captured"
+    loggers = {record.name for record in caplog.records}
+    # The worker's own logs were captured: ours (retry, give up) and Celery's task trace.
+    assert {"suprsend_celery.tasks", "celery.app.trace"} <= loggers, loggers
+    assert any("k-bad" in record.getMessage() for record in caplog.records)
     for record in caplog.records:
         text = record.getMessage() + repr(record.args) + repr(vars(record))
         assert not _scan_for_markers(text), record.getMessage()
