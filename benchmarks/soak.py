@@ -304,15 +304,14 @@ class Soak:
         self.workers[index] = self._start_worker()
 
     def kill_pool_process(self) -> None:
-        worker = self.random.choice(self.workers)
-        try:
-            children = psutil.Process(worker.pid).children()
-        except psutil.NoSuchProcess:
-            children = []
-        if not children:
+        pools: list[psutil.Process] = []
+        for worker in self.workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pools.extend(psutil.Process(worker.pid).children())
+        if not pools:  # every worker is still starting: kill a whole one instead
             self.kill_worker()
             return
-        victim = self.random.choice(children)
+        victim = self.random.choice(pools)
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim.pid, signal.SIGKILL)
         self.report.pool_kills += 1
@@ -339,11 +338,12 @@ class Soak:
         self.report.redis_restarts += 1
 
     def chaos(self, seconds: float) -> None:
-        """One action per ``chaos_interval`` slot: every kind once, then at random."""
+        """One action per ``chaos_interval`` slot: every kind once (however long that
+        takes), then at random until ``seconds`` have passed."""
         stop = threading.Event()
         deadline = time.monotonic() + seconds
         step = 0
-        while time.monotonic() < deadline:
+        while step < len(FIRST_ROUND) or time.monotonic() < deadline:
             slot_end = time.monotonic() + self.config.chaos_interval
             if step < len(FIRST_ROUND):
                 kind = FIRST_ROUND[step]
