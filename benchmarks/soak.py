@@ -127,6 +127,7 @@ class SoakReport:
     requests_during_outages: int = 0
     bulk_requests_during_outages: int = 0
     direct_sent_from_journal: int = 0
+    direct_only_from_journal: int = 0
     worker_kills: int = 0
     pool_kills: int = 0
     redis_restarts: int = 0
@@ -154,8 +155,9 @@ class SoakReport:
             f"lost                  {self.lost}",
             f"processed twice       {self.processed_twice}",
             f"dead letters          {self.dead_letters}",
-            f"journal recoveries    {self.direct_sent_from_journal} direct events whose broker "
-            "message was lost, sent by the flusher",
+            f"journal recoveries    {self.direct_sent_from_journal} direct events sent by the "
+            f"flusher from the journal; {self.direct_only_from_journal} of them never accepted "
+            "through their task (its broker message was lost)",
             f"requests              {self.requests} to the event API; "
             f"{self.requests_during_outages} during {self.outage_seconds:.1f}s of outages "
             f"({outage_rate:.1f}/s; {self.bulk_requests_during_outages} of them bulk requests "
@@ -475,7 +477,14 @@ class Soak:
         direct = {k for k, via in accepted.items() if via == "direct"}
         bulk = [r for r in log_entries if r["path"].endswith("/bulk/event/")]
         via_bulk = {k for r in bulk for k in r["idempotency_keys"]}
+        singles = {
+            k
+            for r in log_entries
+            if not r["path"].endswith("/bulk/event/") and r["status"] == 202
+            for k in r["idempotency_keys"]
+        }
         report.direct_sent_from_journal = len(direct & via_bulk)
+        report.direct_only_from_journal = len((direct & via_bulk) - singles)
         report.requests_during_outages = sum(
             1 for t in arrivals if any(start <= t <= end for start, end in self.outages)
         )
