@@ -8,6 +8,9 @@ rounds so that background noise hits them all alike:
 - a plain Celery task's ``.delay(...)`` with the same arguments (same broker);
 - the official SDK's synchronous ``Suprsend(...).track_event(Event(...))`` against
   the sandbox: the request is made in the view.
+
+A Redis ``PING`` is timed alongside as a reference: the round trip that bounds any
+call that waits for Redis.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from suprsend_celery import buffer_event, track_event
 from suprsend_celery.config import reset_settings
 
 QUEUE = "bench-latency"
+#: Not a way to send an event: one Redis round trip, the floor under every Redis call.
+REFERENCE = "(reference) Redis PING"
 
 
 def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) -> dict[str, Any]:
@@ -70,11 +75,17 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
         d, n, p, k = event_args(next(counter), tag)
         sdk.track_event(SdkEvent(d, n, p, idempotency_key=k))
 
+    ping = redis.Redis.from_url(redis_url)
+
+    def redis_ping() -> None:
+        ping.ping()
+
     methods: dict[str, Callable[[], None]] = {
         "buffer_event": via_buffer,
         "track_event.delay": via_track,
         "plain task .delay": via_plain,
         "SDK track_event (sync)": via_sdk,
+        REFERENCE: redis_ping,
     }
     samples: dict[str, list[float]] = {name: [] for name in methods}
     elapsed: dict[str, float] = dict.fromkeys(methods, 0.0)
@@ -102,9 +113,8 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
         }
         for name, times in samples.items()
     }
-    client = redis.Redis.from_url(redis_url)
-    client.delete(QUEUE, "{" + PREFIX + "}:pending")
-    client.close()
+    ping.delete(QUEUE, "{" + PREFIX + "}:pending")
+    ping.close()
     reset_settings(app)
     app.close()
     return results

@@ -227,12 +227,16 @@ METHOD = """\
   methods interleaved in 5 rounds after 50 warm-up calls each. `buffer_event` and
   `track_event.delay` include validation and serialisation; the plain task gets the
   same arguments; the SDK call includes building its `Event` and its HTTP request.
+- A Redis `PING` is timed with them as a reference: the loopback round trip under
+  every call that waits for Redis (one for `buffer_event`).
 - Throughput and CPU: each sender drains the same N events into the sandbox; the
   clock runs from "go" to the sandbox having processed all N. Only the sending
   processes' CPU is counted: `getrusage(RUSAGE_SELF)` inside the flusher and SDK
   processes, `psutil` over a Celery worker and its prefork pool. Workers (prefork,
   concurrency 2, the relay app's settings) are warmed up on a side queue and then
-  pointed at the loaded queue with `add_consumer`, so start-up is not measured. The
+  pointed at the loaded queue with `add_consumer`, so start-up is not measured; a
+  flusher process first drains 300 events from a side buffer, as a long-running
+  worker would have (scripts loaded, connections open). The
   buffered and SDK senders start from events already built (by `buffer_events` and
   `suprsend.Event(...)` respectively): both measure the sending side only.
 - Memory: the backlog is pushed straight into the pending list (pipelined `RPUSH`
