@@ -182,3 +182,19 @@ class TestSignatures:
         """Re-importing the package hands back the same objects."""
         again = importlib.import_module("suprsend_celery")
         assert again.Event is suprsend_celery.Event
+
+
+class TestRuntimeDependencies:
+    """The runtime set stays small: celery, kombu, redis and requests."""
+
+    def test_only_the_four_runtime_dependencies(self) -> None:
+        """Every other requirement is behind an extra."""
+        import re
+        from importlib.metadata import requires
+
+        runtime = {
+            re.split(r"[\s<>=!;\[~]", req, maxsplit=1)[0].lower()
+            for req in requires("suprsend-celery") or []
+            if "extra ==" not in req
+        }
+        assert runtime == {"celery", "kombu", "redis", "requests"}
