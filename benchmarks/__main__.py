@@ -27,7 +27,10 @@ SCENARIOS = ("latency", "throughput", "memory", "scaling")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="Benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure suprsend-celery against the official SDK and a naive task.",
+    )
     parser.add_argument("--quick", action="store_true", help="small numbers (a smoke run)")
     parser.add_argument("--events", type=int, help="events per throughput run (default 20000)")
     parser.add_argument("--calls", type=int, help="calls per producer method (default 2000)")
