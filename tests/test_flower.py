@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,7 +91,23 @@ class Stack:
             "--loglevel=INFO",
         )
         self.spawn("flower", "flower", f"--port={self.port}", "--address=127.0.0.1")
-        wait_for(self._flower_up, 60, 0.2, message=f"Flower on {self.url}; {self.logs()}")
+        self.wait(self._flower_up, 60, f"Flower on {self.url}")
+
+    def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``wait_for``, with both processes' logs (as they are then) if it times out."""
+        try:
+            return wait_for(condition, timeout, 0.05, message=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """Flower's view of one task, or None while Flower has not seen it."""
+        self.check_alive()
+        try:
+            info: dict[str, Any] = self.api(f"/api/task/info/{task_id}")[0]
+        except requests.HTTPError:
+            return None
+        return info
 
     def _flower_up(self) -> bool:
         self.check_alive()
@@ -145,8 +162,24 @@ def stack(tmp_path: Path, redis_url: str, sandbox: Any) -> Iterator[Stack]:
 
 @pytest.fixture
 def producer(app_factory: Callable[..., Celery], stack: Stack) -> Celery:
-    """This process's app: same Redis and queue, and it sends task-sent events."""
-    return app_factory(task_default_queue=stack.queue, task_send_sent_event=True)
+    """This process's app: same Redis and queue, and it sends task-sent events.
+
+    Flower answers HTTP before its event receiver listens, and task events sent before
+    that are gone (they are broadcast, not queued): send no-op probes (Celery's built-in
+    ``celery.accumulate``, which touches neither the buffer nor the sandbox) until
+    Flower shows one, so the test's own tasks are seen from their first event.
+    """
+    app = app_factory(task_default_queue=stack.queue, task_send_sent_event=True)
+    deadline = time.monotonic() + 60
+    while True:
+        probe = app.send_task("celery.accumulate", args=("probe",)).id
+        try:
+            stack.wait(lambda probe=probe: stack.task(probe) is not None, 3, "a probe in Flower")
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            return app
 
 
 class TestFlower:
@@ -174,8 +207,8 @@ class TestFlower:
             seen.setdefault(info["state"], info)
             return info["state"] == state
 
-        wait_for(lambda: observe("RETRY"), 60, 0.05, message=f"RETRY; {stack.logs()}")
-        wait_for(lambda: observe("SUCCESS"), 60, 0.1, message=f"SUCCESS; {stack.logs()}")
+        stack.wait(lambda: observe("RETRY"), 60, "state RETRY")
+        stack.wait(lambda: observe("SUCCESS"), 60, "state SUCCESS")
 
         retry = seen["RETRY"]
         assert retry["name"] == "suprsend_celery.track_event"
@@ -211,22 +244,18 @@ class TestFlower:
         task_id = flush_buffer.delay().id
 
         def finished() -> dict[str, Any] | None:
-            stack.check_alive()
-            try:
-                info, _ = stack.api(f"/api/task/info/{task_id}")
-            except requests.HTTPError:
-                return None
-            return info if info["state"] == "SUCCESS" else None
+            info = stack.task(task_id)
+            return info if info and info["state"] == "SUCCESS" else None
 
-        info = wait_for(finished, 60, 0.1, message=f"flush SUCCESS; {stack.logs()}")
+        info = stack.wait(finished, 60, "flush_buffer SUCCESS")
         assert info["name"] == "suprsend_celery.flush_buffer"
         result = info["result"]
-        assert "'sent': 7" in result
-        assert "'retry_scheduled': 0" in result
-        assert "'dead_lettered': 0" in result
-        assert "'remaining': 0" in result
-        assert "'seconds':" in result
+        explain = f"{info}\n{stack.logs()}"
+        for shown in ("'sent': 7", "'retry_scheduled': 0", "'dead_lettered': 0"):
+            assert shown in result, explain
+        assert "'remaining': 0" in result, explain
+        assert "'seconds':" in result, explain
         _, text = stack.api("/api/tasks")
         assert MARKER not in text
         assert WORKSPACE_SECRET not in json.dumps(info)
-        assert sandbox.stats()["events_processed"] == 7
+        assert sandbox.stats()["events_processed"] == 7, (sandbox.stats(), explain)
