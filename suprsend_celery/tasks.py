@@ -78,6 +78,21 @@ def _delay_of(options: dict[str, Any]) -> float:
     return 0.0
 
 
+def _dead_entry(
+    text: str, meta: dict[str, Any], reason: str, exc: DeliveryError, attempts: int
+) -> bytes:
+    """A direct-path dead letter, in the buffered path's format."""
+    return dead_letter_entry(
+        text.encode("utf-8"),
+        error=reason,
+        status_code=exc.status_code,
+        attempts=attempts,
+        source="direct",
+        idempotency_key=meta["idempotency_key"],
+        event=meta["event"],
+    )
+
+
 def _is_prepared(args: Any, kwargs: Any) -> bool:
     return (
         not args
@@ -248,15 +263,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         where = "not dead-lettered (no suprsend_redis_url)"
         buffer = get_buffer(self.app, required=False)
         if buffer is not None:
-            entry = dead_letter_entry(
-                text.encode("utf-8"),
-                error=reason,
-                status_code=exc.status_code,
-                attempts=attempts,
-                source="direct",
-                idempotency_key=key,
-                event=meta["event"],
-            )
+            entry = _dead_entry(text, meta, reason, exc, attempts)
             try:
                 buffer.dead_letter(entry)
             except redis.RedisError as redis_exc:
@@ -296,15 +303,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         buffer = get_buffer(self.app, required=False)
         where = "the event could not be kept (no suprsend_redis_url)"
         if buffer is not None:
-            entry = dead_letter_entry(
-                text.encode("utf-8"),
-                error=str(exc),
-                status_code=exc.status_code,
-                attempts=attempts,
-                source="direct",
-                idempotency_key=key,
-                event=meta["event"],
-            )
+            entry = _dead_entry(text, meta, str(exc), exc, attempts)
             try:
                 kept = buffer.rehome(text.encode("utf-8"), entry)
             except redis.RedisError as redis_exc:

@@ -25,6 +25,15 @@ TESTS = Path(__file__).resolve().parent
 MAX_BULK_BODY = 800 * 1024
 
 
+def buffer_of(app: Celery) -> RedisBuffer:
+    """The app's Redis buffer (tests always configure one)."""
+    from suprsend_celery.runtime import get_buffer
+
+    buffer = get_buffer(app)
+    assert buffer is not None
+    return buffer
+
+
 def make_events(count: int, name: str = "order_placed", blob: int = 0) -> list[Event]:
     """``count`` distinct events; ``blob`` pads each one's properties to about that size."""
     extra = {"blob": "x" * blob} if blob else {}

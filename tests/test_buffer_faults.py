@@ -19,6 +19,7 @@ from _buffer_helpers import (
     EMPTY,
     TESTS,
     assert_bulk_limits,
+    buffer_of,
     flush_until,
     kill_group,
     make_events,
@@ -34,18 +35,10 @@ from celery import Celery
 from conftest import wait_for
 
 from suprsend_celery import buffer_events
-from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.flusher import LEASE_ENV
 from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer
 from suprsend_celery.sandbox import Sandbox
 from suprsend_celery.tasks import FLUSH_TASK
-
-
-def buffer_of(app: Celery) -> RedisBuffer:
-    buffer = get_buffer(app)
-    assert buffer is not None
-    return buffer
 
 
 def wait_until_sending(

@@ -15,6 +15,7 @@ from _buffer_helpers import (
     EMPTY,
     MAX_BULK_BODY,
     assert_bulk_limits,
+    buffer_of,
     flush,
     flush_until,
     kill_group,
@@ -34,15 +35,8 @@ from suprsend_celery import buffer_events, buffer_stats
 from suprsend_celery.buffer import RedisBuffer, join_item, split_item
 from suprsend_celery.client import SuprsendClient
 from suprsend_celery.flusher import Flusher
-from suprsend_celery.runtime import get_buffer
 from suprsend_celery.sandbox import Sandbox
 from suprsend_celery.tasks import BEAT_ENTRY, FLUSH_TASK
-
-
-def buffer_of(app: Celery) -> RedisBuffer:
-    buffer = get_buffer(app)
-    assert buffer is not None
-    return buffer
 
 
 class TestDelivery:
