@@ -32,7 +32,7 @@ from _buffer_helpers import (
     wait_group_gone,
 )
 from celery import Celery
-from conftest import wait_for
+from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import buffer_events
 from suprsend_celery.flusher import LEASE_ENV
@@ -217,6 +217,7 @@ class TestRedisFailures:
     """Redis killed or restarted under a running flusher."""
 
     @pytest.mark.slow
+    @REDIS_KILLED
     def test_redis_restart_with_aof_loses_nothing(
         self,
         app_factory: Callable[..., Celery],
@@ -260,6 +261,7 @@ class TestRedisFailures:
             assert redis_state(buffer) == EMPTY
 
     @pytest.mark.slow
+    @REDIS_KILLED
     def test_flush_fails_cleanly_while_redis_is_down(
         self,
         app_factory: Callable[..., Celery],

@@ -29,7 +29,7 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
 from celery.signals import task_postrun
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+from conftest import REDIS_KILLED, WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -384,6 +384,7 @@ class TestFailures:
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-401"]
 
     @pytest.mark.parametrize("status", [400, 401])
+    @REDIS_KILLED
     def test_buffer_redis_down_keeps_the_event_in_the_broker(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox, status: int
     ) -> None:

@@ -15,11 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 
+from conftest import REDIS_KILLED
+
 from benchmarks.soak import FAULTS, SoakConfig, run
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(170)
+@REDIS_KILLED
 class TestSoak:
     """Every accepted event is processed exactly once, whatever the chaos did."""
 
