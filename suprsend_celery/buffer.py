@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from . import defaults
 from .exceptions import BufferFullError
@@ -409,6 +412,8 @@ class RedisBuffer:
         self.dead_key = f"{tag}:dead"
         self.breaker_key = f"{tag}:breaker"
         self.journal_key = f"{tag}:journal"
+        self._idle: deque[Any] = deque()
+        self._idle_pid = os.getpid()
         self._push = client.register_script(PUSH_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
@@ -431,9 +436,10 @@ class RedisBuffer:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full."""
         if not records:
             return 0
-        result = self._push(
-            keys=[self.pending_key, self.inflight_key, self.retry_key],
-            args=[self.max_length, *records],
+        result = self._producer_call(
+            self._push,
+            [self.pending_key, self.inflight_key, self.retry_key],
+            [self.max_length, *records],
         )
         if result == -1:
             raise BufferFullError(
@@ -441,6 +447,40 @@ class RedisBuffer:
                 f"{len(records)} event(s) were not accepted (is flush_buffer running?)"
             )
         return int(result)
+
+    def _producer_call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a script on a connection of our own: the producers' fast path.
+
+        ``buffer_event`` runs in the caller's request, where redis-py's per-command
+        machinery (pool checkout, retry and observability wrappers) costs about as
+        much as the round trip itself. Idle connections wait in a deque (thread-safe
+        pop/append), are rebuilt after a fork, and are dropped on any error; the call
+        is then made the ordinary way, which reconnects, retries and loads the script
+        when Redis lost it (a restart). That retry may append a record a second time
+        if the first reply was lost, exactly as redis-py's own retry would; the copy
+        carries the same idempotency key and SuprSend skips it.
+        """
+        if self._idle_pid != os.getpid():
+            self._idle, self._idle_pid = deque(), os.getpid()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            pool = self.redis.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            result = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            self._idle.append(conn)  # the connection is fine; Redis lost the script
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+        except BaseException:
+            conn.disconnect()  # a reply may still be on its way: never reuse it
+            raise
+        else:
+            self._idle.append(conn)
+            return result
+        return script(keys=keys, args=args)
 
     # -- flushers ----------------------------------------------------------------
 
@@ -541,7 +581,7 @@ class RedisBuffer:
         timeout, plus any countdown) is sent by the flusher instead; if the task did
         run after all, SuprSend skips the repeat by its idempotency key.
         """
-        self._journal(keys=[self.journal_key], args=[seconds, record])
+        self._producer_call(self._journal, [self.journal_key], [seconds, record])
 
     def settle_journal(self, record: bytes) -> None:
         """The task settled this record (sent, dead-lettered or moved to pending)."""

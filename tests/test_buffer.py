@@ -7,6 +7,7 @@ afterwards. The flusher and the sandbox are exercised in ``test_flush.py``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import WORKSPACE_KEY, wait_for
+from conftest import REDIS_KILLED, WORKSPACE_KEY, wait_for
 
 from suprsend_celery import BufferFullError, Event, InvalidEventError
 from suprsend_celery.buffer import (
@@ -26,6 +27,7 @@ from suprsend_celery.buffer import (
 )
 from suprsend_celery.events import accept
 from suprsend_celery.producer import buffer_event, buffer_events, buffer_stats
+from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer
 
 
@@ -124,6 +126,71 @@ class TestPush:
             buf.push([make_record(9), make_record(10)])
         buf.push([make_record(9)])
         assert buf.remaining() == 4
+
+
+class TestProducerConnection:
+    """push's own connections fall back to redis-py's retrying path on any trouble."""
+
+    def test_script_lost_by_redis_is_loaded_again(self, buf: RedisBuffer) -> None:
+        """After SCRIPT FLUSH (as after a restart) the next push still lands, once."""
+        records = [make_record(i) for i in range(3)]
+        buf.push(records[:1])
+        buf.redis.script_flush()
+        buf.push(records[1:2])
+        buf.push(records[2:])
+        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+
+    @REDIS_KILLED
+    def test_connection_broken_by_a_restart_reconnects(self) -> None:
+        """A push after Redis was SIGKILLed and restarted reconnects and lands."""
+        records = [make_record(i) for i in range(2)]
+        with RedisServer(appendonly=True, appendfsync="always") as server:
+            client = server.client()
+            try:
+                buf = RedisBuffer(client)
+                buf.push(records[:1])
+                server.restart(kill=True)
+                buf.push(records[1:])
+                assert client.lrange(buf.pending_key, 0, -1) == records
+            finally:
+                client.close()
+
+    def test_connections_are_reused_not_multiplied(self, buf: RedisBuffer) -> None:
+        """Sequential pushes share one connection; eight threads use at most eight."""
+        for i in range(20):
+            buf.push([make_record(i)])
+        assert len(buf._idle) == 1
+
+        def producer(n: int) -> None:
+            for i in range(50):
+                buf.push([make_record(n * 100 + i)])
+
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert 1 <= len(buf._idle) <= 8
+        assert buf.pending_count() == 20 + 8 * 50
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+    def test_a_forked_child_opens_its_own_connection(self, buf: RedisBuffer) -> None:
+        """A child (gunicorn/uWSGI pre-fork) never writes on its parent's socket."""
+        records = [make_record(i) for i in range(3)]
+        buf.push(records[:1])
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                buf.push(records[1:2])
+                code = 0 if len(buf._idle) == 1 else 3
+            except BaseException:
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        buf.push(records[2:])
+        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
 
 
 class TestProducer:
