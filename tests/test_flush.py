@@ -451,9 +451,15 @@ class TestBeat:
             env,
             tmp_path / "worker.log",
         )
+        buffer = buffer_of(app)
         try:
+            # Drained means sent *and* settled: the sandbox counts a batch before its
+            # response reaches the flusher, which settles the claim only after that.
             wait_for(
-                lambda: proc.poll() is not None or sandbox.stats()["events_processed"] == 500,
+                lambda: (
+                    proc.poll() is not None
+                    or (sandbox.stats()["events_processed"] == 500 and redis_state(buffer) == EMPTY)
+                ),
                 timeout=90,
                 interval=0.1,
                 message="beat to drain the buffer",
@@ -463,7 +469,7 @@ class TestBeat:
             kill_group(proc)
             wait_group_gone(proc)
         assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
-        assert redis_state(buffer_of(app)) == EMPTY
+        assert redis_state(buffer) == EMPTY
 
 
 def test_flush_of_an_empty_buffer(app_factory: Callable[..., Celery], sandbox: Sandbox) -> None:
