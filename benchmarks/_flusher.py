@@ -19,16 +19,11 @@ import time
 
 from celery import Celery
 
-from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET
+from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET, process_cpu
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.events import Event
 from suprsend_celery.flusher import Flusher
 from suprsend_celery.runtime import get_client, get_flusher
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -65,9 +60,9 @@ def main() -> int:
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
 
     sys.stdin.readline()
-    start, cpu0 = time.time(), _cpu()
+    start, cpu0 = time.time(), process_cpu()
     report = flusher.run(time_budget=3600)
-    end, cpu1 = time.time(), _cpu()
+    end, cpu1 = time.time(), process_cpu()
     result = {
         "start": start,
         "end": end,

@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
 from suprsend import Event, Suprsend
 
-from benchmarks.common import WORKSPACE_KEY, WORKSPACE_SECRET, event_args
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from benchmarks.common import WORKSPACE_KEY, WORKSPACE_SECRET, event_args, process_cpu
 
 
 def main() -> int:
@@ -45,7 +39,7 @@ def main() -> int:
     print(json.dumps({"ready": True}), flush=True)
 
     sys.stdin.readline()
-    start, cpu0 = time.time(), _cpu()
+    start, cpu0 = time.time(), process_cpu()
     success = failure = 0
     for offset in range(0, len(events), args.per_instance):
         bulk = client.bulk_events.new_instance()
@@ -53,7 +47,7 @@ def main() -> int:
         response = bulk.trigger()
         success += response.success
         failure += response.failure
-    end, cpu1 = time.time(), _cpu()
+    end, cpu1 = time.time(), process_cpu()
     result = {
         "start": start,
         "end": end,

@@ -13,22 +13,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import SandboxProcess, producer_app, run_id, stop_all
+from benchmarks.common import SandboxProcess, process_cpu, producer_app, run_id, stop_all
 from benchmarks.throughput import clear_buffer, prefill_buffer
 from suprsend_celery.config import reset_settings
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_flusher
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                 clear_buffer(server.url)
                 prefill_buffer(server.url, sandbox.url, args.events, run_id())
                 last = args.cprofile and rep == args.repeat - 1
-                cpu0, wall0 = _cpu(), time.perf_counter()
+                cpu0, wall0 = process_cpu(), time.perf_counter()
                 if last:
                     profile.enable()
                 report = flusher.run(time_budget=3600)
                 if last:
                     profile.disable()
-                cpu, wall = _cpu() - cpu0, time.perf_counter() - wall0
+                cpu, wall = process_cpu() - cpu0, time.perf_counter() - wall0
                 per_event = cpu / args.events * 1e6
                 print(
                     f"run {rep + 1}: {report.sent} sent in {wall:.3f}s = "
