@@ -54,8 +54,8 @@ from benchmarks.common import (
     start_worker,
 )
 from suprsend_celery import buffer_event
-from suprsend_celery.buffer import parse_dead_letter
 from suprsend_celery.config import reset_settings
+from suprsend_celery.policy import parse_dead_letter
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.tasks import TRACK_TASK
 

@@ -27,9 +27,10 @@ from typing import Any, NoReturn, TypeVar
 import click
 import redis
 
-from .buffer import DeadLetter, RedisBuffer
+from .buffer import RedisBuffer
 from .exceptions import SuprsendCeleryError
 from .flusher import FlushReport
+from .policy import DeadLetter
 
 __all__ = ["cli", "main"]
 

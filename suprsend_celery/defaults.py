@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+TRACK_TASK = "suprsend_celery.track_event"
+"""The direct path's Celery task name (route it with ``task_routes``)."""
+
+FLUSH_TASK = "suprsend_celery.flush_buffer"
+"""The flush task's Celery task name."""
+
 BASE_URL = "https://hub.suprsend.com/"
 """SuprSend's public hub; override with ``suprsend_base_url`` (the sandbox in tests)."""
 
@@ -52,6 +58,24 @@ CLAIM_LEASE = 60.0
 
 FLUSH_TIME_BUDGET = 25.0
 """Seconds one ``flush_buffer`` run keeps draining before it yields to the next run."""
+
+PROBE_LEASE = 30.0
+"""Seconds the breaker's probe claim holds the breaker half-open before another may probe."""
+
+PROBE_RECORDS = 10
+"""Records in the breaker's probe claim: enough to test the API, few enough to risk."""
+
+CLAIM_EXPIRED_LIMIT = 50
+"""Expired claims one claim returns to pending (the rest wait for the next claim)."""
+
+CLAIM_DUE_RETRIES_LIMIT = 1000
+"""Due retries one claim moves to pending, so one script stays short under a backlog."""
+
+JOURNAL_RECOVER_LIMIT = 1000
+"""Due journal records one flush run moves to pending."""
+
+SETTLED_TOMBSTONE_SECONDS = 60
+"""How long a settled claim is remembered, so a re-sent SETTLE is answered, not refused."""
 
 BREAKER_THRESHOLD = 5
 """Consecutive whole-request failures that open the shared circuit breaker."""

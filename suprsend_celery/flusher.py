@@ -15,42 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import defaults
-from .buffer import Claim, RedisBuffer, dead_letter_entry, join_item, split_item
+from .buffer import Claim, RedisBuffer, join_item, split_item
 from .client import SuprsendClient, chunk_payloads
 from .exceptions import DeliveryError, TransientDeliveryError
+from .policy import backoff_delay, dead_letter_entry
+from .scripts import Verdict
 
-__all__ = ["FlushReport", "Flusher", "backoff_delay"]
+__all__ = ["FlushReport", "Flusher"]
 
 logger = logging.getLogger(__name__)
 
 LEASE_ENV = "SUPRSEND_CLAIM_LEASE"
 """Overrides the claim lease (seconds) of flushers built without one: for crash tests,
 which want a killed flusher's records back quickly. Not a setting; leave it unset."""
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float = defaults.RETRY_BACKOFF_BASE,
-    cap: float = defaults.RETRY_BACKOFF_MAX,
-    floor: float | None = None,
-) -> float:
-    """Exponential backoff with full jitter (attempt 1 → up to ``base``), ``floor`` honoured.
-
-    Full jitter spreads the retries of many records and workers over the whole window,
-    so a recovering API is not hit by a synchronised wave.
-    """
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    delay = random.uniform(0.0, ceiling)
-    if floor is not None:
-        delay = max(delay, min(floor, cap))
-    return delay
 
 
 @dataclass(slots=True)
@@ -239,7 +221,7 @@ class Flusher:
                 len(back),
             )
 
-        verdict = ""
+        verdict: Verdict = ""
         open_for = 0.0
         reason = ""
         if outcome.auth_error is not None:

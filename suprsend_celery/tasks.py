@@ -1,4 +1,7 @@
-"""Celery glue: the ``track_event`` and ``flush_buffer`` tasks and their retry policy.
+"""Celery glue: the ``track_event`` and ``flush_buffer`` tasks.
+
+The retry policy and the dead-letter format are in ``policy``, the beat schedule in
+``beat``; every use of Celery's Task API is in the two Task classes here.
 
 ``track_event.delay(...)`` validates and serialises the event in the caller's process
 (so bad input raises there and nothing is published) and publishes the finished
@@ -10,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
-from celery import Task, _state, shared_task
-from celery.signals import beat_embedded_init, beat_init
+from celery import Task, shared_task
 
-from .buffer import dead_letter_entry
-from .config import Settings, get_settings, load_settings
+from . import defaults
+from .beat import schedule_on_bind
+from .config import get_settings
+from .defaults import FLUSH_TASK, TRACK_TASK
 from .events import AcceptedRecord
 from .exceptions import (
     ConfigurationError,
@@ -26,17 +31,20 @@ from .exceptions import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from .flusher import backoff_delay
+from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .producer import accept_call
 from .runtime import get_buffer, get_client, get_flusher
 
-__all__ = ["FLUSH_TASK", "TRACK_TASK", "TrackEventTask", "flush_buffer", "track_event"]
+__all__ = [
+    "FLUSH_TASK",
+    "TRACK_TASK",
+    "FlushBufferTask",
+    "TrackEventTask",
+    "flush_buffer",
+    "track_event",
+]
 
 logger = logging.getLogger(__name__)
-
-TRACK_TASK = "suprsend_celery.track_event"
-FLUSH_TASK = "suprsend_celery.flush_buffer"
-BEAT_ENTRY = "suprsend-celery-flush-buffer"
 
 _RECORD = "record"
 _META = ("event", "distinct_id", "idempotency_key")
@@ -53,8 +61,6 @@ def _redacted(record: AcceptedRecord | dict[str, Any]) -> dict[str, Any]:
 
 
 def _meta_of(text: str) -> dict[str, Any]:
-    import json
-
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -220,7 +226,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         try:
             response = get_client(self.app).send_event(text.encode("utf-8"))
         except TransientDeliveryError as exc:
-            if attempt <= settings.max_retries:
+            if should_retry(exc, attempt, settings.max_retries):
                 countdown = backoff_delay(
                     attempt, cap=settings.max_countdown, floor=exc.retry_after
                 )
@@ -242,11 +248,11 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 raise self.retry(
                     args=(), kwargs={_RECORD: text}, exc=reason, countdown=countdown
                 ) from None
-            self._fail(text, meta, exc, attempt, f"gave up after {attempt} attempts: {exc}")
+            self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         except PermanentDeliveryError as exc:
             if exc.is_auth_error:
                 self._credentials_refused(text, meta, exc, attempt)
-            self._fail(text, meta, exc, attempt, str(exc))
+            self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         return {
             "status": response["status"],
             "status_code": response["status_code"],
@@ -257,7 +263,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
 
     def _fail(
         self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int, reason: str
-    ) -> None:
+    ) -> NoReturn:
         """Dead-letter (when Redis is configured) and fail, naming the key, never the payload."""
         key = meta["idempotency_key"]
         where = "not dead-lettered (no suprsend_redis_url)"
@@ -297,7 +303,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
 
     def _credentials_refused(
         self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int
-    ) -> None:
+    ) -> NoReturn:
         """401/403: a configuration fault, so the event is kept for later, not dead-lettered."""
         key = meta["idempotency_key"]
         buffer = get_buffer(self.app, required=False)
@@ -324,7 +330,17 @@ def track_event(self: TrackEventTask, *args: Any, **kwargs: Any) -> dict[str, An
     return self.send_record(*args, **kwargs)
 
 
-@shared_task(bind=True, name=FLUSH_TASK, ignore_result=False)  # type: ignore[untyped-decorator]
+class FlushBufferTask(Task):  # type: ignore[misc]
+    """Runs the flusher; puts itself on the beat schedule of every app it joins."""
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Celery's documented hook, called as it binds this task to an app (at
+        finalize, or at import for an app finalized before): schedule ourselves."""
+        schedule_on_bind(app)
+
+
+@shared_task(bind=True, base=FlushBufferTask, name=FLUSH_TASK, ignore_result=False)  # type: ignore[untyped-decorator]
 def flush_buffer(
     self: Task, time_budget: float | None = None, max_batches: int | None = None
 ) -> dict[str, Any]:
@@ -334,8 +350,6 @@ def flush_buffer(
     A Redis failure fails the run (the next one resumes): whatever this run had
     claimed but not settled returns to the buffer when its lease runs out.
     """
-    from . import defaults
-
     try:
         report = get_flusher(self.app).run(
             time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,
@@ -350,71 +364,3 @@ def flush_buffer(
         )
         raise
     return report.as_result()
-
-
-def beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
-    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0."""
-    interval = (settings or get_settings(app)).flush_interval
-    if interval <= 0:
-        return None
-    # Expiring after one interval keeps a backlog of runs from piling up behind a
-    # slow worker: the next run will drain what the skipped one would have.
-    return {"task": FLUSH_TASK, "schedule": interval, "options": {"expires": interval}}
-
-
-def register_beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
-    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one.
-
-    Returns the flush entry now in the schedule (the user's own, if any), or None.
-    """
-    entry = beat_entry(app, settings)
-    if entry is None:
-        return None
-    schedule = app.conf.beat_schedule
-    if schedule is None:
-        app.conf.beat_schedule = schedule = {}
-    for existing in schedule.values():
-        if existing.get("task") == FLUSH_TASK:
-            return dict(existing)
-    schedule[BEAT_ENTRY] = entry
-    return entry
-
-
-def _on_app_finalize(app: Any) -> None:
-    """Register the schedule on every configured app as it is finalized, silently
-    skipping apps that do not use SuprSend (no credentials configured)."""
-    try:
-        register_beat_entry(app, load_settings(app.conf))
-    except ConfigurationError as exc:
-        logger.debug("flush_buffer not scheduled on %r: %s", app, exc)
-    except Exception:  # finalizing the user's app must never fail because of us
-        logger.debug("flush_buffer not scheduled on %r", app, exc_info=True)
-
-
-_state.connect_on_app_finalize(_on_app_finalize)
-for _app in _state._get_active_apps():
-    if _app.finalized:
-        _on_app_finalize(_app)
-
-
-@beat_init.connect  # type: ignore[untyped-decorator]
-def _on_beat_init(sender: Any = None, **_: Any) -> None:
-    """Make sure the running scheduler has the entry: it read ``beat_schedule`` before
-    this signal, so an entry added to the config now would never run."""
-    app = sender.app
-    try:
-        entry = register_beat_entry(app)
-    except ConfigurationError as exc:
-        logger.error("flush_buffer not scheduled: %s", exc)
-        return
-    if entry is None:
-        return
-    scheduler = sender.scheduler
-    if not any(getattr(e, "task", None) == FLUSH_TASK for e in scheduler.schedule.values()):
-        scheduler.update_from_dict({BEAT_ENTRY: entry})
-        logger.info("flush_buffer scheduled every %ss", entry["schedule"])
-
-
-@beat_embedded_init.connect  # type: ignore[untyped-decorator]
-def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
-    _on_beat_init(sender)

@@ -18,17 +18,13 @@ import redis
 from conftest import REDIS_KILLED, WORKSPACE_KEY, wait_for
 
 from suprsend_celery import BufferFullError, Event, InvalidEventError
-from suprsend_celery.buffer import (
-    RedisBuffer,
-    dead_letter_entry,
-    join_item,
-    parse_dead_letter,
-    split_item,
-)
+from suprsend_celery.buffer import RedisBuffer, join_item, split_item
 from suprsend_celery.events import accept
+from suprsend_celery.policy import dead_letter_entry, parse_dead_letter
 from suprsend_celery.producer import buffer_event, buffer_events, buffer_stats
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer
+from suprsend_celery.scripts import claim_call
 
 
 def make_record(i: int, event: str = "order_placed", **properties: Any) -> bytes:
@@ -301,15 +297,7 @@ class TestClaim:
         """A CLAIM re-sent by redis-py after a lost reply hands back the same records."""
         records = [make_record(i) for i in range(6)]
         buf.push(records)
-        keys = [
-            buf.pending_key,
-            buf.claims_key,
-            buf.claim_prefix + "fixed",
-            buf.inflight_key,
-            buf.retry_key,
-            buf.breaker_key,
-        ]
-        args = [3, 30, "fixed", buf.claim_prefix, 30]
+        keys, args = claim_call(buf, "fixed", count=3, lease=30, probe_lease=30)
         first = buf._claim(keys=keys, args=args)
         again = buf._claim(keys=keys, args=args)
         assert first[2:] == again[2:] == records[:3]

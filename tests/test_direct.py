@@ -41,8 +41,8 @@ from suprsend_celery import (
     TransientDeliveryError,
     track_event,
 )
-from suprsend_celery.buffer import parse_dead_letter
 from suprsend_celery.events import BUILTIN_EVENT_NAMES
+from suprsend_celery.policy import parse_dead_letter
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer, get_flusher
 from suprsend_celery.sandbox import Sandbox

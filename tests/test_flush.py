@@ -32,11 +32,12 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import buffer_events, buffer_stats
+from suprsend_celery.beat import BEAT_ENTRY
 from suprsend_celery.buffer import RedisBuffer, join_item, split_item
 from suprsend_celery.client import SuprsendClient
 from suprsend_celery.flusher import Flusher
 from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.tasks import BEAT_ENTRY, FLUSH_TASK
+from suprsend_celery.tasks import FLUSH_TASK
 
 
 class TestDelivery:

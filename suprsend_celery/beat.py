@@ -1,0 +1,91 @@
+"""``flush_buffer`` on the beat schedule, without anyone asking.
+
+Two documented Celery hooks, no private API:
+
+- ``Task.on_bound(app)``, which Celery calls when it binds a task class to an app
+  (every app that finalizes, since ``flush_buffer`` is a shared task; Celery's own
+  ``PeriodicTask`` schedules itself the same way). ``FlushBufferTask`` in ``tasks``
+  calls ``schedule_on_bind`` from there, so ``app.conf.beat_schedule`` has the entry.
+- ``beat_init`` / ``beat_embedded_init``: the running scheduler read ``beat_schedule``
+  before these signals, so an entry added now is handed to it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import beat_embedded_init, beat_init
+
+from .config import Settings, get_settings, load_settings
+from .defaults import FLUSH_TASK
+from .exceptions import ConfigurationError
+
+__all__ = ["BEAT_ENTRY", "beat_entry", "register_beat_entry", "schedule_on_bind"]
+
+logger = logging.getLogger(__name__)
+
+BEAT_ENTRY = "suprsend-celery-flush-buffer"
+"""The name of our entry in ``app.conf.beat_schedule``."""
+
+
+def beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
+    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0."""
+    interval = (settings or get_settings(app)).flush_interval
+    if interval <= 0:
+        return None
+    # Expiring after one interval keeps a backlog of runs from piling up behind a
+    # slow worker: the next run will drain what the skipped one would have.
+    return {"task": FLUSH_TASK, "schedule": interval, "options": {"expires": interval}}
+
+
+def register_beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
+    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one.
+
+    Returns the flush entry now in the schedule (the user's own, if any), or None.
+    """
+    entry = beat_entry(app, settings)
+    if entry is None:
+        return None
+    schedule = app.conf.beat_schedule
+    if schedule is None:
+        app.conf.beat_schedule = schedule = {}
+    for existing in schedule.values():
+        if existing.get("task") == FLUSH_TASK:
+            return dict(existing)
+    schedule[BEAT_ENTRY] = entry
+    return entry
+
+
+def schedule_on_bind(app: Any) -> None:
+    """Register the schedule on an app as Celery binds our task to it, silently
+    skipping apps that do not use SuprSend (no credentials configured)."""
+    try:
+        register_beat_entry(app, load_settings(app.conf))
+    except ConfigurationError as exc:
+        logger.debug("flush_buffer not scheduled on %r: %s", app, exc)
+    except Exception:  # finalizing the user's app must never fail because of us
+        logger.debug("flush_buffer not scheduled on %r", app, exc_info=True)
+
+
+@beat_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    """Make sure the running scheduler has the entry: it read ``beat_schedule`` before
+    this signal, so an entry added to the config now would never run."""
+    app = sender.app
+    try:
+        entry = register_beat_entry(app)
+    except ConfigurationError as exc:
+        logger.error("flush_buffer not scheduled: %s", exc)
+        return
+    if entry is None:
+        return
+    scheduler = sender.scheduler
+    if not any(getattr(e, "task", None) == FLUSH_TASK for e in scheduler.schedule.values()):
+        scheduler.update_from_dict({BEAT_ENTRY: entry})
+        logger.info("flush_buffer scheduled every %ss", entry["schedule"])
+
+
+@beat_embedded_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
+    _on_beat_init(sender)

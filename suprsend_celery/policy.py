@@ -1,0 +1,138 @@
+"""Delivery policy shared by both paths: backoff, when to retry, the dead-letter format.
+
+Pure functions, no I/O: the direct path (``tasks``) and the buffered path
+(``flusher``) apply them, so an event is retried and dead-lettered the same way
+whichever path carried it.
+
+A dead letter is a JSON header (no properties), a newline, then the record exactly as
+it will be re-sent, so requeueing restores the original bytes (Lua's cjson would
+reorder keys).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import defaults
+from .exceptions import DeliveryError
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterSource",
+    "backoff_delay",
+    "dead_letter_entry",
+    "failure_reason",
+    "parse_dead_letter",
+    "should_retry",
+]
+
+DeadLetterSource = Literal["direct", "buffer"]
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = defaults.RETRY_BACKOFF_BASE,
+    cap: float = defaults.RETRY_BACKOFF_MAX,
+    floor: float | None = None,
+) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to ``base``), ``floor`` honoured.
+
+    Full jitter spreads the retries of many records and workers over the whole window,
+    so a recovering API is not hit by a synchronised wave.
+    """
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = random.uniform(0.0, ceiling)
+    if floor is not None:
+        delay = max(delay, min(floor, cap))
+    return delay
+
+
+def should_retry(error: DeliveryError, attempt: int, max_retries: int) -> bool:
+    """Whether a record whose ``attempt``-th send (1-based) failed with ``error`` goes again."""
+    return error.retryable and attempt <= max_retries
+
+
+def failure_reason(error: DeliveryError, attempt: int) -> str:
+    """Why a record is dead-lettered: the error, and for a transient one the attempts spent."""
+    if error.retryable:
+        return f"gave up after {attempt} attempts: {error}"
+    return str(error)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that will not be delivered without help, with why."""
+
+    idempotency_key: str | None
+    event: str | None
+    error: str
+    status_code: int | None
+    attempts: int
+    failed_at: float
+    source: str
+    #: The record as it will be re-sent; kept out of repr, since it holds properties.
+    record: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - self.failed_at)
+
+    def record_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.record)
+        return value
+
+
+def dead_letter_entry(
+    record: bytes,
+    *,
+    error: str,
+    status_code: int | None,
+    attempts: int,
+    source: DeadLetterSource,
+    idempotency_key: str | None = None,
+    event: str | None = None,
+) -> bytes:
+    """Serialise a dead letter: a JSON header (no properties), a newline, the record."""
+    if idempotency_key is None or event is None:
+        try:
+            parsed = json.loads(record)
+        except ValueError:
+            parsed = {}
+        idempotency_key = idempotency_key or parsed.get("$idempotency_key")
+        event = event or parsed.get("event")
+    header = {
+        "idempotency_key": idempotency_key,
+        "event": event,
+        "error": error,
+        "status_code": status_code,
+        "attempts": attempts,
+        "failed_at": round(time.time(), 3),
+        "source": source,
+    }
+    return json.dumps(header, ensure_ascii=False).encode("utf-8") + b"\n" + record
+
+
+def parse_dead_letter(raw: bytes) -> DeadLetter:
+    """The ``DeadLetter`` of a stored entry (a damaged header reads as empty fields)."""
+    head, _, record = raw.partition(b"\n")
+    try:
+        meta = json.loads(head)
+    except ValueError:
+        meta = {}
+    return DeadLetter(
+        idempotency_key=meta.get("idempotency_key"),
+        event=meta.get("event"),
+        error=str(meta.get("error", "")),
+        status_code=meta.get("status_code"),
+        attempts=int(meta.get("attempts") or 0),
+        failed_at=float(meta.get("failed_at") or 0.0),
+        source=str(meta.get("source", "")),
+        record=record,
+        raw=raw,
+    )
