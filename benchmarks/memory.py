@@ -27,7 +27,7 @@ def prefill_pending(redis_url: str, records: int, tag: str) -> int:
     """RPUSH ``records`` ready-to-send records; returns their total size in bytes."""
     template = accept(
         Event("user-00000", "order_placed", properties(1), idempotency_key="KEY-PLACEHOLDER"),
-        workspace_key=WORKSPACE_KEY,
+        env=WORKSPACE_KEY,
         sdk_version=USER_AGENT,
     ).payload
     template = template.replace(

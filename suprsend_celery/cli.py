@@ -346,11 +346,19 @@ def purge_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool, ye
 )
 @click.option("--workspace-key", help="Default: $SUPRSEND_WORKSPACE_KEY or a sandbox key.")
 @click.option("--workspace-secret", help="Default: $SUPRSEND_WORKSPACE_SECRET or a sandbox one.")
+@click.option("--workspace-uid", help="API-key mode: $SUPRSEND_WORKSPACE_UID or a sandbox UID.")
+@click.option("--api-key", help="API-key mode: $SUPRSEND_API_KEY or a sandbox key.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
 def sandbox(
-    host: str, port: int, workspace_key: str | None, workspace_secret: str | None, verbose: bool
+    host: str,
+    port: int,
+    workspace_key: str | None,
+    workspace_secret: str | None,
+    workspace_uid: str | None,
+    api_key: str | None,
+    verbose: bool,
 ) -> None:
-    """Run a local SuprSend event API (signatures, idempotency, fault plans)."""
+    """Run a local SuprSend event API (both auth modes, idempotency, fault plans)."""
     import logging
 
     from .sandbox import serve
@@ -359,7 +367,9 @@ def sandbox(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    code = serve(host, port, workspace_key, workspace_secret)
+    code = serve(
+        host, port, workspace_key, workspace_secret, workspace_uid=workspace_uid, api_key=api_key
+    )
     if code:
         sys.exit(code)
 

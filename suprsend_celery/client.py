@@ -10,12 +10,9 @@ Retrying is the caller's job (the tasks), so one call is always one request.
 
 from __future__ import annotations
 
-import base64
 import copy
 import datetime
 import email.utils
-import hashlib
-import hmac
 import http.client
 import json
 import logging
@@ -35,6 +32,7 @@ from requests.adapters import HTTPAdapter
 
 from . import defaults
 from .__about__ import __version__
+from .credentials import CONTENT_TYPE, Credentials, client_user_agent, sign
 from .events import AcceptedRecord, Event, accept
 from .exceptions import (
     ConfigurationError,
@@ -55,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONTENT_TYPE = "application/json; charset=utf-8"
 EVENT_PATH = "v2/event/"
 BULK_PATH = "v2/bulk/event/"
 
@@ -76,15 +73,7 @@ def user_agent() -> str:
 
 
 USER_AGENT = user_agent()
-
-
-def sign(secret: str, body: bytes, date: str, path_and_query: str) -> str:
-    """Return the base64 HMAC-SHA256 signature SuprSend expects for a POST."""
-    string_to_sign = (
-        f"POST\n{hashlib.md5(body).hexdigest()}\n{CONTENT_TYPE}\n{date}\n{path_and_query}"  # noqa: S324 - the protocol's choice
-    )
-    digest = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha256)
-    return base64.b64encode(digest.digest()).decode("ascii")
+CLIENT_USER_AGENT = client_user_agent()
 
 
 class _HttpDate:
@@ -170,16 +159,21 @@ def _decode_json(content: bytes) -> object:
 
 
 def error_for_response(
-    status_code: int, body: object, headers: Any, idempotency_key: str | None = None
+    status_code: int,
+    body: object,
+    headers: Any,
+    idempotency_key: str | None = None,
+    *,
+    settings_hint: str = "suprsend_workspace_key and suprsend_workspace_secret",
 ) -> DeliveryError:
-    """Build the ``DeliveryError`` for a non-2xx response."""
+    """Build the ``DeliveryError`` for a non-2xx response (401/403 name ``settings_hint``)."""
     message, etype = _error_text(body, status_code)
     cls = classify_status(status_code)
     retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
     if status_code in (401, 403):
         message = (
             f"SuprSend refused the workspace credentials (HTTP {status_code}: {message}); "
-            "check suprsend_workspace_key and suprsend_workspace_secret"
+            f"check {settings_hint}"
         )
     else:
         message = f"HTTP {status_code}: {message}"
@@ -289,19 +283,20 @@ class SuprsendClient:
 
     def __init__(
         self,
-        workspace_key: str,
-        workspace_secret: str,
+        workspace_key: str | None = None,
+        workspace_secret: str | None = None,
         base_url: str = defaults.BASE_URL,
         timeout: float = defaults.REQUEST_TIMEOUT,
         *,
+        credentials: Credentials | None = None,
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         pool_size: int = 10,
         max_event_bytes: int = defaults.MAX_EVENT_BYTES,
     ) -> None:
-        if not isinstance(workspace_key, str) or not workspace_key.strip():
-            raise ConfigurationError("workspace_key is required (suprsend_workspace_key)")
-        if not isinstance(workspace_secret, str) or not workspace_secret.strip():
-            raise ConfigurationError("workspace_secret is required (suprsend_workspace_secret)")
+        if credentials is None:
+            credentials = Credentials.from_key_secret(workspace_key, workspace_secret)
+        elif workspace_key is not None or workspace_secret is not None:
+            raise ConfigurationError("give either workspace_key + workspace_secret or credentials")
         base = (base_url or defaults.BASE_URL).strip()
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -310,8 +305,7 @@ class SuprsendClient:
             base += "/"
         if timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError(f"timeout must be positive; got {timeout!r}")
-        self.workspace_key = workspace_key.strip()
-        self._secret = workspace_secret.strip()
+        self.credentials = credentials
         self.base_url = base
         self.timeout = (connect_timeout, timeout)
         self._urllib3_timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
@@ -323,8 +317,32 @@ class SuprsendClient:
         self._local = threading.local()
         self._pid = os.getpid()
 
+    @classmethod
+    def with_workspace_api_key(
+        cls,
+        workspace_uid: str,
+        api_key: str,
+        base_url: str = defaults.BASE_URL,
+        timeout: float = defaults.REQUEST_TIMEOUT,
+        **options: Any,
+    ) -> SuprsendClient:
+        """A client in API-key (Bearer) mode, like the SDK's ``with_workspace_api_key``."""
+        return cls(
+            base_url=base_url,
+            timeout=timeout,
+            credentials=Credentials.from_api_key(workspace_uid, api_key),
+            **options,
+        )
+
+    @property
+    def workspace_key(self) -> str | None:
+        """The workspace key in HMAC mode (None in API-key mode)."""
+        return self.credentials.env if self.credentials.mode == "hmac" else None
+
     def __repr__(self) -> str:
-        return f"SuprsendClient(workspace_key={self.workspace_key!r}, base_url={self.base_url!r})"
+        c = self.credentials
+        who = "workspace_key" if c.mode == "hmac" else "workspace_uid"
+        return f"SuprsendClient({who}={c.env!r}, base_url={self.base_url!r})"
 
     # -- transport ---------------------------------------------------------------
 
@@ -353,13 +371,12 @@ class SuprsendClient:
     def _post(
         self, url: str, path: str, body: bytes, idempotency_key: str | None
     ) -> tuple[int, object, Any]:
-        date = http_date()
         headers = {
             "Content-Type": CONTENT_TYPE,
-            "Date": date,
             "User-Agent": USER_AGENT,
-            "Authorization": f"{self.workspace_key}:{sign(self._secret, body, date, path)}",
+            "X-Suprsend-Client-User-Agent": CLIENT_USER_AGENT,
         }
+        self.credentials.authorize(headers, body, path, http_date())
         try:
             response = self._pool(url).urlopen(
                 "POST",
@@ -402,13 +419,17 @@ class SuprsendClient:
         pool: urllib3.HTTPConnectionPool = local.pool
         return pool
 
+    def _error(self, status: int, body: object, headers: Any, key: str | None) -> DeliveryError:
+        hint = self.credentials.setting_names
+        return error_for_response(status, body, headers, key, settings_hint=hint)
+
     # -- single events -------------------------------------------------------------
 
     def accept(self, event: Event) -> AcceptedRecord:
         """Turn an ``Event`` into its final record for this workspace."""
         return accept(
             event,
-            workspace_key=self.workspace_key,
+            env=self.credentials.env,
             sdk_version=USER_AGENT,
             max_event_bytes=self.max_event_bytes,
         )
@@ -437,7 +458,7 @@ class SuprsendClient:
                 "message_id": message_id if isinstance(message_id, str) else None,
                 "idempotency_key": key,
             }
-        raise error_for_response(status, body, headers, key)
+        raise self._error(status, body, headers, key)
 
     # -- bulk --------------------------------------------------------------------
 
@@ -454,7 +475,7 @@ class SuprsendClient:
         except DeliveryError as exc:
             return BulkResponse(size, request_error=exc)
         if not 200 <= status < 300:
-            return BulkResponse(size, request_error=error_for_response(status, parsed, headers))
+            return BulkResponse(size, request_error=self._error(status, parsed, headers, None))
         records = parsed.get("records") if isinstance(parsed, dict) else None
         if not isinstance(records, list):
             records = []

@@ -9,6 +9,7 @@ naming the key, at the first use rather than deep inside a worker.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import defaults
+from .credentials import Credentials
 from .exceptions import ConfigurationError
 
 __all__ = ["Settings", "get_settings", "reset_settings"]
@@ -34,7 +36,7 @@ def _text(key: str, value: object) -> str:
 
 
 def _redact(key: str, value: object) -> str:
-    if "secret" in key and value:
+    if ("secret" in key or "api_key" in key) and value:
         return repr("<hidden>")
     return repr(mask_url(value) if isinstance(value, str) else value)
 
@@ -92,8 +94,11 @@ def _redis_url(key: str, value: object) -> str:
 class Settings:
     """The validated ``suprsend_*`` settings of one Celery app."""
 
-    workspace_key: str
-    workspace_secret: str
+    workspace_key: str | None = None
+    workspace_secret: str | None = None
+    #: API-key (Bearer) mode, instead of key + secret.
+    workspace_uid: str | None = None
+    api_key: str | None = None
     base_url: str = defaults.BASE_URL
     redis_url: str | None = None
     key_prefix: str = defaults.KEY_PREFIX
@@ -113,6 +118,18 @@ class Settings:
         )
         return f"Settings({shown})"
 
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """The workspace credentials in force, in whichever mode is configured."""
+        if self.api_key is not None:
+            return Credentials.from_api_key(self.workspace_uid, self.api_key)
+        return Credentials.from_key_secret(self.workspace_key, self.workspace_secret)
+
+    @property
+    def env(self) -> str:
+        """What records carry as ``env``: the workspace key, or the UID in API-key mode."""
+        return self.credentials.env
+
     @property
     def max_countdown(self) -> float:
         """The longest safe retry delay: the backoff cap, kept under the visibility timeout."""
@@ -129,6 +146,8 @@ class Settings:
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "workspace_key": _text,
     "workspace_secret": _text,
+    "workspace_uid": _text,
+    "api_key": _text,
     "base_url": _url,
     "redis_url": _redis_url,
     "key_prefix": _text,
@@ -192,19 +211,50 @@ def load_settings(conf: Any) -> Settings:
         raw = _lookup(conf, name)
         key = f"suprsend_{name}"
         if raw is _MISSING:
-            if name in ("workspace_key", "workspace_secret"):
-                raise ConfigurationError(
-                    f"{key} is required: set app.conf.{key} (CELERY_{key.upper()} in Django) "
-                    f"or the environment variable {key.upper()}"
-                )
+            if name in _CREDENTIALS:
+                values[name] = None
+                continue
             if name == "redis_url":
                 values[name] = _broker_redis_url(conf)
                 continue
             values[name] = _DEFAULTS[name]
             continue
         values[name] = parse(key, raw)
+    _check_credentials(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
     return Settings(**values)
+
+
+_CREDENTIALS = ("workspace_key", "workspace_secret", "workspace_uid", "api_key")
+_MODES = (("workspace_key", "workspace_secret"), ("workspace_uid", "api_key"))
+
+
+def _where(name: str) -> str:
+    key = f"suprsend_{name}"
+    env = key.upper()
+    return f"app.conf.{key} (CELERY_{env} in Django) or the environment variable {env}"
+
+
+def _check_credentials(values: dict[str, Any]) -> None:
+    """Exactly one complete pair: key + secret (HMAC) or workspace UID + API key (Bearer)."""
+    given = [[n for n in mode if values[n] is not None] for mode in _MODES]
+    if all(len(names) == 2 for names in given):
+        raise ConfigurationError(
+            "set either suprsend_workspace_key + suprsend_workspace_secret or "
+            "suprsend_workspace_uid + suprsend_api_key, not both"
+        )
+    for mode, names in zip(_MODES, given, strict=True):
+        if len(names) == 1:
+            missing = next(n for n in mode if n not in names)
+            raise ConfigurationError(
+                f"suprsend_{missing} is required with suprsend_{names[0]}: set {_where(missing)}"
+            )
+    if not any(given):
+        raise ConfigurationError(
+            f"suprsend_workspace_key is required: set {_where('workspace_key')}, with "
+            "suprsend_workspace_secret (or use API-key mode: suprsend_workspace_uid + "
+            "suprsend_api_key)"
+        )
 
 
 _lock = threading.Lock()

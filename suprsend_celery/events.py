@@ -336,13 +336,14 @@ def event_from_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Event:
 def accept(
     event: Event,
     *,
-    workspace_key: str,
+    env: str,
     sdk_version: str,
     max_event_bytes: int = defaults.MAX_EVENT_BYTES,
 ) -> AcceptedRecord:
     """Fix the event's identifiers and serialise it: the one moment an event is accepted.
 
-    Field order matches suprsend-py-sdk 0.20.0 so the bytes are the SDK's bytes.
+    Field order matches suprsend-py-sdk 0.20.0 so the bytes are the SDK's bytes. ``env``
+    is the workspace key, or the workspace UID in API-key mode (``Credentials.env``).
     """
     properties = _check_properties(event.properties)
     if event.attachments:
@@ -354,7 +355,7 @@ def accept(
         "$insert_id": insert_id,
         "$time": int(time.time() * 1000),
         "event": event.event_name,
-        "env": workspace_key,
+        "env": env,
         "distinct_id": event.distinct_id,
         "properties": properties,
         "$idempotency_key": key,
@@ -397,12 +398,9 @@ def accept(
 
 
 def accept_many(
-    events: Iterable[Event], *, workspace_key: str, sdk_version: str, max_event_bytes: int
+    events: Iterable[Event], *, env: str, sdk_version: str, max_event_bytes: int
 ) -> list[AcceptedRecord]:
     """Accept every event or none: one bad event refuses the whole batch."""
     return [
-        accept(
-            e, workspace_key=workspace_key, sdk_version=sdk_version, max_event_bytes=max_event_bytes
-        )
-        for e in events
+        accept(e, env=env, sdk_version=sdk_version, max_event_bytes=max_event_bytes) for e in events
     ]

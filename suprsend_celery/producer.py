@@ -26,7 +26,7 @@ def accept_call(app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Acce
     settings = get_settings(app)
     return accept(
         event_from_call(args, kwargs),
-        workspace_key=settings.workspace_key,
+        env=settings.env,
         sdk_version=USER_AGENT,
         max_event_bytes=settings.max_event_bytes,
     )

@@ -47,8 +47,7 @@ def get_client(app: Any = None) -> SuprsendClient:
     def build() -> SuprsendClient:
         s = get_settings(app)
         return SuprsendClient(
-            s.workspace_key,
-            s.workspace_secret,
+            credentials=s.credentials,
             base_url=s.base_url,
             timeout=s.request_timeout,
             max_event_bytes=s.max_event_bytes,

@@ -30,9 +30,7 @@ from suprsend_celery.scripts import claim_call
 def make_record(i: int, event: str = "order_placed", **properties: Any) -> bytes:
     """One accepted record, exactly as producers store it."""
     props = {"n": i, **properties}
-    return accept(
-        Event(f"user-{i}", event, props), workspace_key=WORKSPACE_KEY, sdk_version="tests"
-    ).payload
+    return accept(Event(f"user-{i}", event, props), env=WORKSPACE_KEY, sdk_version="tests").payload
 
 
 def key_of(record: bytes) -> str:

@@ -25,7 +25,13 @@ from celery import Celery
 from click.testing import CliRunner, Result
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
 
-from suprsend_celery import Event, buffer_event, buffer_events
+from suprsend_celery import (
+    Event,
+    PermanentDeliveryError,
+    SuprsendClient,
+    buffer_event,
+    buffer_events,
+)
 from suprsend_celery.cli import cli
 from suprsend_celery.runtime import get_flusher
 
@@ -355,7 +361,18 @@ class TestConfiguration:
 def sandbox_process() -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
     """``suprsend-celery sandbox --port 0`` in a subprocess, with its banner lines."""
     process = subprocess.Popen(
-        [*cli_command(), "sandbox", "--port", "0", "--workspace-key", "WSKEY_cli_test_0123"],
+        [
+            *cli_command(),
+            "sandbox",
+            "--port",
+            "0",
+            "--workspace-key",
+            "WSKEY_cli_test_0123",
+            "--workspace-uid",
+            "ws_uid_cli_test_0123456789",
+            "--api-key",
+            "SSAPIKEY_cli_test",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,  # unbuffered, so select() sees every line that is not read yet
@@ -387,9 +404,22 @@ class TestSandboxCommand:
         url = banner[0].rsplit(" ", 1)[1]
         assert f"SUPRSEND_BASE_URL={url}" in banner
         assert "SUPRSEND_WORKSPACE_KEY=WSKEY_cli_test_0123" in banner
+        uid_line = "SUPRSEND_WORKSPACE_UID=ws_uid_cli_test_0123456789"
+        assert any(line.endswith(uid_line) for line in banner)
         stats = requests.get(url + "_sandbox/stats", timeout=5).json()
         assert stats["events_processed"] == 0
+        # --workspace-uid/--api-key: Bearer requests with env = the UID are processed.
+        api = SuprsendClient.with_workspace_api_key(
+            "ws_uid_cli_test_0123456789", "SSAPIKEY_cli_test", base_url=url, timeout=5
+        )
+        assert api.send_event(Event("u1", "signed_up"))["status_code"] == 202
+        wrong = SuprsendClient.with_workspace_api_key(
+            "ws_uid_cli_test_0123456789", "SSAPIKEY_other", base_url=url, timeout=5
+        )
+        with pytest.raises(PermanentDeliveryError, match="HTTP 401"):
+            wrong.send_event(Event("u1", "signed_up"))
+        assert requests.get(url + "_sandbox/stats", timeout=5).json()["events_processed"] == 1
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=15)
         assert process.returncode == 0
-        assert b"stopped: 0 events processed" in out
+        assert b"stopped: 1 events processed" in out

@@ -41,7 +41,9 @@ KEYS: dict[str, tuple[Any, Any, str, Any, Any]] = {
     "request_timeout": (1.5, 1.5, "2", 2.0, 10.0),
     "max_event_bytes": (1024, 1024, "2048", 2048, 102_400),
 }
-ALL_NAMES = ["workspace_key", "workspace_secret", *KEYS]
+ALL_NAMES = ["workspace_key", "workspace_secret", "workspace_uid", "api_key", *KEYS]
+UID = "ws_uid_config_0123456789"
+API_KEY = "SSAPIKEY_config_do_not_print"
 
 
 @pytest.fixture(autouse=True)
@@ -390,3 +392,74 @@ class TestRedisUrlMasking:
             )
         assert "hunter2pw" not in str(caught.value)
         assert "suprsend_redis_url" in str(caught.value)
+
+
+class TestCredentialModes:
+    """Key + secret (HMAC) or workspace UID + API key (Bearer): exactly one complete pair."""
+
+    def test_api_key_mode(self, make_app: Any) -> None:
+        """UID + API key alone configure Bearer mode; records carry the UID as env."""
+        app = make_app(credentials=False, suprsend_workspace_uid=UID, suprsend_api_key=API_KEY)
+        loaded = load_settings(app.conf)
+        assert loaded.credentials.mode == "api_key"
+        assert loaded.env == UID
+        assert (loaded.workspace_key, loaded.workspace_secret) == (None, None)
+
+    def test_api_key_mode_from_env(self, make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """SUPRSEND_WORKSPACE_UID / SUPRSEND_API_KEY work like every other key."""
+        monkeypatch.setenv("SUPRSEND_WORKSPACE_UID", UID)
+        monkeypatch.setenv("SUPRSEND_API_KEY", API_KEY)
+        loaded = load_settings(make_app(credentials=False).conf)
+        assert (loaded.credentials.mode, loaded.env) == ("api_key", UID)
+
+    def test_hmac_mode_env_is_the_key(self, make_app: Any) -> None:
+        """Key + secret keep HMAC mode with the key as env."""
+        loaded = load_settings(make_app().conf)
+        assert (loaded.credentials.mode, loaded.env) == ("hmac", KEY)
+
+    def test_both_modes_refused(self, make_app: Any) -> None:
+        """Both pairs complete is ambiguous: refused, naming all four keys."""
+        app = make_app(suprsend_workspace_uid=UID, suprsend_api_key=API_KEY)
+        message = str(config_error(lambda: load_settings(app.conf)))
+        for name in ("workspace_key", "workspace_secret", "workspace_uid", "api_key"):
+            assert f"suprsend_{name}" in message
+        assert API_KEY not in message
+
+    def test_neither_mode_refused(self, make_app: Any) -> None:
+        """No credentials at all: refused, naming both ways to configure them."""
+        message = str(config_error(lambda: load_settings(make_app(credentials=False).conf)))
+        for name in ("workspace_key", "workspace_secret", "workspace_uid", "api_key"):
+            assert f"suprsend_{name}" in message
+
+    @pytest.mark.parametrize(
+        ("given", "missing"),
+        [
+            ({"suprsend_workspace_uid": UID}, "suprsend_api_key"),
+            ({"suprsend_api_key": API_KEY}, "suprsend_workspace_uid"),
+        ],
+    )
+    def test_half_a_pair_refused(self, make_app: Any, given: dict[str, str], missing: str) -> None:
+        """Half an API-key pair is refused naming the missing half, even beside key + secret."""
+        for credentials in (False, True):
+            app = make_app(credentials=credentials, **given)
+            message = str(config_error(lambda app=app: load_settings(app.conf)))
+            assert f"{missing} is required" in message
+            assert missing.upper() in message
+            assert API_KEY not in message
+
+    @pytest.mark.parametrize("value", ["", "  ", 5, [API_KEY]])
+    def test_invalid_api_key(self, make_app: Any, value: Any) -> None:
+        """A bad API key is refused by name and never echoed."""
+        app = make_app(credentials=False, suprsend_workspace_uid=UID, suprsend_api_key=value)
+        message = str(config_error(lambda: load_settings(app.conf)))
+        assert "suprsend_api_key" in message
+        assert API_KEY not in message
+
+    def test_api_key_never_shown(self, make_app: Any) -> None:
+        """repr(Settings) and repr(credentials) hide the API key."""
+        app = make_app(credentials=False, suprsend_workspace_uid=UID, suprsend_api_key=API_KEY)
+        loaded = load_settings(app.conf)
+        assert loaded.api_key == API_KEY
+        for text in (repr(loaded), str(loaded), repr(loaded.credentials)):
+            assert API_KEY not in text
+        assert "api_key='<hidden>'" in repr(loaded)

@@ -42,9 +42,7 @@ SCHEMA = _get_schema_validator("event")
 
 
 def accept_event(event: Event, max_event_bytes: int = 102_400) -> AcceptedRecord:
-    return accept(
-        event, workspace_key=KEY, sdk_version=SDK_VERSION, max_event_bytes=max_event_bytes
-    )
+    return accept(event, env=KEY, sdk_version=SDK_VERSION, max_event_bytes=max_event_bytes)
 
 
 def record_of(event: Event) -> dict[str, Any]:
@@ -552,9 +550,7 @@ class TestSize:
     def test_default_is_100_kib(self) -> None:
         """By default a 100 KiB event is refused and the message names the setting."""
         big = Event("u", "ev", {"pad": "x" * 102_400})
-        error = refused(
-            "properties", lambda: accept(big, workspace_key=KEY, sdk_version="v"), named=False
-        )
+        error = refused("properties", lambda: accept(big, env=KEY, sdk_version="v"), named=False)
         assert "suprsend_max_event_bytes" in str(error)
         assert "xxxx" not in str(error)
 

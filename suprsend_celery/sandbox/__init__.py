@@ -7,13 +7,15 @@
 Standard library only, so importing it is cheap.
 """
 
-from .auth import check_request, signature_for, string_to_sign, verify_signature
+from .auth import check_request, is_bearer, signature_for, string_to_sign, verify_signature
 from .command import main, serve
 from .faults import FaultPlan, FaultPlanError, FaultRule, RecordErrorSpec
 from .server import (
     BULK_PATH,
+    DEFAULT_API_KEY,
     DEFAULT_WORKSPACE_KEY,
     DEFAULT_WORKSPACE_SECRET,
+    DEFAULT_WORKSPACE_UID,
     EVENT_PATH,
     LEGACY_EVENT_PATH,
     RequestRecord,
@@ -23,8 +25,10 @@ from .validation import validate_record
 
 __all__ = [
     "BULK_PATH",
+    "DEFAULT_API_KEY",
     "DEFAULT_WORKSPACE_KEY",
     "DEFAULT_WORKSPACE_SECRET",
+    "DEFAULT_WORKSPACE_UID",
     "EVENT_PATH",
     "LEGACY_EVENT_PATH",
     "FaultPlan",
@@ -34,6 +38,7 @@ __all__ = [
     "RequestRecord",
     "Sandbox",
     "check_request",
+    "is_bearer",
     "main",
     "serve",
     "signature_for",

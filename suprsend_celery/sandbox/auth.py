@@ -8,7 +8,8 @@ code. The scheme is the one suprsend-py-sdk 0.20.0 uses::
     string_to_sign = "POST\\n" + md5hex(body) + "\\n" + Content-Type + "\\n" + Date + "\\n" + path
 
 with the Content-Type and Date headers exactly as the request carried them and the
-path including its query string.
+path including its query string. In API-key mode (the SDK's ``with_workspace_api_key``)
+the body is unsigned and the header is ``Authorization: Bearer <api_key>``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import hmac
 import time
 from email.utils import parsedate_to_datetime
 
-__all__ = ["MAX_CLOCK_SKEW", "check_request", "signature_for", "string_to_sign", "verify_signature"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "check_request",
+    "is_bearer",
+    "signature_for",
+    "string_to_sign",
+    "verify_signature",
+]
 
 #: How far (seconds) a request's Date header may be from the server clock.
 MAX_CLOCK_SKEW = 15 * 60.0
@@ -47,6 +55,13 @@ def verify_signature(
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 
+def is_bearer(authorization: str | None) -> bool:
+    """Whether the header uses API-key mode (``Bearer <api_key>``) rather than a signature."""
+    if not authorization:
+        return False
+    return authorization.lstrip()[:7].lower() == "bearer "
+
+
 def check_request(
     *,
     workspace_key: str,
@@ -58,10 +73,18 @@ def check_request(
     body: bytes,
     max_clock_skew: float = MAX_CLOCK_SKEW,
     now: float | None = None,
+    api_key: str | None = None,
 ) -> str | None:
     """Return why the request is not authentic, or ``None`` when it is."""
     if not authorization:
         return "missing Authorization header"
+    if is_bearer(authorization):
+        token = authorization.strip()[7:].strip()
+        if api_key is None:
+            return "API-key (Bearer) authentication is not enabled on this server"
+        if not token or not hmac.compare_digest(token.encode(), api_key.encode()):
+            return "unknown API key"
+        return None
     key, sep, signature = authorization.strip().rpartition(":")
     if not sep or not key or not signature:
         return "Authorization header must be '<workspace_key>:<signature>'"

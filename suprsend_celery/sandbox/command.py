@@ -11,7 +11,13 @@ import threading
 from collections.abc import Sequence
 from typing import TextIO
 
-from .server import DEFAULT_WORKSPACE_KEY, DEFAULT_WORKSPACE_SECRET, Sandbox
+from .server import (
+    DEFAULT_API_KEY,
+    DEFAULT_WORKSPACE_KEY,
+    DEFAULT_WORKSPACE_SECRET,
+    DEFAULT_WORKSPACE_UID,
+    Sandbox,
+)
 
 __all__ = ["DEFAULT_PORT", "build_parser", "main", "serve"]
 
@@ -24,25 +30,36 @@ def serve(
     workspace_key: str | None = None,
     workspace_secret: str | None = None,
     *,
+    workspace_uid: str | None = None,
+    api_key: str | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> int:
     """Serve until Ctrl-C, SIGTERM or ``stop`` is set; print the URL and credentials first.
 
-    Credentials default to ``SUPRSEND_WORKSPACE_KEY``/``SUPRSEND_WORKSPACE_SECRET``,
+    Credentials (both modes are accepted) default to ``SUPRSEND_WORKSPACE_KEY``/
+    ``SUPRSEND_WORKSPACE_SECRET`` and ``SUPRSEND_WORKSPACE_UID``/``SUPRSEND_API_KEY``,
     then to the sandbox's own. The first line printed is ``... listening on <url>`` so a
     parent process started with ``port=0`` can read the URL. Returns an exit status.
     """
     out = sys.stdout if out is None else out
-    key = workspace_key or os.environ.get("SUPRSEND_WORKSPACE_KEY") or DEFAULT_WORKSPACE_KEY
-    secret = (
-        workspace_secret or os.environ.get("SUPRSEND_WORKSPACE_SECRET") or DEFAULT_WORKSPACE_SECRET
-    )
+    env = os.environ.get
+    key = workspace_key or env("SUPRSEND_WORKSPACE_KEY") or DEFAULT_WORKSPACE_KEY
+    secret = workspace_secret or env("SUPRSEND_WORKSPACE_SECRET") or DEFAULT_WORKSPACE_SECRET
+    uid = workspace_uid or env("SUPRSEND_WORKSPACE_UID") or DEFAULT_WORKSPACE_UID
+    token = api_key or env("SUPRSEND_API_KEY") or DEFAULT_API_KEY
     stop = threading.Event() if stop is None else stop
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sandbox = Sandbox(workspace_key=key, workspace_secret=secret, host=host, port=port)
+    sandbox = Sandbox(
+        workspace_key=key,
+        workspace_secret=secret,
+        host=host,
+        port=port,
+        workspace_uid=uid,
+        api_key=token,
+    )
     try:
         sandbox.start()
     except OSError as exc:
@@ -53,6 +70,8 @@ def serve(
         print(f"  SUPRSEND_BASE_URL={sandbox.url}", file=out)
         print(f"  SUPRSEND_WORKSPACE_KEY={key}", file=out)
         print(f"  SUPRSEND_WORKSPACE_SECRET={secret}", file=out)
+        print(f"  or, in API-key mode: SUPRSEND_WORKSPACE_UID={uid}", file=out)
+        print(f"                       SUPRSEND_API_KEY={token}", file=out)
         print(f"  inspect: {sandbox.url}_sandbox/stats  {sandbox.url}_sandbox/events", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         stop.wait()
@@ -85,6 +104,8 @@ def build_parser(prog: str = "suprsend-celery sandbox") -> argparse.ArgumentPars
     parser.add_argument(
         "--workspace-secret", help="default: $SUPRSEND_WORKSPACE_SECRET or a sandbox secret"
     )
+    parser.add_argument("--workspace-uid", help="default: $SUPRSEND_WORKSPACE_UID or a sandbox UID")
+    parser.add_argument("--api-key", help="default: $SUPRSEND_API_KEY or a sandbox API key")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     return parser
 
@@ -96,4 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    return serve(args.host, args.port, args.workspace_key, args.workspace_secret)
+    return serve(
+        args.host,
+        args.port,
+        args.workspace_key,
+        args.workspace_secret,
+        workspace_uid=args.workspace_uid,
+        api_key=args.api_key,
+    )

@@ -9,7 +9,8 @@ each test so every test sees empty events, zeroed stats and no faults::
         suprsend_sandbox.wait_for(1)
         assert suprsend_sandbox.events()[0]["event"] == "signed_up"
 
-Credentials are ``suprsend_sandbox.workspace_key`` / ``.workspace_secret``. Only the
+Credentials are ``suprsend_sandbox.workspace_key`` / ``.workspace_secret`` (or, in
+API-key mode, ``.workspace_uid`` / ``.api_key``). Only the
 standard library is imported here, and lazily, since pytest loads this in every run.
 """
 

@@ -39,14 +39,16 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..__about__ import __version__
-from .auth import MAX_CLOCK_SKEW, check_request
+from .auth import MAX_CLOCK_SKEW, check_request, is_bearer
 from .faults import FaultPlan, FaultPlanError, FaultRule, RecordErrorSpec
 from .validation import validate_record
 
 __all__ = [
     "BULK_PATH",
+    "DEFAULT_API_KEY",
     "DEFAULT_WORKSPACE_KEY",
     "DEFAULT_WORKSPACE_SECRET",
+    "DEFAULT_WORKSPACE_UID",
     "EVENT_PATH",
     "LEGACY_EVENT_PATH",
     "RequestRecord",
@@ -63,6 +65,9 @@ EVENT_ROUTES = frozenset({EVENT_PATH, BULK_PATH, LEGACY_EVENT_PATH})
 #: Credentials of a sandbox created without arguments (the key is a valid ``env``).
 DEFAULT_WORKSPACE_KEY = "WSKEY_sandbox_0123456789"
 DEFAULT_WORKSPACE_SECRET = "WSSECRET_sandbox"  # noqa: S105 - a public test credential
+#: API-key mode credentials of a sandbox created without them (the UID is a valid ``env``).
+DEFAULT_WORKSPACE_UID = "sandbox_workspace_uid_0123"
+DEFAULT_API_KEY = "SSAPIKEY_sandbox_0123456789"  # a public test credential
 
 #: SuprSend's limits: records per bulk request, bytes per bulk body, bytes per event.
 MAX_BULK_RECORDS = 100
@@ -162,6 +167,8 @@ class _State:
         *,
         workspace_key: str,
         workspace_secret: str,
+        workspace_uid: str,
+        api_key: str,
         idempotency_ttl: float,
         max_clock_skew: float,
         max_events: int | None,
@@ -170,6 +177,8 @@ class _State:
     ) -> None:
         self.workspace_key = workspace_key
         self.workspace_secret = workspace_secret
+        self.workspace_uid = workspace_uid
+        self.api_key = api_key
         self.idempotency_ttl = idempotency_ttl
         self.max_clock_skew = max_clock_skew
         self.clock = clock
@@ -205,12 +214,12 @@ class _State:
                 counters[name] += value
 
     def process(
-        self, records: Sequence[Any], injected: Mapping[int, RecordErrorSpec]
+        self, records: Sequence[Any], injected: Mapping[int, RecordErrorSpec], env: str
     ) -> list[dict[str, Any]]:
-        """Validate, deduplicate and store records; one result per record, in order."""
-        key = self.workspace_key
+        """Validate (``env`` as the request's credentials say), deduplicate and store
+        records; one result per record, in order."""
         problems = [
-            None if i in injected else validate_record(r, key) for i, r in enumerate(records)
+            None if i in injected else validate_record(r, env) for i, r in enumerate(records)
         ]
         results: list[dict[str, Any]] = []
         processed = duplicates = rejected = 0
@@ -572,6 +581,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             body=body,
             max_clock_skew=state.max_clock_skew,
+            api_key=state.api_key,
         )
         if problem is not None:
             logger.info("sandbox refused %s: %s", route, problem)
@@ -629,7 +639,10 @@ class _Handler(BaseHTTPRequestHandler):
                 spec = state.faults.record_error(rule_index, rule, i, record)
                 if spec is not None:
                     injected[i] = spec
-        results = state.process(records, injected)
+        bearer = is_bearer(self.headers.get("Authorization"))
+        results = state.process(
+            records, injected, state.workspace_uid if bearer else state.workspace_key
+        )
         if incoming.bulk:
             if rule is not None and rule.truncate_records is not None:
                 results = results[: rule.truncate_records]
@@ -665,6 +678,10 @@ class Sandbox:
             sb.wait_for(3)            # until 3 events were processed
             assert sb.stats()["duplicates_skipped"] == 0
 
+    It accepts both of the SDK's auth modes: signed requests with ``workspace_key`` /
+    ``workspace_secret`` (records' ``env`` the key) and ``Authorization: Bearer
+    <api_key>`` (records' ``env`` the ``workspace_uid``).
+
     ``port=0`` picks a free port (read it back from ``url``/``port``). Memory stays
     bounded: only the newest ``max_events`` events and ``max_requests_logged`` log
     entries are kept (the counters always count everything), idempotency keys are
@@ -678,6 +695,8 @@ class Sandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        workspace_uid: str = DEFAULT_WORKSPACE_UID,
+        api_key: str = DEFAULT_API_KEY,
         idempotency_ttl: float = IDEMPOTENCY_TTL,
         max_clock_skew: float = MAX_CLOCK_SKEW,
         max_events: int | None = 500_000,
@@ -687,11 +706,15 @@ class Sandbox:
     ) -> None:
         self.workspace_key = workspace_key
         self.workspace_secret = workspace_secret
+        self.workspace_uid = workspace_uid
+        self.api_key = api_key
         self.host = host
         self.port = port
         self._state = _State(
             workspace_key=workspace_key,
             workspace_secret=workspace_secret,
+            workspace_uid=workspace_uid,
+            api_key=api_key,
             idempotency_ttl=idempotency_ttl,
             max_clock_skew=max_clock_skew,
             max_events=max_events,

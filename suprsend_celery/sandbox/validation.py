@@ -18,7 +18,11 @@ _OPTIONAL_STRINGS = (("$idempotency_key", 255), ("tenant_id", 64), ("brand_id", 
 
 
 def validate_record(record: Any, workspace_key: str) -> str | None:
-    """Return what is wrong with one event record, or ``None`` if it is acceptable."""
+    """Return what is wrong with one event record, or ``None`` if it is acceptable.
+
+    ``workspace_key`` is the ``env`` the request's credentials call for: the workspace
+    key for a signed request, the workspace UID for an API-key (Bearer) one.
+    """
     if type(record) is not dict:
         return f"record must be a JSON object, got {type(record).__name__}"
     for name, min_length in _REQUIRED_STRINGS:
@@ -30,7 +34,7 @@ def validate_record(record: Any, workspace_key: str) -> str | None:
         if len(value) < min_length:
             return f"'{name}' must be at least {min_length} characters"
     if record["env"] != workspace_key:
-        return "'env' does not match the workspace key of the request"
+        return "'env' does not match the workspace of the request's credentials"
     if "$time" not in record:
         return "'$time' is a required property"
     ts = record["$time"]
