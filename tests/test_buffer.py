@@ -515,6 +515,43 @@ class TestBreaker:
         assert slow.stats()["breaker"] == "closed"
 
 
+class TestRehome:
+    """The direct path's refused-credentials move: into pending within the bound."""
+
+    def entry(self, record: bytes) -> bytes:
+        return dead_letter_entry(
+            record, error="HTTP 401", status_code=401, attempts=1, source="direct"
+        )
+
+    def test_moves_into_pending_while_there_is_room(
+        self, make_buffer: Callable[..., RedisBuffer]
+    ) -> None:
+        """Below the bound the record joins pending, untouched; nothing is dead."""
+        buf = make_buffer(max_length=2)
+        first, second = make_record(0), make_record(1)
+        buf.push([first])
+        assert buf.rehome(second, self.entry(second))
+        assert buf.redis.lrange(buf.pending_key, 0, -1) == [first, second]
+        assert buf.stats()["dead"] == 0
+
+    def test_a_full_buffer_dead_letters_instead(
+        self, make_buffer: Callable[..., RedisBuffer]
+    ) -> None:
+        """At the bound (counting pending, claimed and scheduled records) the record is
+        dead-lettered with its entry, and pending is left as it was."""
+        buf = make_buffer(max_length=3)
+        records = [make_record(i) for i in range(3)]
+        buf.push(records)
+        claim = buf.claim(1, lease=30)
+        assert buf.settle(claim.id, retries=[(3600, join_item(1, claim.items[0]))])
+        buf.claim(1, lease=30)  # one pending, one claimed, one scheduled: full
+        record = make_record(9)
+        assert not buf.rehome(record, self.entry(record))
+        assert buf.redis.lrange(buf.pending_key, 0, -1) == [records[2]]
+        (letter,) = buf.dead_letters()
+        assert (letter.record, letter.status_code, letter.source) == (record, 401, "direct")
+
+
 class TestDeadLetters:
     """The dead-letter API: list, requeue, purge."""
 

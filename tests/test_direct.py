@@ -39,6 +39,7 @@ from suprsend_celery import (
     InvalidEventError,
     PermanentDeliveryError,
     TransientDeliveryError,
+    buffer_event,
     track_event,
 )
 from suprsend_celery.events import BUILTIN_EVENT_NAMES
@@ -382,6 +383,24 @@ class TestFailures:
         report = get_flusher(fixed).run(10)
         assert report.sent == 1
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-401"]
+
+    def test_401_with_a_full_buffer_dead_letters(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """Refused credentials and no room left in the buffer: the event is
+        dead-lettered rather than pushed past the bound, and the error says so."""
+        app = app_factory(suprsend_workspace_secret="WSSECRET_wrong", suprsend_buffer_max_length=1)
+        held = buffer_event("u-held", "order_placed", app=app)
+        with running_worker(app):
+            result = finished(track_event.delay("u-full", "order_placed", idempotency_key="k-full"))
+        assert result.state == "FAILURE"
+        assert isinstance(result.result, ConfigurationError)
+        assert "buffer is full" in str(result.result)
+        assert [d.idempotency_key for d in dead_letters(app)] == ["k-full"]
+        buffer = get_buffer(app)
+        assert buffer is not None
+        pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
+        assert [json.loads(p)["$idempotency_key"] for p in pending] == [held]
 
     @pytest.mark.parametrize("status", [400, 401])
     @REDIS_KILLED

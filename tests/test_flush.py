@@ -6,6 +6,8 @@ worker, and judged by what the sandbox processed and what Redis still holds.
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,11 @@ from _buffer_helpers import (
 from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
-from suprsend_celery import buffer_events, buffer_stats
+from suprsend_celery import Event, buffer_events, buffer_stats
 from suprsend_celery.beat import BEAT_ENTRY
 from suprsend_celery.buffer import RedisBuffer, join_item, split_item
 from suprsend_celery.client import SuprsendClient
-from suprsend_celery.flusher import Flusher
+from suprsend_celery.flusher import Flusher, FlushReport
 from suprsend_celery.sandbox import Sandbox
 from suprsend_celery.tasks import FLUSH_TASK
 
@@ -380,6 +382,79 @@ class TestBreaker:
         assert first.status == 429
         assert rest[0].received_at - first.received_at >= 2.0 - 0.05
         assert sandbox.stats()["duplicates_skipped"] == 0
+
+
+class TestClaimEdges:
+    """Branches of one claim that only odd timing or odd answers reach."""
+
+    def test_whole_request_refusal_is_bisected_to_the_bad_record(
+        self, redis_client: Any, sandbox: Sandbox
+    ) -> None:
+        """SuprSend refuses a bulk request as a whole (400) because of one bad record:
+        the flusher halves the request until only that record is refused, dead-letters
+        it, and delivers the seven others once each."""
+        buffer = RedisBuffer(redis_client, prefix="bisect")
+        client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+        events = make_events(8)
+        events[5] = Event("user-5", "poison", {"n": 5})
+        records = [client.accept(e).payload for e in events]
+        buffer.push(records)
+        sandbox.set_faults([{"status": 400, "containing_event": "poison"}])
+        report = Flusher(buffer, client, batch_size=8).run(5)
+        # 8 refused; 0-3 ok; 4-7 refused; 4-5 refused; 4 ok; 5 refused; 6-7 ok
+        assert [(r.records, r.status) for r in sandbox.requests()] == [
+            (8, 400),
+            (4, 207),
+            (4, 400),
+            (2, 400),
+            (1, 207),
+            (1, 400),
+            (2, 207),
+        ]
+        assert (report.sent, report.dead_lettered, report.requests) == (7, 1, 7)
+        assert report.retry_scheduled == report.returned == 0
+        [letter] = buffer.dead_letters()
+        assert (letter.event, letter.status_code, letter.record) == ("poison", 400, records[5])
+        keys = [json.loads(r)["$idempotency_key"] for r in records]
+        assert processed_keys(sandbox) == dict.fromkeys(keys[:5] + keys[6:], 1)
+        assert redis_state(buffer) == {**EMPTY, "dead": 1}
+
+    @pytest.mark.slow
+    def test_lease_lost_between_chunks(self, redis_client: Any, sandbox: Sandbox) -> None:
+        """A flusher whose lease ran out while its first request hung (another flusher
+        took the claim back) cannot extend it for the second request: it sends no
+        more, settles nothing, and every record is delivered exactly once."""
+        buffer = RedisBuffer(redis_client, prefix="lost")
+        client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+        records = [client.accept(e).payload for e in make_events(12, blob=90_000)]
+        buffer.push(records)
+        sandbox.set_faults([{"delay": 1.5, "count": 1}])
+        slow = Flusher(buffer, client, lease=0.5)
+        reports: list[FlushReport] = []
+        thread = threading.Thread(target=lambda: reports.append(slow.run(10, max_batches=1)))
+        thread.start()
+        try:
+
+            def lease_expired() -> bool:
+                seconds, micros = redis_client.time()
+                now = seconds + micros / 1e6
+                return bool(redis_client.zrangebyscore(buffer.claims_key, "-inf", now))
+
+            wait_for(lease_expired, timeout=10, message="the slow flusher's lease to run out")
+            other = Flusher(buffer, client).run(10)
+        finally:
+            thread.join(timeout=30)
+        [report] = reports
+        first = sandbox.requests()[-1]  # the delayed request is answered last
+        assert 1 < (first.records or 0) < 12, "the claim must span several requests"
+        assert report.requests == 1, "no request after the lease was lost"
+        assert (report.sent, report.retry_scheduled, report.dead_lettered) == (0, 0, 0)
+        assert report.returned == 12
+        assert other.sent == 12
+        keys = [json.loads(r)["$idempotency_key"] for r in records]
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+        assert sandbox.stats()["duplicates_skipped"] == first.records
+        assert redis_state(buffer) == EMPTY
 
 
 class TestBeat:

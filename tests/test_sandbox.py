@@ -474,6 +474,18 @@ class TestFaults:
         assert faulted.fault == "rules[0]: status 503"
         assert faulted.status == 503
 
+    def test_containing_event_refuses_only_requests_holding_it(
+        self, sb: Sandbox, client: Client
+    ) -> None:
+        """``containing_event`` selects the requests that hold a record of that event:
+        a whole bulk request is refused for one bad record, the others go through."""
+        sb.set_faults([{"status": 400, "containing_event": "poison"}])
+        assert client.bulk([record(), record("poison")]).status_code == 400
+        assert client.bulk([record(), record()]).status_code == 207
+        assert client.event(record("poison")).status_code == 400
+        assert sb.stats()["events_processed"] == 2
+        assert sb.faults()["rules"][0]["containing_event"] == "poison"
+
     def test_fault_error_body_is_json(self, sb: Sandbox, client: Client) -> None:
         """By default a fault answers SuprSend's JSON error shape."""
         sb.set_faults([{"status": 500}])

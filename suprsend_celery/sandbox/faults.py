@@ -13,6 +13,9 @@ signature was verified, and are decided per request, in rule order::
         #   "after": 2       let the first 2 matching requests through untouched
         #   "count": 3       apply to at most 3 requests (then the rule is spent)
         #   "rate": 0.3      apply with this probability (combines with count)
+        #   "containing_event": "x"  only requests holding a record of event "x"
+        #                    (with "status": 400, a request refused as a whole
+        #                    because of one bad record)
         # what it does, "delay" plus at most one outcome:
         #   "delay": 0.5                           sleep before answering (seconds)
         #   "status": 503                          answer 503 and process nothing,
@@ -56,7 +59,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +71,7 @@ _RULE_KEYS = frozenset(
         "after",
         "count",
         "rate",
+        "containing_event",
         "delay",
         "status",
         "retry_after",
@@ -195,6 +199,7 @@ class FaultRule:
     after: int = 0
     count: int | None = None
     rate: float | None = None
+    containing_event: str | None = None
     delay: float = 0.0
     status: int | None = None
     retry_after: str | None = None
@@ -226,6 +231,11 @@ class FaultRule:
             after=_int(d.get("after", 0), f"{where}.after"),
             count=_int(d["count"], f"{where}.count", 1) if "count" in d else None,
             rate=_number(d["rate"], f"{where}.rate", 1.0) if "rate" in d else None,
+            containing_event=(
+                _str(d["containing_event"], f"{where}.containing_event")
+                if "containing_event" in d
+                else None
+            ),
             delay=_number(d.get("delay", 0.0), f"{where}.delay", 600.0),
             status=_int(d["status"], f"{where}.status", 200, 599) if "status" in d else None,
             retry_after=retry_after,
@@ -320,6 +330,7 @@ class FaultRule:
             ("after", self.after, 0),
             ("count", self.count, None),
             ("rate", self.rate, None),
+            ("containing_event", self.containing_event, None),
             ("delay", self.delay, 0.0),
             ("status", self.status, None),
             ("retry_after", self.retry_after, None),
@@ -419,8 +430,8 @@ class FaultPlan:
         with self._lock:
             return self._applied[rule_index]
 
-    def decide(self, path: str, bulk: bool) -> FaultDecision:
-        """Pick the delay and the outcome for one request to ``path``."""
+    def decide(self, path: str, bulk: bool, events: Collection[object] = ()) -> FaultDecision:
+        """Pick the delay and the outcome for one request to ``path`` (holding ``events``)."""
         if not self.rules:
             return _NO_FAULT
         delay = 0.0
@@ -430,6 +441,8 @@ class FaultPlan:
                 if paths is not None and path not in paths:
                     continue
                 if rule.bulk_only and not bulk:
+                    continue
+                if rule.containing_event is not None and rule.containing_event not in events:
                     continue
                 self._matched[i] += 1
                 if self._matched[i] <= rule.after:

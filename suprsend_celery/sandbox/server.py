@@ -591,7 +591,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         incoming.parse()
         received = incoming.count
-        decision = state.faults.decide(route, incoming.bulk)
+        events = {r.get("event") for r in incoming.records or () if isinstance(r, dict)}
+        decision = state.faults.decide(route, incoming.bulk, events)
         if decision.delay and state.stopping.wait(decision.delay):
             self.close_connection = True  # shutting down: abandon the request
             return

@@ -1,0 +1,58 @@
+-- Called only through scripts.claim_call(); prelude: now, unpack.
+-- Return expired claims and due retries to pending, consult the breaker, then move up
+-- to `count` records into a new claim. Returns {mode, wait, record...}: mode 'ok' |
+-- 'probe' | 'open' (wait = seconds until the next probe).
+-- Idempotent per claim id: redis-py re-sends a command after a connection error or a
+-- timeout, and a second run must hand back the same records rather than take more
+-- (which the flusher would never see, yet settle would delete).
+local pending, claims, claim, inflight, retry, breaker =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local count = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local claim_id = ARGV[3]
+local claim_prefix = ARGV[4]
+local probe_lease = tonumber(ARGV[5])
+local expired_limit = tonumber(ARGV[6])
+local due_limit = tonumber(ARGV[7])
+local probe_records = tonumber(ARGV[8])
+
+if redis.call('TYPE', claim).ok == 'list' then
+    local out = {'ok', '0'}
+    for _, item in ipairs(redis.call('LRANGE', claim, 0, -1)) do out[#out + 1] = item end
+    return out
+end
+local expired = redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, expired_limit)
+for _, id in ipairs(expired) do
+    local key = claim_prefix .. id
+    local items = redis.call('LRANGE', key, 0, -1)
+    for i = #items, 1, -1 do redis.call('LPUSH', pending, items[i]) end
+    redis.call('DEL', key)
+    redis.call('ZREM', claims, id)
+    redis.call('DECRBY', inflight, #items)
+end
+local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, due_limit)
+for i = 1, #due, UNPACK_MAX do
+    local last = math.min(i + UNPACK_MAX - 1, #due)
+    redis.call('RPUSH', pending, unpack(due, i, last))
+    redis.call('ZREM', retry, unpack(due, i, last))
+end
+local mode = 'ok'
+local state = redis.call('HGET', breaker, 'state')
+if state == 'open' or state == 'half_open' then
+    local until_ = tonumber(redis.call('HGET', breaker, 'until') or '0')
+    if now < until_ then return {'open', tostring(until_ - now)} end
+    redis.call('HSET', breaker, 'state', 'half_open', 'until', now + probe_lease)
+    mode = 'probe'
+    count = math.min(count, probe_records)
+end
+local items = redis.call('LPOP', pending, count)
+if not items then
+    if mode == 'probe' then redis.call('HSET', breaker, 'state', 'open', 'until', now) end
+    return {mode, '0'}
+end
+redis.call('RPUSH', claim, unpack(items))
+redis.call('ZADD', claims, now + lease, claim_id)
+redis.call('INCRBY', inflight, #items)
+local out = {mode, '0'}
+for i = 1, #items do out[i + 2] = items[i] end
+return out

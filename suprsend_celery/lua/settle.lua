@@ -1,0 +1,81 @@
+-- Called only through scripts.settle_call(); prelude: now.
+-- Finish a claim in one step: drop its records, schedule retries, dead-letter, return
+-- records to pending untouched, feed the breaker. Returns -1 if the lease was lost (the
+-- records are already back in pending), else 1. A settled claim leaves a short-lived
+-- tombstone, so a re-sent SETTLE (redis-py retries after a connection error) answers 1
+-- again instead of "lease lost" and does not feed the breaker twice.
+local claims, claim, inflight, retry, dead, pending, breaker_key, settled =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local claim_id = ARGV[1]
+local dead_max = tonumber(ARGV[2])
+local n_retry = tonumber(ARGV[3])
+local n_dead = tonumber(ARGV[4])
+local n_back = tonumber(ARGV[5])
+local verdict = ARGV[6]
+local threshold = tonumber(ARGV[7])
+local cooldown_base = tonumber(ARGV[8])
+local cooldown_max = tonumber(ARGV[9])
+local floor = tonumber(ARGV[10])  -- Retry-After: the breaker opens for at least this
+local reason = ARGV[11]
+local tombstone_seconds = tonumber(ARGV[12])
+local first_item = 13  -- then n_retry pairs (delay, item), n_dead entries, n_back items
+
+local function open(until_, cooldown)
+    redis.call('HSET', breaker_key, 'state', 'open', 'until', until_, 'cooldown', cooldown,
+        'reason', reason, 'opened_at', now)
+end
+
+local function feed_breaker()
+    if verdict == '' then return end
+    if verdict == 'ok' then
+        local state, fails = unpack(redis.call('HMGET', breaker_key, 'state', 'failures'))
+        if (state and state ~= 'closed') or (fails and fails ~= '0') then
+            redis.call('HSET', breaker_key, 'state', 'closed', 'failures', 0,
+                'cooldown', cooldown_base, 'until', 0, 'reason', '')
+        end
+        return
+    end
+    local fails = redis.call('HINCRBY', breaker_key, 'failures', 1)
+    local state = redis.call('HGET', breaker_key, 'state') or 'closed'
+    local cooldown = tonumber(redis.call('HGET', breaker_key, 'cooldown') or cooldown_base)
+    if state == 'half_open' then
+        -- the probe (or a straggler) failed: open again, for longer
+        cooldown = math.min(cooldown * 2, cooldown_max)
+        open(now + math.max(cooldown, floor), cooldown)
+    elseif state == 'closed' then
+        if fails >= threshold or verdict == 'auth' then
+            open(now + math.max(cooldown_base, floor), cooldown_base)
+        elseif floor > 0 then
+            -- a Retry-After alone pauses exactly as long as the server asked
+            open(now + floor, cooldown_base)
+        end
+    else
+        -- already open: a longer Retry-After pushes the next probe out, never in
+        local until_ = tonumber(redis.call('HGET', breaker_key, 'until') or '0')
+        if now + floor > until_ then redis.call('HSET', breaker_key, 'until', now + floor) end
+        if verdict == 'auth' then redis.call('HSET', breaker_key, 'reason', reason) end
+    end
+end
+
+if redis.call('ZREM', claims, claim_id) == 0 then
+    if redis.call('EXISTS', settled) == 1 then return 1 end
+    feed_breaker()
+    return -1
+end
+redis.call('DECRBY', inflight, redis.call('LLEN', claim))
+redis.call('DEL', claim)
+redis.call('SET', settled, '1', 'EX', tombstone_seconds)
+local i = first_item
+for _ = 1, n_retry do
+    redis.call('ZADD', retry, now + tonumber(ARGV[i]), ARGV[i + 1])
+    i = i + 2
+end
+for _ = 1, n_dead do
+    redis.call('LPUSH', dead, ARGV[i])
+    i = i + 1
+end
+if n_dead > 0 then redis.call('LTRIM', dead, 0, dead_max - 1) end
+-- back goes to the head of pending in its original order
+for j = i + n_back - 1, i, -1 do redis.call('LPUSH', pending, ARGV[j]) end
+feed_breaker()
+return 1
