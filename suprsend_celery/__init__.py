@@ -8,7 +8,7 @@ stable idempotency key when it is accepted, so SuprSend processes it at most onc
 """
 
 from .__about__ import __version__
-from .client import BulkResult, RecordResult, SuprsendClient
+from .client import SuprsendClient
 from .events import Event
 from .exceptions import (
     BufferFullError,
@@ -20,6 +20,7 @@ from .exceptions import (
     TransientDeliveryError,
 )
 from .producer import buffer_event, buffer_events, buffer_stats
+from .responses import BulkResult, RecordResult
 from .tasks import flush_buffer, track_event
 
 __all__ = [

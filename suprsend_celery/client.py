@@ -6,23 +6,20 @@ Unlike the SDK, every request has connect and read timeouts, connections are poo
 (one ``requests.Session`` per process, rebuilt after a fork), and any response, even
 an HTML 502 or a truncated body, becomes a result or a typed ``DeliveryError``.
 Retrying is the caller's job (the tasks), so one call is always one request.
+Signing is in ``credentials``, reading responses in ``responses``.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import email.utils
 import http.client
-import json
 import logging
-import math
 import os
 import platform
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,35 +29,32 @@ from requests.adapters import HTTPAdapter
 
 from . import defaults
 from .__about__ import __version__
-from .credentials import CONTENT_TYPE, Credentials, client_user_agent, sign
+from .credentials import CONTENT_TYPE, Credentials, client_user_agent
 from .events import AcceptedRecord, Event, accept
-from .exceptions import (
-    ConfigurationError,
-    DeliveryError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
+from .exceptions import ConfigurationError, DeliveryError, TransientDeliveryError
+from .responses import (
+    BulkResponse,
+    BulkResult,
+    RecordResult,
+    bulk_response,
+    decode_body,
+    error_for_response,
+    key_of,
 )
 
 __all__ = [
-    "BulkResult",
-    "RecordResult",
+    "BULK_PATH",
+    "CLIENT_USER_AGENT",
+    "EVENT_PATH",
+    "USER_AGENT",
     "SuprsendClient",
     "chunk_payloads",
-    "classify_status",
-    "parse_retry_after",
-    "sign",
 ]
 
 logger = logging.getLogger(__name__)
 
 EVENT_PATH = "v2/event/"
 BULK_PATH = "v2/bulk/event/"
-
-#: Status codes worth retrying (SPEC). Other 5xx are treated as transient too, except
-#: 501 and 505, which say the request itself can never work.
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-_PERMANENT_5XX = frozenset({501, 505})
-_ERROR_TEXT_LIMIT = 200
 
 
 def user_agent() -> str:
@@ -92,166 +86,6 @@ class _HttpDate:
 
 
 http_date = _HttpDate()
-
-
-def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CAP) -> float | None:
-    """Seconds from a ``Retry-After`` (delta-seconds or HTTP-date), capped; None if absent."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, source zone unknown"
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = when.timestamp() - time.time()
-    if math.isnan(seconds):
-        return None
-    return max(0.0, min(seconds, cap))
-
-
-def classify_status(status_code: int) -> type[DeliveryError]:
-    """The error class for a non-2xx status: transient ones are worth retrying."""
-    if status_code in RETRYABLE_STATUS or (
-        500 <= status_code <= 599 and status_code not in _PERMANENT_5XX
-    ):
-        return TransientDeliveryError
-    return PermanentDeliveryError
-
-
-def _error_text(body: object, status_code: int) -> tuple[str, str | None]:
-    """Pull ``error.message``/``error.type`` out of whatever the server sent."""
-    message: object = None
-    etype: object = None
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            message, etype = error.get("message"), error.get("type")
-        elif isinstance(error, str):
-            message = error
-        if message is None and isinstance(body.get("message"), str):
-            message = body["message"]
-    elif isinstance(body, str) and body.strip():
-        message = body
-    text = str(message) if message else f"HTTP {status_code}"
-    if len(text) > _ERROR_TEXT_LIMIT:
-        text = text[: _ERROR_TEXT_LIMIT - 3] + "..."
-    return text, (str(etype) if etype else None)
-
-
-def _decode_json(content: bytes) -> object:
-    """The body as JSON, or the text itself when it is not JSON (an HTML error page)."""
-    try:
-        return json.loads(content)
-    except RecursionError:  # absurdly nested JSON
-        return None
-    except ValueError:
-        text = content.decode("utf-8", "replace").strip()
-        if text.startswith("<"):
-            return None  # an HTML page says nothing useful
-        return text
-
-
-def error_for_response(
-    status_code: int,
-    body: object,
-    headers: Any,
-    idempotency_key: str | None = None,
-    *,
-    settings_hint: str = "suprsend_workspace_key and suprsend_workspace_secret",
-) -> DeliveryError:
-    """Build the ``DeliveryError`` for a non-2xx response (401/403 name ``settings_hint``)."""
-    message, etype = _error_text(body, status_code)
-    cls = classify_status(status_code)
-    retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
-    if status_code in (401, 403):
-        message = (
-            f"SuprSend refused the workspace credentials (HTTP {status_code}: {message}); "
-            f"check {settings_hint}"
-        )
-    else:
-        message = f"HTTP {status_code}: {message}"
-    return cls(
-        message,
-        status_code=status_code,
-        idempotency_key=idempotency_key,
-        retry_after=retry_after,
-        error_type=etype,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class RecordResult:
-    """The outcome of one record of a bulk send."""
-
-    index: int
-    idempotency_key: str | None
-    status_code: int | None
-    error: DeliveryError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class BulkResult(Sequence[RecordResult]):
-    """Per-record outcomes of ``send_bulk``, in the order the records were given."""
-
-    def __init__(self, results: list[RecordResult], requests_sent: int) -> None:
-        self._results = results
-        self.requests = requests_sent
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._results[index]
-
-    def __iter__(self) -> Iterator[RecordResult]:
-        return iter(self._results)
-
-    @property
-    def succeeded(self) -> int:
-        return sum(1 for r in self._results if r.ok)
-
-    @property
-    def failed(self) -> list[RecordResult]:
-        return [r for r in self._results if not r.ok]
-
-    def __repr__(self) -> str:
-        return (
-            f"BulkResult(records={len(self._results)}, succeeded={self.succeeded}, "
-            f"failed={len(self._results) - self.succeeded}, requests={self.requests})"
-        )
-
-
-@dataclass(slots=True)
-class BulkResponse:
-    """One bulk request's outcome, kept compact for the flusher's hot path.
-
-    ``request_error`` is set when the request as a whole failed (no usable response):
-    every record then shares it. Otherwise ``failures`` lists ``(index, error)`` for the
-    records the server did not accept; records not listed succeeded.
-    """
-
-    size: int
-    request_error: DeliveryError | None = None
-    failures: list[tuple[int, DeliveryError]] | None = None
-
-
-def _key_of(payload: bytes) -> str | None:
-    """The idempotency key of a serialised record (only parsed on the failure path)."""
-    try:
-        value = json.loads(payload).get("$idempotency_key")
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
 
 
 def chunk_payloads(
@@ -397,7 +231,7 @@ class SuprsendClient:
             raise TransientDeliveryError(
                 f"connection failed: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        return response.status, _decode_json(response.data), response.headers
+        return response.status, decode_body(response.data), response.headers
 
     def _pool(self, url: str) -> urllib3.HTTPConnectionPool:
         """The session's own urllib3 pool for the API host: same connections, same TLS.
@@ -440,7 +274,7 @@ class SuprsendClient:
         if isinstance(event, AcceptedRecord):
             return event.payload, event.idempotency_key
         if isinstance(event, (bytes, bytearray)):
-            return bytes(event), _key_of(event)
+            return bytes(event), key_of(event)
         raise TypeError(f"expected an Event, AcceptedRecord or bytes; got {type(event).__name__}")
 
     def send_event(self, event: Event | AcceptedRecord | bytes) -> dict[str, Any]:
@@ -476,27 +310,7 @@ class SuprsendClient:
             return BulkResponse(size, request_error=exc)
         if not 200 <= status < 300:
             return BulkResponse(size, request_error=self._error(status, parsed, headers, None))
-        records = parsed.get("records") if isinstance(parsed, dict) else None
-        if not isinstance(records, list):
-            records = []
-        failures: list[tuple[int, DeliveryError]] = []
-        for index, record in enumerate(records[:size]):
-            if isinstance(record, dict) and record.get("status") == "success":
-                continue
-            failures.append((index, _record_error(record, payloads[index])))
-        for index in range(len(records), size):
-            # No verdict for this record: sending it again is safe (idempotency key).
-            failures.append(
-                (
-                    index,
-                    TransientDeliveryError(
-                        f"HTTP {status}: no result for this record in the bulk response",
-                        status_code=status,
-                        idempotency_key=_key_of(payloads[index]),
-                    ),
-                )
-            )
-        return BulkResponse(size, failures=failures)
+        return bulk_response(status, parsed, payloads)
 
     def send_bulk(self, events: Iterable[Event | AcceptedRecord | bytes]) -> BulkResult:
         """Send events in as few bulk requests as the limits allow (100 records, 800 KiB).
@@ -522,17 +336,3 @@ class SuprsendClient:
                 status = error.status_code if error is not None else 202
                 results.append(RecordResult(offset + index, key, status, error))
         return BulkResult(results, requests_sent)
-
-
-def _record_error(record: object, payload: bytes) -> DeliveryError:
-    """The error for one record a bulk response did not accept."""
-    key = _key_of(payload)
-    if not isinstance(record, dict):
-        return TransientDeliveryError(
-            "malformed record result in the bulk response", idempotency_key=key
-        )
-    raw_code = record.get("status_code")
-    code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else 500
-    message, etype = _error_text(record, code)
-    cls = classify_status(code) if code >= 400 else TransientDeliveryError
-    return cls(f"HTTP {code}: {message}", status_code=code, idempotency_key=key, error_type=etype)

@@ -39,14 +39,9 @@ from suprsend_celery import (
     SuprsendClient,
     TransientDeliveryError,
 )
-from suprsend_celery.client import (
-    CONTENT_TYPE,
-    USER_AGENT,
-    chunk_payloads,
-    classify_status,
-    parse_retry_after,
-    sign,
-)
+from suprsend_celery.client import USER_AGENT, chunk_payloads
+from suprsend_celery.credentials import CONTENT_TYPE, sign
+from suprsend_celery.responses import classify_status, parse_retry_after
 from suprsend_celery.sandbox import Sandbox
 
 VECTOR_KEY = "WSKEY_abcdefghij0123456789"
