@@ -3,11 +3,12 @@
     python -m benchmarks.soak --seconds 60
 
 Starts a Redis with AOF (``appendfsync always``), the sandbox in its own process, a
-beat and ``--workers`` relay workers (``celery -A suprsend_celery.app worker``,
-prefork, configured from the environment). A producer thread sends events at
-``--rate`` per second, alternating ``buffer_event`` and ``track_event.delay``, each
-with a unique idempotency key; a call that raises (Redis restarting) is retried with
-the same key, as a careful caller would, and counts as accepted once it returns.
+beat and ``--workers`` relay workers (``celery -A benchmarks.relay_app worker``: the
+relay with a short claim lease, prefork, configured from the environment). A producer
+thread sends events at ``--rate`` per second, alternating ``buffer_event`` and
+``track_event.delay``, each with a unique idempotency key; a call that raises (Redis
+restarting) is retried with the same key, as a careful caller would, and counts as
+accepted once it returns.
 
 Meanwhile a chaos loop, every ``--chaos-interval`` seconds, does one of: SIGKILL a
 whole worker (its process group) and start a new one; SIGKILL one pool process; a
@@ -68,7 +69,7 @@ SOAK_PREFIX = "suprsend_soak"
 WORKER_ENV = {
     "SUPRSEND_KEY_PREFIX": SOAK_PREFIX,
     "SUPRSEND_FLUSH_INTERVAL": "1",
-    "SUPRSEND_CLAIM_LEASE": "5",
+    "RELAY_CLAIM_LEASE": "5",
     "SUPRSEND_REQUEST_TIMEOUT": "2",
     "SUPRSEND_RETRY_BACKOFF_MAX": "2",
     "CELERY_BROKER_VISIBILITY_TIMEOUT": "8",
@@ -245,7 +246,7 @@ class Soak:
     def _start_worker(self) -> Child:
         self._worker_count += 1
         return start_worker(
-            "suprsend_celery.app",
+            "benchmarks.relay_app",
             QUEUE,
             self._env(),
             concurrency=self.config.concurrency,

@@ -109,6 +109,7 @@ class Settings:
     retry_backoff_max: float = defaults.RETRY_BACKOFF_MAX
     request_timeout: float = defaults.REQUEST_TIMEOUT
     max_event_bytes: int = defaults.MAX_EVENT_BYTES
+    flush_concurrency: int = defaults.FLUSH_CONCURRENCY
     #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
     visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
 
@@ -158,6 +159,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "retry_backoff_max": _number(float, 1),
     "request_timeout": _number(float, 0.1),
     "max_event_bytes": _number(int, 256, defaults.MAX_EVENT_BYTES),
+    "flush_concurrency": _number(int, 1, defaults.FLUSH_CONCURRENCY_MAX),
 }
 
 _DEFAULTS: dict[str, object] = {
@@ -171,6 +173,7 @@ _DEFAULTS: dict[str, object] = {
     "retry_backoff_max": defaults.RETRY_BACKOFF_MAX,
     "request_timeout": defaults.REQUEST_TIMEOUT,
     "max_event_bytes": defaults.MAX_EVENT_BYTES,
+    "flush_concurrency": defaults.FLUSH_CONCURRENCY,
 }
 
 

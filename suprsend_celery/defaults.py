@@ -77,6 +77,13 @@ JOURNAL_RECOVER_LIMIT = 1000
 SETTLED_TOMBSTONE_SECONDS = 60
 """How long a settled claim is remembered, so a re-sent SETTLE is answered, not refused."""
 
+FLUSH_CONCURRENCY = 8
+"""Bulk requests one flush run keeps in flight: at 100 ms per request, 8 send about 8000
+events/s; raise it for a slower API, lower it to spare a rate-limited workspace."""
+
+FLUSH_CONCURRENCY_MAX = 64
+"""Upper bound of ``suprsend_flush_concurrency`` (threads, connections and claims per run)."""
+
 BREAKER_THRESHOLD = 5
 """Consecutive whole-request failures that open the shared circuit breaker."""
 

@@ -1,38 +1,50 @@
-"""Drain the buffer: claim a batch, send it in bulk, settle each record. No Celery here.
+"""Drain the buffer: claim batches, send them in bulk, settle each record. No Celery here.
 
 The loop the ``flush_buffer`` task and ``suprsend-celery flush`` both run::
 
-    claim (lease) ─► post_bulk ─► settle: ack successes, schedule transient failures,
-                                  dead-letter permanent ones, feed the breaker
+    claim (lease) ─► post_bulk ─► decide ─► settle: ack successes, schedule transient
+                     (a thread)   (pure)              failures, dead-letter permanent
+                                                      ones, feed the breaker
 
 A batch is acknowledged only after SuprSend answered for it, in the same Lua step
-that schedules its retries, so a flusher killed at any instant leaves its claim to
+that schedules its retries, so a flusher killed at any instant leaves its claims to
 expire and return to the buffer; re-sent records carry their idempotency keys and
 SuprSend skips them.
+
+Concurrency: one run keeps up to ``concurrency`` claims in flight, each its own claim
+under its own lease. Only the HTTP requests run in a small thread pool (one per
+Flusher, kept across runs, rebuilt after a fork); claims, lease renewals and settles
+all happen in the calling thread, which waits for whichever request finishes first and
+settles that claim at once. So Redis sees one flusher's writes in order, the decisions
+(``settlement.decide``) need no lock, and a settle that opens the breaker (a 429's
+``Retry-After``, too many failures, refused credentials) is seen by the very next
+claim: new requests stop at once while those in flight finish and settle. Each pool
+thread has its own HTTP session and keep-alive connection (the client's sessions are
+per thread), so threads never wait for each other's connections. Threads cost little
+CPU here: the calling thread does what it did before, the pool threads do exactly the
+request a sequential flusher would have done, and the hand-off is one future per batch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import redis
+
 from . import defaults
-from .buffer import Claim, RedisBuffer, join_item, split_item
+from .buffer import Claim, RedisBuffer
 from .client import SuprsendClient, chunk_payloads
-from .exceptions import DeliveryError, TransientDeliveryError
-from .policy import backoff_delay, dead_letter_entry
-from .scripts import Verdict
+from .settlement import Batch, ClaimOutcome, RetryPolicy, Settlement, decide
 
 __all__ = ["FlushReport", "Flusher"]
 
 logger = logging.getLogger(__name__)
-
-LEASE_ENV = "SUPRSEND_CLAIM_LEASE"
-"""Overrides the claim lease (seconds) of flushers built without one: for crash tests,
-which want a killed flusher's records back quickly. Not a setting; leave it unset."""
 
 
 @dataclass(slots=True)
@@ -57,21 +69,43 @@ class FlushReport:
             "seconds": round(self.seconds, 3),
         }
 
+    def add(self, settlement: Settlement) -> None:
+        self.sent += settlement.sent
+        self.retry_scheduled += len(settlement.retries)
+        self.dead_lettered += len(settlement.dead)
+        self.returned += len(settlement.back)
+
 
 @dataclass(slots=True)
-class _Outcome:
-    """How one claim's requests went, before it is settled."""
+class _InFlight:
+    """A claim whose requests are out, and when its lease was last renewed."""
 
-    failures: list[tuple[int, DeliveryError]]
-    requests: int = 0
-    #: SuprSend answered at least one request with a verdict (success or a permanent
-    #: refusal): the API is up, which closes the breaker.
-    answered: bool = False
-    transient_request_error: DeliveryError | None = None
-    auth_error: DeliveryError | None = None
-    #: Index of the first record left unsent because a request failed as a whole
-    #: (refused credentials, or the API failing): those go back to the buffer untouched.
-    unsent_from: int | None = None
+    claim: Claim
+    batch: Batch
+    renewed: float
+
+
+class _Run:
+    """One run's limits and whether it may still claim."""
+
+    def __init__(self, time_budget: float, max_batches: int | None, window: int) -> None:
+        #: Claims allowed in flight: the concurrency, or 1 after a request failed as a
+        #: whole until one succeeds again, so an outage costs the API no more requests
+        #: than the breaker's threshold (or those already out) before it opens.
+        self.window = window
+        self.started = time.monotonic()
+        self.deadline = self.started + time_budget
+        self.max_batches = max_batches
+        self.batches = 0
+        self.stopped = False
+        self.report = FlushReport()
+
+    def may_claim(self) -> bool:
+        return (
+            not self.stopped
+            and time.monotonic() < self.deadline
+            and (self.max_batches is None or self.batches < self.max_batches)
+        )
 
 
 class Flusher:
@@ -86,18 +120,20 @@ class Flusher:
         max_retries: int = defaults.MAX_RETRIES,
         backoff_max: float = defaults.RETRY_BACKOFF_MAX,
         backoff_base: float = defaults.RETRY_BACKOFF_BASE,
+        concurrency: int = defaults.FLUSH_CONCURRENCY,
         lease: float | None = None,
     ) -> None:
         self.buffer = buffer
         self.client = client
         self.batch_size = max(1, min(batch_size, defaults.MAX_BULK_RECORDS))
-        self.max_retries = max_retries
-        self.backoff_max = backoff_max
-        self.backoff_base = backoff_base
-        # A lease must outlast one request's worst case by a wide margin.
-        if not lease and os.environ.get(LEASE_ENV):
-            lease = float(os.environ[LEASE_ENV])
+        self.policy = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.concurrency = max(1, min(concurrency, defaults.FLUSH_CONCURRENCY_MAX))
+        # A lease must outlast one request's worst case by a wide margin; crash tests
+        # pass a short one so a killed flusher's records come back quickly.
         self.lease = lease or max(defaults.CLAIM_LEASE, 3 * sum(client.timeout))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
 
     def run(
         self,
@@ -106,11 +142,11 @@ class Flusher:
         max_batches: int | None = None,
         progress: Callable[[FlushReport], None] | None = None,
     ) -> FlushReport:
-        """Claim and send batches until the buffer is empty, the breaker opens or time is up."""
-        started = time.monotonic()
-        deadline = started + time_budget
-        report = FlushReport()
-        batches = 0
+        """Send and settle batches until the buffer is empty, the breaker opens or time is up.
+
+        Up to ``concurrency`` claims are in flight; each is settled as its requests end.
+        """
+        run = _Run(time_budget, max_batches, self.concurrency)
         recovered = self.buffer.recover_journal()
         if recovered:
             logger.warning(
@@ -118,22 +154,103 @@ class Flusher:
                 "message); sending them from the buffer",
                 recovered,
             )
-        while time.monotonic() < deadline and (max_batches is None or batches < max_batches):
+        in_flight: dict[Future[ClaimOutcome], _InFlight] = {}
+        try:
+            while True:
+                self._fill(in_flight, run)
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle(in_flight.pop(future), future.result(), run)
+                    if progress is not None:
+                        progress(run.report)
+                self._renew(in_flight.values())
+        finally:
+            # Only on an error (Redis failing): claims still out return after their lease.
+            for future in in_flight:
+                future.cancel()
+        return self._finish(run)
+
+    def close(self) -> None:
+        """Stop the request threads (they are started again by the next run)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    # -- the calling thread: claims, leases, settles -------------------------------------
+
+    def _fill(self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run) -> None:
+        """Claim batches and start their requests until ``concurrency`` are in flight."""
+        while len(in_flight) < run.window and run.may_claim():
+            if any(entry.claim.mode == "probe" for entry in in_flight.values()):
+                return  # the breaker's probe decides whether more may go
             claim = self.buffer.claim(self.batch_size, self.lease)
             if claim.mode == "open":
-                report.breaker = "open"
+                run.report.breaker = "open"
+                run.stopped = True
                 logger.info("breaker open: not sending for %.1fs more", claim.wait)
-                break
+                return
             if not claim.items:
-                break
-            batches += 1
-            stop = self._process(claim, report)
-            if progress is not None:
-                progress(report)
-            if stop:
-                break
+                run.stopped = True
+                return
+            run.batches += 1
+            batch = Batch.of(claim.items)
+            future = self._executor().submit(self._send, claim.id, batch.payloads)
+            in_flight[future] = _InFlight(claim, batch, time.monotonic())
+
+    def _renew(self, in_flight: Iterable[_InFlight]) -> None:
+        """Extend the leases of claims in flight for a third of a lease or more."""
+        now = time.monotonic()
+        for entry in in_flight:
+            if now - entry.renewed >= self.lease / 3:
+                # A lost lease needs nothing here: the settle finds out and says so.
+                try:
+                    self.buffer.extend(entry.claim.id, self.lease)
+                except redis.RedisError as exc:  # the settle will fail the run if Redis is gone
+                    logger.warning(
+                        "could not extend the lease of claim %s: %s", entry.claim.id, exc
+                    )
+                    continue
+                entry.renewed = now
+
+    def _settle(self, entry: _InFlight, outcome: ClaimOutcome, run: _Run) -> None:
+        """Apply ``decide``'s settlement to Redis in one step, log it, count it."""
+        claim, report = entry.claim, run.report
+        settlement = decide(outcome, entry.batch, self.policy)
+        _log_settlement(outcome, settlement)
+        report.requests += outcome.requests
+        settled = self.buffer.settle(
+            claim.id,
+            retries=settlement.retry_items(),
+            dead=settlement.dead_entries(),
+            back=settlement.back,
+            verdict=settlement.verdict,
+            open_for=settlement.open_for,
+            reason=settlement.reason,
+        )
+        if settlement.verdict == "auth":
+            run.stopped = True  # in-flight claims still finish and keep their records
+        elif settlement.verdict:
+            run.window = 1 if settlement.verdict == "fail" else self.concurrency
+        if not settled:
+            logger.warning(
+                "lease of claim %s ran out before it was settled; its %d record(s) went back "
+                "to the buffer and will be re-sent (SuprSend skips repeated idempotency keys)",
+                claim.id,
+                len(claim.items),
+            )
+            report.returned += len(claim.items)
+            return
+        report.add(settlement)
+        if settlement.verdict == "auth":
+            report.breaker = "open"
+
+    def _finish(self, run: _Run) -> FlushReport:
+        report = run.report
         report.remaining = self.buffer.remaining()
-        report.seconds = time.monotonic() - started
+        report.seconds = time.monotonic() - run.started
         if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
             logger.info(
                 "flush: sent=%d retry_scheduled=%d dead_lettered=%d returned=%d "
@@ -148,127 +265,29 @@ class Flusher:
             )
         return report
 
-    # -- one claim -----------------------------------------------------------------
-
-    def _process(self, claim: Claim, report: FlushReport) -> bool:
-        """Send and settle one claim; True when the run should stop (auth fault)."""
-        items = claim.items
-        attempts: list[int] | None = None
-        if any(item[:1] != b"{" for item in items):
-            pairs = [split_item(item) for item in items]
-            attempts = [a for a, _ in pairs]
-            payloads: Sequence[bytes] = [p for _, p in pairs]
-        else:
-            payloads = items
-        outcome = self._send(claim.id, payloads)
-        report.requests += outcome.requests
-
-        back: Sequence[bytes] = ()
-        failures = outcome.failures
-        if outcome.unsent_from is not None:
-            # Records never judged by SuprSend go back to the head of the buffer
-            # untouched: no attempt counted, never dead-lettered.
-            back = items[outcome.unsent_from :]
-            failures = [(i, e) for i, e in failures if i < outcome.unsent_from]
-        if outcome.auth_error is not None:
-            logger.error(
-                "SuprSend refused the credentials (HTTP %s); %d record(s) stay buffered and "
-                "the breaker is open until the configuration is fixed",
-                outcome.auth_error.status_code,
-                len(back),
-            )
-
-        retries: list[tuple[float, bytes]] = []
-        dead: list[bytes] = []
-        shared = outcome.transient_request_error  # one error for a whole request's records
-        for index, error in failures:
-            payload = payloads[index]
-            attempt = (attempts[index] if attempts else 0) + 1
-            if error.retryable and attempt <= self.max_retries:
-                delay = backoff_delay(
-                    attempt, base=self.backoff_base, cap=self.backoff_max, floor=error.retry_after
-                )
-                retries.append((round(delay, 3), join_item(attempt, payload)))
-                if error is not shared:
-                    logger.warning(
-                        "record %s will be retried in %.1fs (attempt %d): %s",
-                        error.idempotency_key,
-                        delay,
-                        attempt,
-                        error,
+    def _executor(self) -> ThreadPoolExecutor:
+        """The request threads: one pool per process (a forked child builds its own)."""
+        pool = self._pool
+        if pool is None or self._pool_pid != os.getpid():
+            with self._pool_lock:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = ThreadPoolExecutor(
+                        self.concurrency, thread_name_prefix="suprsend-flush"
                     )
-                continue
-            reason = str(error)
-            if error.retryable:
-                reason = f"gave up after {attempt} attempts: {reason}"
-            dead.append(
-                dead_letter_entry(
-                    payload,
-                    error=reason,
-                    status_code=error.status_code,
-                    attempts=attempt,
-                    source="buffer",
-                    idempotency_key=error.idempotency_key,
-                )
-            )
-            logger.error("record %s dead-lettered: %s", error.idempotency_key, reason)
+                    self._pool_pid = os.getpid()
+                pool = self._pool
+        return pool
 
-        if shared is not None:
-            logger.warning(
-                "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
-                shared,
-                len(retries),
-                len(back),
-            )
+    # -- a request thread: one claim's requests ------------------------------------------
 
-        verdict: Verdict = ""
-        open_for = 0.0
-        reason = ""
-        if outcome.auth_error is not None:
-            verdict = "auth"
-            reason = str(outcome.auth_error)[:200]
-        elif outcome.transient_request_error is not None:
-            verdict = "fail"
-            open_for = outcome.transient_request_error.retry_after or 0.0
-            reason = str(outcome.transient_request_error)[:200]
-        elif outcome.answered:
-            verdict = "ok"
-        settled = self.buffer.settle(
-            claim.id,
-            retries=retries,
-            dead=dead,
-            back=back,
-            verdict=verdict,
-            open_for=open_for,
-            reason=reason,
-        )
-        if not settled:
-            logger.warning(
-                "lease of claim %s ran out before it was settled; its %d record(s) went back "
-                "to the buffer and will be re-sent (SuprSend skips repeated idempotency keys)",
-                claim.id,
-                len(items),
-            )
-            report.returned += len(items)
-            return outcome.auth_error is not None
-        report.sent += len(items) - len(back) - len(failures)
-        report.retry_scheduled += len(retries)
-        report.dead_lettered += len(dead)
-        report.returned += len(back)
-        if outcome.auth_error is not None:
-            report.breaker = "open"
-            return True
-        return False
-
-    def _send(self, claim_id: str, payloads: Sequence[bytes]) -> _Outcome:
-        outcome = _Outcome(failures=[])
+    def _send(self, claim_id: str, payloads: Sequence[bytes]) -> ClaimOutcome:
+        outcome = ClaimOutcome()
         first = True
         for offset, chunk in chunk_payloads(payloads):
             if not first and not self.buffer.extend(claim_id, self.lease):
-                # Lost the lease: the claim is back in the buffer; stop sending it.
-                lost = TransientDeliveryError("claim lease ran out before this record was sent")
-                outcome.failures.extend((offset + i, lost) for i in range(len(chunk)))
-                continue
+                # Lost the lease: the claim is back in the buffer; send no more of it.
+                outcome.unsent_from = offset
+                break
             first = False
             self._send_chunk(offset, chunk, outcome)
             if outcome.unsent_from is not None:
@@ -277,7 +296,7 @@ class Flusher:
                 break
         return outcome
 
-    def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: _Outcome) -> None:
+    def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
         response = self.client.post_bulk(chunk)
         outcome.requests += 1
         error = response.request_error
@@ -291,7 +310,7 @@ class Flusher:
             outcome.unsent_from = offset
             return
         if error.retryable:
-            outcome.transient_request_error = error
+            outcome.request_error = error
             outcome.failures.extend((offset + i, error) for i in range(len(chunk)))
             outcome.unsent_from = offset + len(chunk)
             return
@@ -305,3 +324,33 @@ class Flusher:
                 self._send_chunk(offset + half, chunk[half:], outcome)
             return
         outcome.failures.append((offset, error))
+
+
+def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
+    """Say what a settlement does, naming keys, never records."""
+    shared = outcome.request_error  # one error for a whole request's records
+    if outcome.auth_error is not None:
+        logger.error(
+            "SuprSend refused the credentials (HTTP %s); %d record(s) stay buffered and "
+            "the breaker is open until the configuration is fixed",
+            outcome.auth_error.status_code,
+            len(settlement.back),
+        )
+    for retry in settlement.retries:
+        if retry.error is not shared:
+            logger.warning(
+                "record %s will be retried in %.1fs (attempt %d): %s",
+                retry.error.idempotency_key,
+                retry.delay,
+                retry.attempt,
+                retry.error,
+            )
+    for dead in settlement.dead:
+        logger.error("record %s dead-lettered: %s", dead.error.idempotency_key, dead.reason)
+    if shared is not None:
+        logger.warning(
+            "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
+            shared,
+            len(settlement.retries),
+            len(settlement.back),
+        )

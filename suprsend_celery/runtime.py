@@ -89,6 +89,7 @@ def get_flusher(app: Any = None) -> Flusher:
             batch_size=s.flush_batch_size,
             max_retries=s.max_retries,
             backoff_max=s.retry_backoff_max,
+            concurrency=s.flush_concurrency,
         )
 
     flusher: Flusher = _cached(app, "_suprsend_flusher", build)

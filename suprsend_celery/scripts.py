@@ -32,7 +32,10 @@ half_open   verdict ``fail`` or ``auth``         open for the doubled cooldown (
             (SETTLE)                             most ``cooldown_max``)
 open        verdict ``fail`` or ``auth``         open; a longer Retry-After pushes
             (SETTLE, a straggler)                ``until`` out, never in
-any         verdict ``ok`` (SETTLE)              closed, failures and cooldown reset
+open        verdict ``ok`` before ``until``      open (a straggler sent before the
+            (SETTLE, a straggler)                breaker opened: it cannot cut short
+                                                 a Retry-After or a cool-down)
+any other   verdict ``ok`` (SETTLE)              closed, failures and cooldown reset
 any         ``reset_breaker`` (CLI)              closed (the hash is deleted)
 ==========  ===================================  =====================================
 

@@ -35,8 +35,8 @@ from celery import Celery
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import buffer_events
-from suprsend_celery.flusher import LEASE_ENV
 from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.runtime import get_flusher
 from suprsend_celery.sandbox import Sandbox
 from suprsend_celery.tasks import FLUSH_TASK
 
@@ -125,7 +125,7 @@ class TestKilledFlushers:
             SUPRSEND_FLUSH_BATCH_SIZE="50",
             CELERY_BROKER_URL=redis_url,
             CELERY_TASK_DEFAULT_QUEUE="suprsend-relay-kill",
-            **{LEASE_ENV: "1.5"},
+            RELAY_CLAIM_LEASE="1.5",
         )
         log = tmp_path / "relay.log"
 
@@ -135,7 +135,7 @@ class TestKilledFlushers:
                     "-m",
                     "celery",
                     "-A",
-                    "suprsend_celery.app",
+                    "benchmarks.relay_app",
                     "worker",
                     "--beat",
                     "--schedule",
@@ -222,14 +222,13 @@ class TestRedisFailures:
         self,
         app_factory: Callable[..., Celery],
         sandbox: Sandbox,
-        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Redis SIGKILLed and restarted while records are pending and claimed: after
         the restart every event is delivered exactly once."""
-        monkeypatch.setenv(LEASE_ENV, "1.5")
         with RedisServer(appendonly=True, appendfsync="always") as aof:
             app = app_factory(suprsend_redis_url=aof.url, suprsend_flush_batch_size=50)
             buffer = buffer_of(app)
+            get_flusher(app).lease = 1.5
             keys = buffer_events(make_events(2000), app=app)
             sandbox.set_faults([{"delay": 0.05}])
             with threads_worker(app, concurrency=2):
@@ -266,16 +265,16 @@ class TestRedisFailures:
         self,
         app_factory: Callable[..., Celery],
         sandbox: Sandbox,
-        monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A run whose Redis dies mid-request fails with the Redis error and says so;
         the buffer is intact after the restart and the next run finishes the job."""
-        monkeypatch.setenv(LEASE_ENV, "1.5")
         caplog.set_level(logging.ERROR, logger="suprsend_celery")
         with RedisServer(appendonly=True, appendfsync="always") as aof:
-            app = app_factory(suprsend_redis_url=aof.url)
+            # One request at a time: the run dies with exactly one claim out.
+            app = app_factory(suprsend_redis_url=aof.url, suprsend_flush_concurrency=1)
             buffer = buffer_of(app)
+            get_flusher(app).lease = 1.5
             keys = buffer_events(make_events(300), app=app)
             sandbox.set_faults([{"delay": 1.0, "count": 1}])
             with threads_worker(app):

@@ -202,8 +202,9 @@ class TestBreaker:
     ) -> None:
         """During an all-503 outage only ``threshold`` requests plus one probe per
         cool-down reach the API, however often flush_buffer runs; afterwards every
-        event is delivered exactly once."""
-        app = app_factory()
+        event is delivered exactly once. (One request at a time, so the count is exact;
+        ``test_concurrency`` bounds an outage with eight in flight.)"""
+        app = app_factory(suprsend_flush_concurrency=1)
         buffer = buffer_of(app)
         buffer.breaker_cooldown = 1.0  # the default 10 s would only make this test slower
         threshold = buffer.breaker_threshold
@@ -263,7 +264,7 @@ class TestBreaker:
         ]
         buffer.push(records)
         wrong = SuprsendClient(WORKSPACE_KEY, "WSSECRET_not_the_right_one", base_url=sandbox.url)
-        flusher = Flusher(buffer, wrong)
+        flusher = Flusher(buffer, wrong, concurrency=1)  # exact counts: one request at a time
         report = flusher.run(5)
         assert (report.sent, report.returned, report.dead_lettered, report.requests) == (
             0,
@@ -347,7 +348,7 @@ class TestBreaker:
         client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
         buffer.push([client.accept(e).payload for e in make_events(10)])
         sandbox.set_faults([{"status": 503, "count": 5}, {"status": 400, "count": 1}])
-        flusher = Flusher(buffer, client, batch_size=1)
+        flusher = Flusher(buffer, client, batch_size=1, concurrency=1)
         assert flusher.run(5).breaker == "open"
         wait_for(lambda: buffer.stats()["breaker"] == "half_open", timeout=10)
         report = flusher.run(5, max_batches=1)
@@ -363,7 +364,7 @@ class TestBreaker:
         client = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
         buffer.push([client.accept(e).payload for e in make_events(300)])
         sandbox.set_faults([{"status": 429, "retry_after": "2", "count": 1}])
-        flushers = [Flusher(buffer, client) for _ in range(2)]
+        flushers = [Flusher(buffer, client, concurrency=1) for _ in range(2)]
         report = flushers[0].run(5)
         assert (report.requests, report.retry_scheduled, report.breaker) == (1, 100, "open")
         until, opened_at = buffer.redis.hmget(buffer.breaker_key, "until", "opened_at")

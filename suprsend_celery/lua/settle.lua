@@ -28,7 +28,11 @@ end
 local function feed_breaker()
     if verdict == '' then return end
     if verdict == 'ok' then
-        local state, fails = unpack(redis.call('HMGET', breaker_key, 'state', 'failures'))
+        local state, fails, until_ = unpack(redis.call('HMGET', breaker_key, 'state',
+            'failures', 'until'))
+        -- a request sent before the breaker opened (another claim in flight) answered
+        -- during the pause: it does not cut short a Retry-After or a cool-down
+        if state == 'open' and now < tonumber(until_ or '0') then return end
         if (state and state ~= 'closed') or (fails and fails ~= '0') then
             redis.call('HSET', breaker_key, 'state', 'closed', 'failures', 0,
                 'cooldown', cooldown_base, 'until', 0, 'reason', '')
