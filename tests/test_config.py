@@ -249,6 +249,26 @@ class TestValidation:
         """Batch sizes 1 and 100 are the valid extremes."""
         assert load_settings(make_app(suprsend_flush_batch_size=size).conf).flush_batch_size == size
 
+    @pytest.mark.parametrize("value", [1, 8, 64, "32"])
+    def test_flush_concurrency_bounds(self, make_app: Any, value: Any) -> None:
+        """1 to 64 bulk requests in flight per flush run."""
+        loaded = load_settings(make_app(suprsend_flush_concurrency=value).conf)
+        assert loaded.flush_concurrency == int(value)
+
+    @pytest.mark.parametrize("value", [0, 65, -1, "many", True])
+    def test_flush_concurrency_refused(self, make_app: Any, value: Any) -> None:
+        """Out of range or not an integer: ConfigurationError naming the key."""
+        app = make_app(suprsend_flush_concurrency=value)
+        assert "suprsend_flush_concurrency" in str(config_error(lambda: load_settings(app.conf)))
+
+    def test_flush_concurrency_from_env_and_default(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Default 8; SUPRSEND_FLUSH_CONCURRENCY when the config is silent."""
+        assert load_settings(make_app().conf).flush_concurrency == 8
+        monkeypatch.setenv("SUPRSEND_FLUSH_CONCURRENCY", "16")
+        assert load_settings(make_app().conf).flush_concurrency == 16
+
     def test_secret_never_shown(self, make_app: Any) -> None:
         """A bad secret is refused without echoing it; repr(Settings) hides it."""
         app = make_app(suprsend_workspace_secret=[SECRET])
