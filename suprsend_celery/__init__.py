@@ -5,9 +5,11 @@ stable idempotency key when it is accepted, so SuprSend processes it at most onc
 
 - ``track_event.delay(...)``: one Celery task per event.
 - ``buffer_event(...)``: one Redis round trip; ``flush_buffer`` sends in bulk.
+- ``await abuffer_event(...)``, ``await atrack_event(...)``: the same from async code.
 """
 
 from .__about__ import __version__
+from .aio import abuffer_event, abuffer_events, atrack_event
 from .client import SuprsendClient
 from .events import Event
 from .exceptions import (
@@ -36,6 +38,9 @@ __all__ = [
     "SuprsendClient",
     "TransientDeliveryError",
     "__version__",
+    "abuffer_event",
+    "abuffer_events",
+    "atrack_event",
     "buffer_event",
     "buffer_events",
     "buffer_stats",

@@ -42,7 +42,7 @@ from .exceptions import BufferFullError
 from .policy import DeadLetter, parse_dead_letter
 from .scripts import Call, Verdict
 
-__all__ = ["Claim", "ClaimMode", "RedisBuffer", "join_item", "split_item"]
+__all__ = ["Claim", "ClaimMode", "RedisBuffer", "check_push", "join_item", "split_item"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ class Claim:
     mode: ClaimMode
     wait: float
     items: list[bytes]
+
+
+def check_push(result: Any, max_length: int, count: int) -> int:
+    """The push script's reply as the new pending length; ``BufferFullError`` for -1."""
+    if result == -1:
+        raise BufferFullError(
+            f"the buffer holds suprsend_buffer_max_length={max_length} records; "
+            f"{count} event(s) were not accepted (is flush_buffer running?)"
+        )
+    return int(result)
 
 
 class RedisBuffer:
@@ -132,12 +142,7 @@ class RedisBuffer:
         if not records:
             return 0
         result = self._producer_call(self._push, lua.push_call(self, self.max_length, records))
-        if result == -1:
-            raise BufferFullError(
-                f"the buffer holds suprsend_buffer_max_length={self.max_length} records; "
-                f"{len(records)} event(s) were not accepted (is flush_buffer running?)"
-            )
-        return int(result)
+        return check_push(result, self.max_length, len(records))
 
     def _producer_call(self, script: Script, call: Call) -> Any:
         """Run a script on a connection of our own: the producers' fast path.

@@ -101,3 +101,7 @@ IDEMPOTENCY_KEY_MAX = 255
 
 TENANT_ID_MAX = 64
 """SuprSend's limit of ``tenant_id`` and ``brand_id``."""
+
+ASYNC_REDIS_CONNECTIONS = 64
+"""Redis connections the async producers open per event loop; more concurrent calls wait
+for one (up to the socket timeout) instead of failing with "Too many connections"."""

@@ -16,7 +16,7 @@ from .events import AcceptedRecord, Event, accept, event_from_call
 from .exceptions import InvalidEventError
 from .runtime import get_buffer, resolve_app
 
-__all__ = ["accept_call", "buffer_event", "buffer_events", "buffer_stats"]
+__all__ = ["accept_call", "accept_events", "buffer_event", "buffer_events", "buffer_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
     return record.idempotency_key
 
 
-def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
-    """Append many events in one atomic round trip: all are buffered, or none."""
-    app = resolve_app(app)
+def accept_events(app: Any, events: Iterable[Event]) -> list[AcceptedRecord]:
+    """Accept every event of a batch, or raise for the first bad one (nothing accepted)."""
     records = []
     for index, event in enumerate(events):
         if not isinstance(event, Event):
@@ -58,6 +57,13 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
                 f"buffer_events takes Event instances; item {index} is a {type(event).__name__}"
             )
         records.append(accept_call(app, (event,), {}))
+    return records
+
+
+def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
+    """Append many events in one atomic round trip: all are buffered, or none."""
+    app = resolve_app(app)
+    records = accept_events(app, events)
     if records:
         buffer = get_buffer(app)
         assert buffer is not None

@@ -20,12 +20,16 @@ from suprsend_celery import (
     TransientDeliveryError,
 )
 
-#: The SPEC's "Public Python API", plus the version and BulkResult's item type.
+#: The SPEC's "Public Python API", plus the version, BulkResult's item type and
+#: ``atrack_event`` (issue 13: the direct path from async code).
 EXPECTED_ALL = {
     "Event",
     "track_event",
     "buffer_event",
     "buffer_events",
+    "abuffer_event",
+    "abuffer_events",
+    "atrack_event",
     "flush_buffer",
     "buffer_stats",
     "SuprsendClient",
@@ -177,6 +181,20 @@ class TestSignatures:
         """The buffer helpers are plain functions."""
         for name in ("buffer_event", "buffer_events", "buffer_stats"):
             assert inspect.isfunction(getattr(suprsend_celery, name))
+
+    def test_async_producers(self) -> None:
+        """``abuffer_event``/``abuffer_events``/``atrack_event`` are coroutine functions
+        taking what their sync twins take."""
+        pairs = {
+            "abuffer_event": suprsend_celery.buffer_event,
+            "abuffer_events": suprsend_celery.buffer_events,
+            "atrack_event": None,
+        }
+        for name, twin in pairs.items():
+            function = getattr(suprsend_celery, name)
+            assert inspect.iscoroutinefunction(function)
+            if twin is not None:
+                assert inspect.signature(function).parameters == inspect.signature(twin).parameters
 
     def test_reimport_is_stable(self) -> None:
         """Re-importing the package hands back the same objects."""

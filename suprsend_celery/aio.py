@@ -1,0 +1,120 @@
+"""Async producers for FastAPI, Starlette and async Django views; the event loop never blocks.
+
+- ``await abuffer_event(...)`` / ``await abuffer_events(...)``: the buffered path on
+  ``redis.asyncio``. Validation, record bytes, the push script, the bound and the
+  errors are the sync calls' own (``accept_call``, ``PUSH_LUA``, ``BufferFullError``):
+  only the round trip is awaited instead of waited for.
+- ``await atrack_event(...)``: the direct path. The event is validated and serialised
+  in the caller (bad input raises at once, nothing is published) and the publish runs
+  in a worker thread (``asyncio.to_thread``). Celery has no asyncio publisher, and
+  kombu's own async layer is a callback hub for the worker, not an asyncio client; a
+  publish is a few broker round trips on kombu's thread-safe producer pool, so a
+  thread keeps the loop free at the cost of one thread hop (see BENCHMARKS.md).
+
+``redis.asyncio`` connections belong to the loop that opened them, so each event loop
+gets its own pool (cached on the app per loop) of at most
+``defaults.ASYNC_REDIS_CONNECTIONS``: more concurrent calls queue for a connection
+rather than fail. ``await aclose()`` in an ASGI lifespan shutdown closes the current
+loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
+
+from . import defaults
+from . import scripts as lua
+from .buffer import RedisBuffer, check_push
+from .config import get_settings
+from .events import Event
+from .producer import accept_call, accept_events
+from .runtime import get_buffer, resolve_app
+
+__all__ = ["abuffer_event", "abuffer_events", "aclose", "atrack_event"]
+
+_CACHE_ATTR = "_suprsend_async_buffers"
+_TIMEOUTS = ("socket_timeout", "socket_connect_timeout", "health_check_interval")
+
+
+class AsyncBuffer:
+    """The producer side of ``RedisBuffer`` on ``redis.asyncio``: push only."""
+
+    def __init__(self, buffer: RedisBuffer, client: AsyncRedis) -> None:
+        self.buffer = buffer  # key names and bound, shared with the sync buffer
+        self.redis = client
+        self._push = client.register_script(lua.PUSH_LUA)
+
+    async def push(self, records: list[bytes]) -> int:
+        """Append records in one atomic step; ``BufferFullError`` (nothing added) if full."""
+        if not records:
+            return 0
+        keys, args = lua.push_call(self.buffer, self.buffer.max_length, records)
+        result = await self._push(keys=keys, args=args)
+        return check_push(result, self.buffer.max_length, len(records))
+
+
+def _async_buffer(app: Any) -> AsyncBuffer:
+    """This loop's async buffer for the app, built on first use with the sync one's options."""
+    buffer = get_buffer(app)
+    assert buffer is not None
+    loop = asyncio.get_running_loop()
+    per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBuffer] = (
+        app.__dict__.setdefault(_CACHE_ATTR, weakref.WeakKeyDictionary())
+    )
+    found = per_loop.get(loop)
+    if found is None or found.buffer is not buffer:
+        options = buffer.redis.connection_pool.connection_kwargs
+        pool = BlockingConnectionPool.from_url(
+            get_settings(app).require_redis_url(),
+            max_connections=defaults.ASYNC_REDIS_CONNECTIONS,
+            timeout=options.get("socket_timeout"),
+            **{name: options[name] for name in _TIMEOUTS if name in options},
+        )
+        found = per_loop[loop] = AsyncBuffer(buffer, AsyncRedis.from_pool(pool))
+    return found
+
+
+async def abuffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
+    """``buffer_event`` for async code: same arguments, checks, bytes, errors and result."""
+    app = resolve_app(app)
+    record = accept_call(app, args, kwargs)
+    await _async_buffer(app).push([record.payload])
+    return record.idempotency_key
+
+
+async def abuffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
+    """``buffer_events`` for async code: all are buffered in one round trip, or none."""
+    app = resolve_app(app)
+    records = accept_events(app, events)
+    if records:
+        await _async_buffer(app).push([r.payload for r in records])
+    return [r.idempotency_key for r in records]
+
+
+async def atrack_event(*args: Any, app: Any = None, **options: Any) -> Any:
+    """``track_event.delay`` for async code; returns its ``AsyncResult``.
+
+    Validates in the caller; the publish (and its journal entry) runs in a thread.
+    """
+    app = resolve_app(app)
+    from .tasks import TRACK_TASK
+
+    task = app.tasks[TRACK_TASK]
+    message_kwargs, _ = task._prepare(args, options)
+    return await asyncio.to_thread(task.apply_async, (), message_kwargs)
+
+
+async def aclose(app: Any = None) -> None:
+    """Close the current event loop's Redis connections (e.g. in a lifespan shutdown)."""
+    app = resolve_app(app)
+    per_loop = app.__dict__.get(_CACHE_ATTR)
+    if per_loop is not None:
+        found = per_loop.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found.redis.aclose()
