@@ -7,7 +7,9 @@ rounds so that background noise hits them all alike:
 - ``track_event.delay(...)``: validate, serialise, publish one Celery message;
 - a plain Celery task's ``.delay(...)`` with the same arguments (same broker);
 - the official SDK's synchronous ``Suprsend(...).track_event(Event(...))`` against
-  the sandbox: the request is made in the view.
+  the sandbox: the request is made in the view;
+- ``await abuffer_event(...)`` and ``await atrack_event(...)`` in an asyncio loop
+  (each await timed inside the loop, as an async view would see it).
 
 A Redis ``PING`` is timed alongside as a reference: the round trip that bounds any
 call that waits for Redis.
@@ -15,8 +17,9 @@ call that waits for Redis.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -35,7 +38,8 @@ from benchmarks.common import (
     producer_app,
     run_id,
 )
-from suprsend_celery import buffer_event, track_event
+from suprsend_celery import abuffer_event, atrack_event, buffer_event, track_event
+from suprsend_celery.aio import aclose
 from suprsend_celery.config import reset_settings
 
 QUEUE = "bench-latency"
@@ -80,6 +84,35 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
     def redis_ping() -> None:
         ping.ping()
 
+    async def via_abuffer() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        await abuffer_event(d, n, p, idempotency_key=k)
+
+    async def via_atrack() -> None:
+        d, n, p, k = event_args(next(counter), tag)
+        await atrack_event(d, n, p, idempotency_key=k)
+
+    loop = asyncio.new_event_loop()
+
+    def awaited(fn: Callable[[], Awaitable[None]]) -> Callable[[int, list[float]], None]:
+        async def timed(count: int, times: list[float]) -> None:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                await fn()
+                times.append(time.perf_counter() - t0)
+
+        return lambda count, times: loop.run_until_complete(timed(count, times))
+
+    def timed_sync(fn: Callable[[], None]) -> Callable[[int, list[float]], None]:
+        def timed(count: int, times: list[float]) -> None:
+            clock = time.perf_counter
+            for _ in range(count):
+                t0 = clock()
+                fn()
+                times.append(clock() - t0)
+
+        return timed
+
     methods: dict[str, Callable[[], None]] = {
         "buffer_event": via_buffer,
         "track_event.delay": via_track,
@@ -87,23 +120,22 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
         "SDK track_event (sync)": via_sdk,
         REFERENCE: redis_ping,
     }
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    elapsed: dict[str, float] = dict.fromkeys(methods, 0.0)
-    for fn in methods.values():  # warm-up: imports, connections, script loading
-        for _ in range(50):
-            fn()
+    runners = {name: timed_sync(fn) for name, fn in methods.items()}
+    runners["await abuffer_event"] = awaited(via_abuffer)
+    runners["await atrack_event"] = awaited(via_atrack)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    elapsed: dict[str, float] = dict.fromkeys(runners, 0.0)
+    for runner in runners.values():  # warm-up: imports, connections, script loading
+        runner(50, [])
     per_round = max(1, calls // rounds)
     for r in range(rounds):
-        for name, fn in methods.items():
-            times = samples[name]
-            clock = time.perf_counter
-            round_start = clock()
-            for _ in range(per_round):
-                t0 = clock()
-                fn()
-                times.append(clock() - t0)
-            elapsed[name] += clock() - round_start
+        for name, runner in runners.items():
+            round_start = time.perf_counter()
+            runner(per_round, samples[name])
+            elapsed[name] += time.perf_counter() - round_start
         log(f"latency: round {r + 1}/{rounds} done")
+    loop.run_until_complete(aclose(app))
+    loop.close()
     results = {
         name: {
             "calls": len(times),

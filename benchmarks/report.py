@@ -228,6 +228,8 @@ METHOD = """\
   methods interleaved in 5 rounds after 50 warm-up calls each. `buffer_event` and
   `track_event.delay` include validation and serialisation; the plain task gets the
   same arguments; the SDK call includes building its `Event` and its HTTP request.
+  `await abuffer_event` and `await atrack_event` are timed around each `await` inside
+  one asyncio loop, as an async view sees them.
 - A Redis `PING` is timed with them as a reference: the loopback round trip under
   every call that waits for Redis (one for `buffer_event`).
 - Throughput and CPU: each sender drains the same N events into the sandbox; the
