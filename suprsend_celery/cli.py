@@ -92,9 +92,7 @@ def _app(ctx: click.Context) -> Any:
 def _buffer(ctx: click.Context) -> RedisBuffer:
     from .runtime import get_buffer
 
-    buffer = get_buffer(_app(ctx))
-    assert buffer is not None
-    return buffer
+    return get_buffer(_app(ctx))
 
 
 def _echo_json(value: Any) -> None:

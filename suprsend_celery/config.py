@@ -22,7 +22,15 @@ from . import defaults
 from .credentials import Credentials
 from .exceptions import ConfigurationError
 
-__all__ = ["Settings", "get_settings", "reset_settings"]
+__all__ = [
+    "Settings",
+    "cached_on_app",
+    "get_settings",
+    "load_settings",
+    "mask_url",
+    "reset_settings",
+    "resolve_app",
+]
 
 _T = TypeVar("_T")
 _MISSING = object()
@@ -162,20 +170,6 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "flush_concurrency": _number(int, 1, defaults.FLUSH_CONCURRENCY_MAX),
 }
 
-_DEFAULTS: dict[str, object] = {
-    "base_url": defaults.BASE_URL,
-    "redis_url": None,
-    "key_prefix": defaults.KEY_PREFIX,
-    "buffer_max_length": defaults.BUFFER_MAX_LENGTH,
-    "flush_interval": defaults.FLUSH_INTERVAL,
-    "flush_batch_size": defaults.FLUSH_BATCH_SIZE,
-    "max_retries": defaults.MAX_RETRIES,
-    "retry_backoff_max": defaults.RETRY_BACKOFF_MAX,
-    "request_timeout": defaults.REQUEST_TIMEOUT,
-    "max_event_bytes": defaults.MAX_EVENT_BYTES,
-    "flush_concurrency": defaults.FLUSH_CONCURRENCY,
-}
-
 
 def _lookup(conf: Any, name: str) -> object:
     key = f"suprsend_{name}"
@@ -213,16 +207,11 @@ def load_settings(conf: Any) -> Settings:
     for name, parse in _PARSERS.items():
         raw = _lookup(conf, name)
         key = f"suprsend_{name}"
-        if raw is _MISSING:
-            if name in _CREDENTIALS:
-                values[name] = None
-                continue
-            if name == "redis_url":
-                values[name] = _broker_redis_url(conf)
-                continue
-            values[name] = _DEFAULTS[name]
-            continue
-        values[name] = parse(key, raw)
+        if raw is not _MISSING:
+            values[name] = parse(key, raw)
+        elif name == "redis_url":
+            values[name] = _broker_redis_url(conf)
+        # anything else missing takes the Settings default: defaults live there only
     _check_credentials(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
     return Settings(**values)
@@ -240,7 +229,7 @@ def _where(name: str) -> str:
 
 def _check_credentials(values: dict[str, Any]) -> None:
     """Exactly one complete pair: key + secret (HMAC) or workspace UID + API key (Bearer)."""
-    given = [[n for n in mode if values[n] is not None] for mode in _MODES]
+    given = [[n for n in mode if values.get(n) is not None] for mode in _MODES]
     if all(len(names) == 2 for names in given):
         raise ConfigurationError(
             "set either suprsend_workspace_key + suprsend_workspace_secret or "
@@ -260,33 +249,41 @@ def _check_credentials(values: dict[str, Any]) -> None:
         )
 
 
-_lock = threading.Lock()
-_CACHE_ATTR = "_suprsend_settings"
+# One lock for everything cached on an app (settings here, client, buffer and flusher
+# in ``runtime``); re-entrant because builders nest (the flusher builds the buffer).
+_lock = threading.RLock()
+
+
+def resolve_app(app: Any = None) -> Any:
+    """``app``, or Celery's current app: the one way this package finds the app."""
+    if app is None:
+        from celery import current_app
+
+        return current_app._get_current_object()
+    return app
+
+
+def cached_on_app(app: Any, attr: str, build: Callable[[], _T]) -> _T:
+    """``app.<attr>``, built once (thread-safe); ``reset_settings`` forgets it."""
+    value: _T | None = app.__dict__.get(attr)
+    if value is None:
+        with _lock:
+            value = app.__dict__.get(attr)
+            if value is None:
+                value = build()
+                app.__dict__[attr] = value
+    return value
 
 
 def get_settings(app: Any = None) -> Settings:
     """The app's settings, read once and cached on the app (``reset_settings`` forgets them)."""
-    if app is None:
-        from celery import current_app
-
-        app = current_app._get_current_object()
-    cached: Settings | None = app.__dict__.get(_CACHE_ATTR)
-    if cached is not None:
-        return cached
-    with _lock:
-        cached = app.__dict__.get(_CACHE_ATTR)
-        if cached is None:
-            cached = load_settings(app.conf)
-            app.__dict__[_CACHE_ATTR] = cached
-    return cached
+    app = resolve_app(app)
+    return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
 
 
 def reset_settings(app: Any = None) -> None:
     """Forget cached settings and connections, e.g. after changing ``app.conf`` in tests."""
-    if app is None:
-        from celery import current_app
-
-        app = current_app._get_current_object()
+    app = resolve_app(app)
     with _lock:
         for attr in [a for a in app.__dict__ if a.startswith("_suprsend_")]:
             del app.__dict__[attr]

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from .redis_server import RedisServer, _preexec_fn
+from .redis_server import RedisServer, die_with_parent
 from .sandbox import BULK_PATH, EVENT_PATH, Sandbox
 
 __all__ = ["DemoResult", "fault_plan", "run_demo"]
@@ -193,7 +193,7 @@ class _Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its pool and beat share a group we can signal
-                preexec_fn=_preexec_fn(),  # noqa: PLW1509 - dies with us, even on SIGKILL
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - dies with us, even on SIGKILL
             )
 
     def alive(self) -> bool:
@@ -426,7 +426,6 @@ def _wait(
     from .runtime import get_buffer
 
     buffer = get_buffer(app)
-    assert buffer is not None
     progress = _Progress(out)
     deadline = time.monotonic() + timeout
     unique = set(accepted)

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from .client import USER_AGENT
-from .config import get_settings
+from .config import get_settings, resolve_app
 from .events import AcceptedRecord, Event, accept, event_from_call
 from .exceptions import InvalidEventError
-from .runtime import get_buffer, resolve_app
+from .runtime import get_buffer
 
 __all__ = ["accept_call", "accept_events", "buffer_event", "buffer_events", "buffer_stats"]
 
@@ -42,9 +42,7 @@ def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
     """
     app = resolve_app(app)
     record = accept_call(app, args, kwargs)
-    buffer = get_buffer(app)
-    assert buffer is not None
-    buffer.push([record.payload])
+    get_buffer(app).push([record.payload])
     return record.idempotency_key
 
 
@@ -65,15 +63,11 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
     app = resolve_app(app)
     records = accept_events(app, events)
     if records:
-        buffer = get_buffer(app)
-        assert buffer is not None
-        buffer.push([r.payload for r in records])
+        get_buffer(app).push([r.payload for r in records])
     return [r.idempotency_key for r in records]
 
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:
     """``pending``, ``in_flight``, ``scheduled_retries``, ``dead``, ``oldest_age_seconds``,
     ``breaker`` ("closed" | "open" | "half_open")."""
-    buffer = get_buffer(resolve_app(app))
-    assert buffer is not None
-    return buffer.stats()
+    return get_buffer(app).stats()

@@ -58,6 +58,7 @@ __all__ = [
     "ENV_SERVER_BINARY",
     "RedisServer",
     "RedisServerError",
+    "die_with_parent",
     "find_server_binary",
 ]
 
@@ -145,7 +146,7 @@ def _free_port(host: str) -> int:
         return port
 
 
-def _preexec_fn() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """On Linux, a function for the child to run before exec so that the kernel SIGKILLs
     it when we die, even by SIGKILL; None elsewhere.
 
@@ -335,7 +336,7 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the server in order
-                preexec_fn=_preexec_fn(),  # noqa: PLW1509 - only a pre-resolved prctl call
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only a pre-resolved prctl call
             )
         self._process = process
         while True:

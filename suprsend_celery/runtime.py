@@ -8,36 +8,14 @@ session in a child.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from .buffer import RedisBuffer
 from .client import SuprsendClient
-from .config import get_settings
+from .config import cached_on_app, get_settings, resolve_app
 from .flusher import Flusher
 
-__all__ = ["get_buffer", "get_client", "get_flusher", "resolve_app"]
-
-_lock = threading.RLock()  # builders nest: the flusher builds the buffer and client
-
-
-def resolve_app(app: Any = None) -> Any:
-    if app is None:
-        from celery import current_app
-
-        return current_app._get_current_object()
-    return app
-
-
-def _cached(app: Any, attr: str, build: Any) -> Any:
-    value = app.__dict__.get(attr)
-    if value is None:
-        with _lock:
-            value = app.__dict__.get(attr)
-            if value is None:
-                value = build()
-                app.__dict__[attr] = value
-    return value
+__all__ = ["find_buffer", "get_buffer", "get_client", "get_flusher"]
 
 
 def get_client(app: Any = None) -> SuprsendClient:
@@ -53,16 +31,13 @@ def get_client(app: Any = None) -> SuprsendClient:
             max_event_bytes=s.max_event_bytes,
         )
 
-    client: SuprsendClient = _cached(app, "_suprsend_client", build)
-    return client
+    return cached_on_app(app, "_suprsend_client", build)
 
 
-def get_buffer(app: Any = None, *, required: bool = True) -> RedisBuffer | None:
-    """The app's Redis buffer; None when no Redis is configured and ``required`` is False."""
+def get_buffer(app: Any = None) -> RedisBuffer:
+    """The app's Redis buffer; ``ConfigurationError`` when no Redis is configured."""
     app = resolve_app(app)
     settings = get_settings(app)
-    if not settings.redis_url and not required:
-        return None
 
     def build() -> RedisBuffer:
         return RedisBuffer.from_url(
@@ -71,8 +46,14 @@ def get_buffer(app: Any = None, *, required: bool = True) -> RedisBuffer | None:
             max_length=settings.buffer_max_length,
         )
 
-    buffer: RedisBuffer = _cached(app, "_suprsend_buffer", build)
-    return buffer
+    return cached_on_app(app, "_suprsend_buffer", build)
+
+
+def find_buffer(app: Any = None) -> RedisBuffer | None:
+    """The app's Redis buffer, or None when no Redis is configured (the direct path's
+    journal and dead letters are then best effort)."""
+    app = resolve_app(app)
+    return get_buffer(app) if get_settings(app).redis_url else None
 
 
 def get_flusher(app: Any = None) -> Flusher:
@@ -81,10 +62,8 @@ def get_flusher(app: Any = None) -> Flusher:
 
     def build() -> Flusher:
         s = get_settings(app)
-        buffer = get_buffer(app)
-        assert buffer is not None
         return Flusher(
-            buffer,
+            get_buffer(app),
             get_client(app),
             batch_size=s.flush_batch_size,
             max_retries=s.max_retries,
@@ -92,5 +71,4 @@ def get_flusher(app: Any = None) -> Flusher:
             concurrency=s.flush_concurrency,
         )
 
-    flusher: Flusher = _cached(app, "_suprsend_flusher", build)
-    return flusher
+    return cached_on_app(app, "_suprsend_flusher", build)

@@ -33,7 +33,7 @@ from .exceptions import (
 )
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .producer import accept_call
-from .runtime import get_buffer, get_client, get_flusher
+from .runtime import find_buffer, get_client, get_flusher
 
 __all__ = [
     "FLUSH_TASK",
@@ -154,7 +154,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         the record from the journal (see ``RedisBuffer.journal``). Best effort: without
         a buffer, or with Redis unreachable, the broker's own guarantee remains.
         """
-        buffer = get_buffer(self.app, required=False)
+        buffer = find_buffer(self.app)
         if buffer is None:
             return publish()
         record = message_kwargs[_RECORD].encode("utf-8")
@@ -173,7 +173,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             raise
 
     def _settle_journal(self, text: str) -> None:
-        buffer = get_buffer(self.app, required=False)
+        buffer = find_buffer(self.app)
         if buffer is not None:
             try:
                 buffer.settle_journal(text.encode("utf-8"))
@@ -267,7 +267,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """Dead-letter (when Redis is configured) and fail, naming the key, never the payload."""
         key = meta["idempotency_key"]
         where = "not dead-lettered (no suprsend_redis_url)"
-        buffer = get_buffer(self.app, required=False)
+        buffer = find_buffer(self.app)
         if buffer is not None:
             entry = _dead_entry(text, meta, reason, exc, attempts)
             try:
@@ -306,7 +306,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
     ) -> NoReturn:
         """401/403: a configuration fault, so the event is kept for later, not dead-lettered."""
         key = meta["idempotency_key"]
-        buffer = get_buffer(self.app, required=False)
+        buffer = find_buffer(self.app)
         where = "the event could not be kept (no suprsend_redis_url)"
         if buffer is not None:
             entry = _dead_entry(text, meta, str(exc), exc, attempts)

@@ -29,9 +29,7 @@ def buffer_of(app: Celery) -> RedisBuffer:
     """The app's Redis buffer (tests always configure one)."""
     from suprsend_celery.runtime import get_buffer
 
-    buffer = get_buffer(app)
-    assert buffer is not None
-    return buffer
+    return get_buffer(app)
 
 
 def make_events(count: int, name: str = "order_placed", blob: int = 0) -> list[Event]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import resolve_app
 from ..exceptions import ConfigurationError
 from ..producer import accept_call
-from ..runtime import get_buffer, resolve_app
+from ..runtime import get_buffer
 from ..tasks import track_event
 
 __all__ = ["buffer_event_on_commit", "track_event_on_commit"]
@@ -43,6 +44,5 @@ def buffer_event_on_commit(*args: Any, using: str | None = None, **kwargs: Any) 
     app = resolve_app()
     record = accept_call(app, args, kwargs)
     buffer = get_buffer(app)
-    assert buffer is not None
     _on_commit(lambda: buffer.push([record.payload]), using=using)
     return record.idempotency_key
