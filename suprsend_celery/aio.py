@@ -31,10 +31,10 @@ from redis.asyncio import Redis as AsyncRedis
 from . import defaults
 from . import scripts as lua
 from .buffer import RedisBuffer, check_push
-from .config import get_settings
+from .config import get_settings, resolve_app
 from .events import Event
 from .producer import accept_call, accept_events
-from .runtime import get_buffer, resolve_app
+from .runtime import get_buffer
 
 __all__ = ["abuffer_event", "abuffer_events", "aclose", "atrack_event"]
 
@@ -62,7 +62,6 @@ class AsyncBuffer:
 def _async_buffer(app: Any) -> AsyncBuffer:
     """This loop's async buffer for the app, built on first use with the sync one's options."""
     buffer = get_buffer(app)
-    assert buffer is not None
     loop = asyncio.get_running_loop()
     per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBuffer] = (
         app.__dict__.setdefault(_CACHE_ATTR, weakref.WeakKeyDictionary())
