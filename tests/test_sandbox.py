@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
@@ -103,6 +104,15 @@ class Client:
         return self.post(BULK_PATH, recs)
 
 
+def _one_event(url: str, i: int) -> int:
+    """One signed event on a connection of its own; the status code."""
+    c = Client(url)
+    try:
+        return c.event(record(**{"$idempotency_key": f"c{i}"})).status_code
+    finally:
+        c.close()
+
+
 @pytest.fixture(scope="module")
 def sandbox_server() -> Iterator[Sandbox]:
     with Sandbox(workspace_key=KEY, workspace_secret=SECRET) as sb:
@@ -139,6 +149,7 @@ class TestRoutes:
             "duplicates_skipped": 0,
             "rejected": 0,
             "auth_failures": 0,
+            "max_concurrent_requests": 1,
         }
 
     def test_legacy_route(self, sb: Sandbox, client: Client) -> None:
@@ -726,6 +737,23 @@ class TestControl:
         assert sb.faults() == {"rules": []}
         client.event(record(**{"$idempotency_key": "k"}))
         assert len(sb.events()) == 1
+
+    def test_max_concurrent_requests(self, sb: Sandbox) -> None:
+        """Delayed requests are served side by side, and the peak is reported and reset."""
+        sb.set_faults([{"delay": 1.0}])
+        started = time.monotonic()
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda i: _one_event(sb.url, i), range(6)))
+        elapsed = time.monotonic() - started
+        assert codes == [202] * 6
+        assert elapsed < 3.5, f"a delay must not serialise requests ({elapsed:.2f}s)"
+        assert sb.stats()["max_concurrent_requests"] == 6
+        with requests.get(sb.url + "_sandbox/stats", timeout=10) as resp:
+            assert resp.json()["max_concurrent_requests"] == 6
+        sb.reset()
+        assert sb.stats()["max_concurrent_requests"] == 0
+        assert _one_event(sb.url, 7) == 202
+        assert sb.stats()["max_concurrent_requests"] == 1
 
     def test_control_routes_check_methods(self, sb: Sandbox, client: Client) -> None:
         """Wrong verbs on control routes are 405, unknown control routes 404."""

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -88,6 +88,7 @@ _STATS_KEYS = (
     "duplicates_skipped",
     "rejected",
     "auth_failures",
+    "max_concurrent_requests",
 )
 _HTML_PAGE = (
     "<html>\r\n<head><title>{code} {phrase}</title></head>\r\n<body>\r\n"
@@ -190,6 +191,8 @@ class _State:
         self.counters = dict.fromkeys(_STATS_KEYS, 0)
         self.faults = FaultPlan()
         self.connections = 0
+        #: Event requests being handled right now (their peak is a stat).
+        self.active = 0
         self.message_ids = _MessageIds()
 
     def reset(self) -> None:
@@ -198,12 +201,28 @@ class _State:
             self.request_log.clear()
             self.seen_keys.clear()
             self.counters = dict.fromkeys(_STATS_KEYS, 0)
+            self.counters["max_concurrent_requests"] = self.active
             self.faults = FaultPlan()
 
     def next_connection(self) -> int:
         with self.lock:
             self.connections += 1
             return self.connections
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Count an event request as in progress while it is read, delayed and answered."""
+        with self.lock:
+            self.active += 1
+            counters = self.counters
+            counters["max_concurrent_requests"] = max(
+                counters["max_concurrent_requests"], self.active
+            )
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
 
     def log_request(self, entry: RequestRecord, **increments: int) -> None:
         with self.lock:
@@ -473,7 +492,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if route in EVENT_ROUTES:
                 if method == "POST":
-                    self._event_request(route)
+                    with self._state.handling():
+                        self._event_request(route)
                 elif self._read_body() is not None:
                     self._send(
                         405,
@@ -798,8 +818,9 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """``requests`` (event routes), ``events_received``, ``events_processed``,
-        ``duplicates_skipped``, ``rejected`` (invalid records or bodies) and
-        ``auth_failures``."""
+        ``duplicates_skipped``, ``rejected`` (invalid records or bodies),
+        ``auth_failures`` and ``max_concurrent_requests`` (the most event requests
+        handled at once since the last reset, delays included)."""
         with self._state.lock:
             return dict(self._state.counters)
 
