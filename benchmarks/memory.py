@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.common import PREFIX, WORKSPACE_KEY, SandboxProcess, log, properties, run_id
+from benchmarks.common import PREFIX, SandboxProcess, log, properties, run_id
 from benchmarks.throughput import clear_buffer, flushers
 from suprsend_celery.client import USER_AGENT
 from suprsend_celery.events import Event, accept
@@ -27,7 +27,6 @@ def prefill_pending(redis_url: str, records: int, tag: str) -> int:
     """RPUSH ``records`` ready-to-send records; returns their total size in bytes."""
     template = accept(
         Event("user-00000", "order_placed", properties(1), idempotency_key="KEY-PLACEHOLDER"),
-        env=WORKSPACE_KEY,
         sdk_version=USER_AGENT,
     ).payload
     template = template.replace(

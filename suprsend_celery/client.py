@@ -30,7 +30,7 @@ from requests.adapters import HTTPAdapter
 from . import defaults
 from .__about__ import __version__
 from .credentials import CONTENT_TYPE, Credentials, client_user_agent
-from .events import AcceptedRecord, Event, accept
+from .events import AcceptedRecord, Event, accept, env_field, with_env
 from .exceptions import ConfigurationError, DeliveryError, TransientDeliveryError
 from .responses import (
     BulkResponse,
@@ -140,6 +140,8 @@ class SuprsendClient:
         if timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError(f"timeout must be positive; got {timeout!r}")
         self.credentials = credentials
+        #: ``, "env": "<key or UID>"``: spliced into every record as it is sent.
+        self._env_field = env_field(credentials.env)
         self.base_url = base
         self.timeout = (connect_timeout, timeout)
         self._urllib3_timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
@@ -260,13 +262,17 @@ class SuprsendClient:
     # -- single events -------------------------------------------------------------
 
     def accept(self, event: Event) -> AcceptedRecord:
-        """Turn an ``Event`` into its final record for this workspace."""
+        """Turn an ``Event`` into its record (``env`` is added when it is sent)."""
         return accept(
             event,
-            env=self.credentials.env,
             sdk_version=USER_AGENT,
             max_event_bytes=self.max_event_bytes,
+            env_size=len(self._env_field),
         )
+
+    def as_sent(self, payload: bytes) -> bytes:
+        """A record's bytes as this client sends them: with this workspace's ``env``."""
+        return with_env(payload, self._env_field)
 
     def _payload(self, event: Event | AcceptedRecord | bytes) -> tuple[bytes, str | None]:
         if isinstance(event, Event):
@@ -283,7 +289,8 @@ class SuprsendClient:
         Returns ``{"status": "success", "status_code", "message_id", "idempotency_key"}``.
         """
         payload, key = self._payload(event)
-        status, body, headers = self._post(self._event_url, self._event_path, payload, key)
+        wire = with_env(payload, self._env_field)
+        status, body, headers = self._post(self._event_url, self._event_path, wire, key)
         if 200 <= status < 300:
             message_id = body.get("message_id") if isinstance(body, dict) else None
             return {
@@ -300,10 +307,12 @@ class SuprsendClient:
         """One request to ``v2/bulk/event/`` with at most 100 records; never raises.
 
         The body is the records joined exactly as ``json.dumps(list)`` would join them,
-        so records serialised once at accept time are never re-encoded.
+        each with this workspace's ``env`` spliced in, so records serialised once at
+        accept time are never re-encoded.
         """
         size = len(payloads)
-        body = b"[" + b", ".join(payloads) + b"]"
+        field = self._env_field
+        body = b"[" + b", ".join([with_env(p, field) for p in payloads]) + b"]"
         try:
             status, parsed, headers = self._post(self._bulk_url, self._bulk_path, body, None)
         except DeliveryError as exc:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from . import defaults
 from .credentials import Credentials
+from .events import env_field
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -138,6 +139,11 @@ class Settings:
     def env(self) -> str:
         """What records carry as ``env``: the workspace key, or the UID in API-key mode."""
         return self.credentials.env
+
+    @functools.cached_property
+    def env_size(self) -> int:
+        """Bytes the sender adds to each record (its ``env``), counted in the size limit."""
+        return len(env_field(self.env))
 
     @property
     def max_countdown(self) -> float:

@@ -3,7 +3,14 @@
 An event becomes a *record* (the JSON object SuprSend receives) exactly once, when it
 is accepted: ``$insert_id``, ``$time`` and ``$idempotency_key`` are fixed there and the
 record is serialised there, so every retry, redelivery or crash recovery sends the
-very same bytes and SuprSend can skip the repeats.
+same identifiers and SuprSend can skip the repeats.
+
+One field is left out until the record is sent: ``env``, which names the workspace
+(its key, or its UID in API-key mode). The sender splices it in from the settings in
+force then (``with_env``), so fixing a wrong key or rotating it delivers what was
+accepted under the old one. A stored record is the SDK's bytes minus
+``, "env": "..."`` before ``"distinct_id"``; records stored with an ``env`` (by 0.1)
+have theirs replaced.
 """
 
 from __future__ import annotations
@@ -22,7 +29,15 @@ from urllib.parse import urlsplit
 from . import defaults
 from .exceptions import InvalidEventError
 
-__all__ = ["BUILTIN_EVENT_NAMES", "AcceptedRecord", "Event", "accept", "event_from_call"]
+__all__ = [
+    "BUILTIN_EVENT_NAMES",
+    "AcceptedRecord",
+    "Event",
+    "accept",
+    "env_field",
+    "event_from_call",
+    "with_env",
+]
 
 BUILTIN_EVENT_NAMES = frozenset(
     {
@@ -80,6 +95,29 @@ def _json_default(value: object) -> object:
 # json.dumps(obj, ensure_ascii=False), so our bytes and its bytes match.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default)
 encode_json = _ENCODER.encode
+
+_DISTINCT_ID = b', "distinct_id": '
+_ENV = b', "env": '
+
+
+def env_field(env: str) -> bytes:
+    """``, "env": "<env>"``, the bytes ``with_env`` splices into a stored record."""
+    return _ENV + encode_json(env).encode("utf-8")
+
+
+def with_env(record: bytes, field: bytes) -> bytes:
+    """A stored record as sent: ``field`` (from ``env_field``) just before ``distinct_id``.
+
+    No JSON parsing: inside a JSON string every ``"`` is escaped, so the first
+    ``, "distinct_id": `` of a record is its key, and an ``, "env": `` before it is an
+    ``env`` the record was stored with, which is replaced. Anything else (not one of
+    our records) is sent as it is, for the server to judge.
+    """
+    at = record.find(_DISTINCT_ID)
+    if at < 0:
+        return record
+    old = record.find(_ENV, 0, at)
+    return b"".join((record[: at if old < 0 else old], field, record[at:]))
 
 
 def _check_distinct_id(value: object) -> str:
@@ -336,14 +374,15 @@ def event_from_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Event:
 def accept(
     event: Event,
     *,
-    env: str,
     sdk_version: str,
     max_event_bytes: int = defaults.MAX_EVENT_BYTES,
+    env_size: int = 0,
 ) -> AcceptedRecord:
     """Fix the event's identifiers and serialise it: the one moment an event is accepted.
 
-    Field order matches suprsend-py-sdk 0.20.0 so the bytes are the SDK's bytes. ``env``
-    is the workspace key, or the workspace UID in API-key mode (``Credentials.env``).
+    Field order matches suprsend-py-sdk 0.20.0, so once the sender adds ``env``
+    (``with_env``) the bytes are the SDK's bytes. ``env_size`` is the length of that
+    field today (``len(env_field(env))``), counted against ``max_event_bytes``.
     """
     properties = _check_properties(event.properties)
     if event.attachments:
@@ -355,7 +394,6 @@ def accept(
         "$insert_id": insert_id,
         "$time": int(time.time() * 1000),
         "event": event.event_name,
-        "env": env,
         "distinct_id": event.distinct_id,
         "properties": properties,
         "$idempotency_key": key,
@@ -388,9 +426,9 @@ def accept(
             f"{field} contains a lone surrogate character, which is not valid UTF-8",
             field=field,
         ) from None
-    if len(payload) > max_event_bytes:
+    if len(payload) + env_size > max_event_bytes:
         raise InvalidEventError(
-            f"event is {len(payload)} bytes serialised; the limit is {max_event_bytes} "
+            f"event is {len(payload) + env_size} bytes serialised; the limit is {max_event_bytes} "
             "(suprsend_max_event_bytes)",
             field="properties",
         )
@@ -398,9 +436,10 @@ def accept(
 
 
 def accept_many(
-    events: Iterable[Event], *, env: str, sdk_version: str, max_event_bytes: int
+    events: Iterable[Event], *, sdk_version: str, max_event_bytes: int, env_size: int = 0
 ) -> list[AcceptedRecord]:
     """Accept every event or none: one bad event refuses the whole batch."""
     return [
-        accept(e, env=env, sdk_version=sdk_version, max_event_bytes=max_event_bytes) for e in events
+        accept(e, sdk_version=sdk_version, max_event_bytes=max_event_bytes, env_size=env_size)
+        for e in events
     ]

@@ -26,9 +26,9 @@ def accept_call(app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Acce
     settings = get_settings(app)
     return accept(
         event_from_call(args, kwargs),
-        env=settings.env,
         sdk_version=USER_AGENT,
         max_event_bytes=settings.max_event_bytes,
+        env_size=settings.env_size,
     )
 
 

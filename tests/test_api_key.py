@@ -7,6 +7,7 @@ strictly as it checks signatures, and the whole pipeline runs in this mode.
 
 from __future__ import annotations
 
+import email.utils
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +30,8 @@ from suprsend_celery import (
     track_event,
 )
 from suprsend_celery.client import CLIENT_USER_AGENT, USER_AGENT
+from suprsend_celery.credentials import CONTENT_TYPE, sign
+from suprsend_celery.events import env_field, with_env
 from suprsend_celery.sandbox import Sandbox
 
 UID = "ws_uid_apikey_0123456789"
@@ -124,8 +127,8 @@ class TestGoldenRequests:
             assert set(ours) == set(headers)
             assert ours["Authorization"] == headers["Authorization"]
             assert ours["Content-Type"] == headers["Content-Type"]
-        assert single.body == accepted.payload
-        assert many.body == b"[" + b", ".join(a.payload for a in bulk) + b"]"
+        assert single.body == client.as_sent(accepted.payload)
+        assert many.body == b"[" + b", ".join(client.as_sent(a.payload) for a in bulk) + b"]"
 
     @pytest.mark.parametrize("mode", ["hmac", "api_key"])
     def test_client_user_agent_header(self, raw: RawServer, mode: str) -> None:
@@ -184,21 +187,50 @@ class TestSandboxBearer:
         assert sb.stats()["auth_failures"] == 1
         assert sb.events() == []
 
+    @staticmethod
+    def record_with_env(env: str) -> bytes:
+        """A stored record with ``env`` spliced in by hand, as no client of ours would send."""
+        stored = api_client("http://127.0.0.1:1/").accept(Event("u1", "signed_up")).payload
+        return with_env(stored, env_field(env))
+
     def test_env_must_be_the_uid_under_bearer(self, sb: Sandbox) -> None:
-        """A Bearer request whose records carry the workspace key (not the UID) is refused."""
-        wrong = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sb.url)
-        record = wrong.accept(Event("u1", "signed_up")).payload  # env = the workspace key
-        with pytest.raises(Exception, match="env"):
-            api_client(sb.url).send_event(record)
+        """A Bearer request whose record carries the workspace key (not the UID) is refused."""
+        response = requests.post(
+            sb.url + "v2/event/",
+            data=self.record_with_env(WORKSPACE_KEY),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": CONTENT_TYPE},
+            timeout=5,
+        )
+        assert response.status_code == 400
+        assert "env" in response.text
         assert sb.stats()["rejected"] == 1
 
     def test_env_must_be_the_key_when_signed(self, sb: Sandbox) -> None:
         """A signed request whose record carries the UID is refused: env follows the mode."""
-        record = api_client(sb.url).accept(Event("u1", "signed_up")).payload
-        signed = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sb.url)
-        with pytest.raises(Exception, match="env"):
-            signed.send_event(record)
+        body = self.record_with_env(UID)
+        date = email.utils.formatdate(usegmt=True)
+        signature = sign(WORKSPACE_SECRET, body, date, "/v2/event/")
+        response = requests.post(
+            sb.url + "v2/event/",
+            data=body,
+            headers={
+                "Authorization": f"{WORKSPACE_KEY}:{signature}",
+                "Content-Type": CONTENT_TYPE,
+                "Date": date,
+            },
+            timeout=5,
+        )
+        assert response.status_code == 400
+        assert "env" in response.text
         assert sb.events() == []
+
+    def test_our_clients_set_env_from_their_own_credentials(self, sb: Sandbox) -> None:
+        """A record accepted by one mode's client and sent by the other's carries the sender's."""
+        record = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sb.url).accept(
+            Event("u1", "signed_up")
+        )
+        api_client(sb.url).send_event(record)
+        assert [e["env"] for e in sb.events()] == [UID]
 
     def test_refusal_names_the_api_key_settings(self, sb: Sandbox) -> None:
         """A 401 in API-key mode points at the API-key settings and never shows the key."""

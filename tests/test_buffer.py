@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_KILLED, WORKSPACE_KEY, wait_for
+from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import BufferFullError, Event, InvalidEventError
 from suprsend_celery.buffer import RedisBuffer, join_item, split_item
@@ -30,7 +30,7 @@ from suprsend_celery.scripts import claim_call
 def make_record(i: int, event: str = "order_placed", **properties: Any) -> bytes:
     """One accepted record, exactly as producers store it."""
     props = {"n": i, **properties}
-    return accept(Event(f"user-{i}", event, props), env=WORKSPACE_KEY, sdk_version="tests").payload
+    return accept(Event(f"user-{i}", event, props), sdk_version="tests").payload
 
 
 def key_of(record: bytes) -> str:

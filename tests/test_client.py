@@ -244,7 +244,7 @@ class TestGoldenRequests:
         }
         [request] = raw.captured
         assert request.path == "/v2/event/"
-        assert request.body == accepted.payload
+        assert request.body == raw_client.as_sent(accepted.payload)
         obj = self.assert_sdk_compatible(request, raw.url + "v2/event/")
         assert obj["properties"]["$ss_sdk_version"] == USER_AGENT
 
@@ -259,7 +259,7 @@ class TestGoldenRequests:
         assert request.path == "/v2/bulk/event/"
         obj = self.assert_sdk_compatible(request, raw.url + "v2/bulk/event/")
         assert request.body == json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        assert obj == [json.loads(a.payload) for a in accepted]
+        assert obj == [json.loads(raw_client.as_sent(a.payload)) for a in accepted]
 
     def test_base_url_with_path_prefix(self, raw: RawServer) -> None:
         """A base URL behind a path prefix signs the full path, like the SDK."""
@@ -282,7 +282,7 @@ class TestGoldenRequests:
             raw_client.send_event(accepted)
         raw_client.send_event(accepted)
         first, second = raw.captured
-        assert first.body == second.body == accepted.payload
+        assert first.body == second.body == raw_client.as_sent(accepted.payload)
 
     def test_sandbox_accepts_our_signature(self, client: SuprsendClient, sandbox: Sandbox) -> None:
         """The sandbox, which verifies signatures over the raw bytes, processes our event."""
@@ -290,7 +290,7 @@ class TestGoldenRequests:
         result = client.send_event(accepted)
         assert result["status_code"] == 202
         assert isinstance(result["message_id"], str)
-        assert sandbox.events() == [json.loads(accepted.payload)]
+        assert sandbox.events() == [json.loads(client.as_sent(accepted.payload))]
         assert sandbox.stats()["auth_failures"] == 0
 
 

@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from suprsend.request_schema import _get_schema_validator
 
 from suprsend_celery import Event, InvalidEventError, SuprsendCeleryError
-from suprsend_celery.events import BUILTIN_EVENT_NAMES, AcceptedRecord, accept, event_from_call
+from suprsend_celery.events import (
+    BUILTIN_EVENT_NAMES,
+    AcceptedRecord,
+    accept,
+    env_field,
+    event_from_call,
+    with_env,
+)
 
 KEY = "WSKEY_abcdefghij0123456789"
 SECRET = "WSSECRET_0123456789abcdef"
@@ -41,8 +48,15 @@ FIELD_ORDER = [
 SCHEMA = _get_schema_validator("event")
 
 
+ENV_FIELD = env_field(KEY)
+
+
 def accept_event(event: Event, max_event_bytes: int = 102_400) -> AcceptedRecord:
-    return accept(event, env=KEY, sdk_version=SDK_VERSION, max_event_bytes=max_event_bytes)
+    """Accept ``event`` and return its record as sent (``env`` spliced in), as a client does."""
+    accepted = accept(
+        event, sdk_version=SDK_VERSION, max_event_bytes=max_event_bytes, env_size=len(ENV_FIELD)
+    )
+    return accepted._replace(payload=with_env(accepted.payload, ENV_FIELD))
 
 
 def record_of(event: Event) -> dict[str, Any]:
@@ -550,7 +564,7 @@ class TestSize:
     def test_default_is_100_kib(self) -> None:
         """By default a 100 KiB event is refused and the message names the setting."""
         big = Event("u", "ev", {"pad": "x" * 102_400})
-        error = refused("properties", lambda: accept(big, env=KEY, sdk_version="v"), named=False)
+        error = refused("properties", lambda: accept(big, sdk_version="v"), named=False)
         assert "suprsend_max_event_bytes" in str(error)
         assert "xxxx" not in str(error)
 
@@ -721,3 +735,43 @@ class TestPropertyBased:
         assert list(record) == [k for k in FIELD_ORDER if k in record]
         assert record["$idempotency_key"] == accepted.idempotency_key
         assert len(accepted.payload) <= 102_400
+
+
+class TestEnvAtSend:
+    """``env`` is not stored; ``with_env`` splices the sender's into the SDK's position."""
+
+    def test_stored_record_has_no_env(self) -> None:
+        stored = accept(Event("u", "ev"), sdk_version=SDK_VERSION).payload
+        assert "env" not in json.loads(stored)
+
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        name=st.text(min_size=2, max_size=20).filter(lambda n: not n.strip().startswith("$")),
+        distinct_id=st.text(min_size=1, max_size=10),
+        props=st.dictionaries(
+            st.sampled_from(["env", "distinct_id", "a", 'x", "env": "y']),
+            st.text(max_size=10),
+            max_size=3,
+        ),
+        env=st.sampled_from([KEY, "WSKEY_other_0123456789abc", 'u"i\\d']),
+    )
+    def test_as_sent_is_the_sdk_record(
+        self, name: str, distinct_id: str, props: dict[str, str], env: str
+    ) -> None:
+        """Whatever the names and properties hold, the result is the SDK's bytes with ``env``."""
+        try:
+            event = Event(distinct_id, name, props)
+            stored = accept(event, sdk_version=SDK_VERSION).payload
+        except InvalidEventError:
+            return
+        sent = with_env(stored, env_field(env))
+        record = json.loads(stored)
+        expected = {**dict(list(record.items())[:3]), "env": env, **dict(list(record.items())[3:])}
+        assert sent == json.dumps(expected, ensure_ascii=False).encode("utf-8")
+        # A record stored with an env (by 0.1) gets the sender's instead.
+        assert with_env(sent, env_field("WSKEY_rotated_0123456789a")) == with_env(
+            stored, env_field("WSKEY_rotated_0123456789a")
+        )
+
+    def test_foreign_bytes_are_sent_as_they_are(self) -> None:
+        assert with_env(b'{"event": "x"}', env_field(KEY)) == b'{"event": "x"}'
