@@ -241,10 +241,10 @@ class TestKilled:
 def test_records_are_the_buffered_bytes(
     redis_client: Any, sandbox: Sandbox, client: SuprsendClient
 ) -> None:
-    """Eight requests at once still send each record byte for byte as buffered."""
+    """Eight requests at once still send each record byte for byte as buffered (plus env)."""
     buffer = RedisBuffer(redis_client, prefix="bytes8")
     fill(buffer, client, 400)
-    stored = [json.loads(r) for r in buffer.redis.lrange(buffer.pending_key, 0, -1)]
+    stored = [json.loads(client.as_sent(r)) for r in buffer.redis.lrange(buffer.pending_key, 0, -1)]
     sandbox.set_faults([{"delay": 0.05}])
     report = Flusher(buffer, client, batch_size=25).run(10)
     assert report.sent == 400 and report.requests == 16
