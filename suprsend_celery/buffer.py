@@ -14,6 +14,8 @@ thanks to the ``{prefix}`` hash tag::
     {p}:breaker      HASH   the circuit breaker shared by every flusher
     {p}:journal      ZSET   direct-path records -> when to send them here if their task
                             went silent (a broker message lost; see ``journal``)
+    {p}:metrics      HASH   counters, histograms and the last flush run's time, kept by
+                            the scripts (see ``counters``)
 
 A record is the event's JSON exactly as it will be sent. A record that has failed
 before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
@@ -38,6 +40,7 @@ from redis.commands.core import Script
 
 from . import defaults
 from . import scripts as lua
+from .counters import Tally
 from .exceptions import BufferFullError
 from .policy import DeadLetter, parse_dead_letter
 from .scripts import Call, Verdict
@@ -117,6 +120,7 @@ class RedisBuffer:
         self.dead_key = f"{tag}:dead"
         self.breaker_key = f"{tag}:breaker"
         self.journal_key = f"{tag}:journal"
+        self.metrics_key = f"{tag}:metrics"
         self._idle: deque[Any] = deque()
         self._idle_pid = os.getpid()
         self._push = client.register_script(lua.PUSH_LUA)
@@ -127,6 +131,8 @@ class RedisBuffer:
         self._rehome = client.register_script(lua.REHOME_LUA)
         self._journal = client.register_script(lua.JOURNAL_LUA)
         self._recover_journal = client.register_script(lua.RECOVER_JOURNAL_LUA)
+        self._settle_journal = client.register_script(lua.SETTLE_JOURNAL_LUA)
+        self._finish_run = client.register_script(lua.FINISH_RUN_LUA)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisBuffer:
@@ -206,13 +212,16 @@ class RedisBuffer:
         verdict: Verdict = "",
         open_for: float = 0.0,
         reason: str = "",
+        counts: Tally | None = None,
     ) -> bool:
         """Finish a claim in one step: drop the sent records, schedule retries, dead-letter.
 
         ``back`` returns records to the head of pending untouched (a request never
         reached SuprSend's judgement, e.g. wrong credentials). ``verdict`` feeds the
-        breaker. Returns False when the lease had run out: the records were already
-        returned to pending and will be re-sent, deduplicated by their keys.
+        breaker; ``counts`` (the claim's requests) go to the metrics hash in the same
+        step, which also counts the records' outcomes. Returns False when the lease
+        had run out: the records were already returned to pending and will be re-sent,
+        deduplicated by their keys.
         """
         keys, args = lua.settle_call(
             self,
@@ -227,6 +236,7 @@ class RedisBuffer:
             verdict=verdict,
             open_for=open_for,
             reason=reason,
+            counts=counts,
         )
         result = self._settle(keys=keys, args=args)
         return int(result) == 1
@@ -245,20 +255,27 @@ class RedisBuffer:
         result = self._rehome(keys=keys, args=args)
         return int(result) == 1
 
-    def journal(self, record: bytes, seconds: float) -> None:
+    def finish_run(self, counts: Tally) -> int:
+        """Note the end of a flush run and count it; returns ``remaining()``, same trip."""
+        keys, args = lua.finish_run_call(self, counts)
+        return int(self._finish_run(keys=keys, args=args))
+
+    def journal(self, record: bytes, seconds: float, counts: Tally | None = None) -> None:
         """Keep a published direct-path record here until its task settles it.
 
         Celery's Redis transport pops a message (BRPOP) before it notes it as
         unacknowledged, so a worker or Redis killed in between loses the message. A
         record still here ``seconds`` after it was published (the broker's visibility
         timeout, plus any countdown) is sent by the flusher instead; if the task did
-        run after all, SuprSend skips the repeat by its idempotency key.
+        run after all, SuprSend skips the repeat by its idempotency key. ``counts``
+        are the metrics of the attempt this publish retries.
         """
-        self._producer_call(self._journal, lua.journal_call(self, record, seconds))
+        self._producer_call(self._journal, lua.journal_call(self, record, seconds, counts))
 
-    def settle_journal(self, record: bytes) -> None:
+    def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
         """The task settled this record (sent, dead-lettered or moved to pending)."""
-        self.redis.zrem(self.journal_key, record)
+        keys, args = lua.settle_journal_call(self, record, counts)
+        self._settle_journal(keys=keys, args=args)
 
     def recover_journal(self, limit: int = defaults.JOURNAL_RECOVER_LIMIT) -> int:
         """Move journal records whose task went silent to pending; returns how many."""
@@ -388,6 +405,7 @@ class RedisBuffer:
             self.dead_key,
             self.breaker_key,
             self.journal_key,
+            self.metrics_key,
         ]
         self.redis.delete(*keys)
 

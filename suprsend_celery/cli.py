@@ -5,6 +5,8 @@
     suprsend-celery dead-letters list [--json]      what could not be delivered, and why
     suprsend-celery dead-letters requeue --key K    send dead letters again (or --all)
     suprsend-celery dead-letters purge --all        drop dead letters (asks first)
+    suprsend-celery metrics [--port 9808]           a Prometheus exporter (extra: prometheus)
+    suprsend-celery check [--max-age S] ...         health check: exit 0 healthy, 1 problems
     suprsend-celery sandbox                         a local SuprSend for development
     suprsend-celery demo                            the whole pipeline on this machine
 
@@ -328,6 +330,86 @@ def purge_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool, ye
         click.confirm(f"Drop {what} ({held} held)? This cannot be undone", abort=True)
     removed = buffer.purge_dead_letters(selection)
     click.echo(f"purged {removed} dead letter(s)")
+
+
+# -- monitoring --------------------------------------------------------------------------
+
+
+def _target(buffer: RedisBuffer) -> str:
+    from .health import describe_redis
+
+    return f"Redis {describe_redis(buffer.redis)}, key prefix {buffer.prefix}"
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9808,
+    show_default=True,
+    help="Port; 0 picks a free one.",
+)
+@click.pass_context
+@_clean_errors
+def metrics(ctx: click.Context, host: str, port: int) -> None:
+    """Serve Prometheus metrics read from Redis at /metrics (needs the prometheus extra)."""
+    try:
+        from .metrics import serve
+    except ImportError as exc:
+        _fail(str(exc))
+    buffer = _buffer(ctx)
+    click.echo(f"reading {_target(buffer)}")
+    serve(_app(ctx), host, port, ready=lambda url: click.echo(f"serving {url}"))
+
+
+@cli.command()
+@click.option("--max-age", type=click.FloatRange(min=0), help="Oldest record allowed, seconds.")
+@click.option("--max-dead", type=click.IntRange(min=0), help="Dead letters allowed.")
+@click.option(
+    "--breaker-open", type=click.FloatRange(min=0), help="Seconds the breaker may stay open."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Give up on Redis after this many seconds.",
+)
+@click.pass_context
+@_clean_errors
+def check(
+    ctx: click.Context,
+    max_age: float | None,
+    max_dead: int | None,
+    breaker_open: float | None,
+    timeout: float,
+) -> None:
+    """Health check: exit 0 when healthy, else 1 with one line per problem.
+
+    Always checks that Redis answers and, while records wait, that a flush run
+    happened within 3 flush intervals (a dead beat or no worker); the options add
+    limits on the oldest record, dead letters and how long the breaker stays open.
+    """
+    from .config import get_settings
+    from .health import Thresholds, quick_buffer
+    from .health import check as run_check
+
+    settings = get_settings(_app(ctx))
+    buffer = quick_buffer(settings.require_redis_url(), settings.key_prefix, timeout)
+    click.echo(f"checked {_target(buffer)}")
+    limits = Thresholds(settings.flush_interval, max_age, max_dead, breaker_open)
+    try:
+        problems = run_check(buffer, limits)
+    except redis.RedisError as exc:
+        problems = [f"Redis unreachable: {type(exc).__name__}: {exc}"]
+    finally:
+        buffer.redis.close()
+    for line in problems:
+        click.echo(f"PROBLEM: {line}")
+    if problems:
+        sys.exit(1)
+    click.echo("healthy")
 
 
 # -- sandbox and demo --------------------------------------------------------------------

@@ -40,6 +40,7 @@ import redis
 from . import defaults
 from .buffer import Claim, RedisBuffer
 from .client import SuprsendClient, chunk_payloads
+from .counters import FLUSH_SECONDS, Tally
 from .settlement import Batch, ClaimOutcome, RetryPolicy, Settlement, decide
 
 __all__ = ["FlushReport", "Flusher"]
@@ -229,6 +230,7 @@ class Flusher:
             verdict=settlement.verdict,
             open_for=settlement.open_for,
             reason=settlement.reason,
+            counts=outcome.tally,
         )
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
@@ -249,8 +251,10 @@ class Flusher:
 
     def _finish(self, run: _Run) -> FlushReport:
         report = run.report
-        report.remaining = self.buffer.remaining()
         report.seconds = time.monotonic() - run.started
+        counts = Tally()
+        counts.observe(FLUSH_SECONDS, report.seconds)
+        report.remaining = self.buffer.finish_run(counts)  # also notes the run for `check`
         if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
             logger.info(
                 "flush: sent=%d retry_scheduled=%d dead_lettered=%d returned=%d "
@@ -297,9 +301,12 @@ class Flusher:
         return outcome
 
     def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
+        sent_at = time.monotonic()
         response = self.client.post_bulk(chunk)
         outcome.requests += 1
         error = response.request_error
+        status = 200 if error is None else error.status_code  # None: no answer at all
+        outcome.tally.request("bulk", status, time.monotonic() - sent_at)
         if error is None:
             outcome.answered = True
             for index, record_error in response.failures or ():

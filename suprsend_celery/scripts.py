@@ -52,15 +52,18 @@ from importlib import resources
 from typing import Any, Literal, NamedTuple, Protocol
 
 from . import defaults
+from .counters import COUNT_LUA, Tally
 
 __all__ = [
     "CLAIM_LUA",
     "EXTEND_LUA",
+    "FINISH_RUN_LUA",
     "JOURNAL_LUA",
     "PUSH_LUA",
     "RECOVER_JOURNAL_LUA",
     "REHOME_LUA",
     "REQUEUE_LUA",
+    "SETTLE_JOURNAL_LUA",
     "SETTLE_LUA",
     "Breaker",
     "BreakerState",
@@ -70,12 +73,14 @@ __all__ = [
     "breaker_state",
     "claim_call",
     "extend_call",
+    "finish_run_call",
     "journal_call",
     "push_call",
     "recover_journal_call",
     "rehome_call",
     "requeue_call",
     "settle_call",
+    "settle_journal_call",
 ]
 
 Verdict = Literal["ok", "fail", "auth", ""]
@@ -96,6 +101,7 @@ class KeyNames(Protocol):
     dead_key: str
     breaker_key: str
     journal_key: str
+    metrics_key: str
 
 
 class Call(NamedTuple):
@@ -129,6 +135,9 @@ _PRELUDES = {
         "        + redis.call('ZCARD', retry)\n"
         "end\n"
     ),
+    # count(metrics, first): apply the (field, amount) pairs from ARGV[first] on
+    # to the metrics hash (see counters.py)
+    "count": COUNT_LUA,
 }
 
 
@@ -157,6 +166,7 @@ def claim_call(k: KeyNames, claim_id: str, count: int, lease: float, probe_lease
             k.inflight_key,
             k.retry_key,
             k.breaker_key,
+            k.metrics_key,
         ],
         [
             count,
@@ -171,7 +181,7 @@ def claim_call(k: KeyNames, claim_id: str, count: int, lease: float, probe_lease
     )
 
 
-SETTLE_LUA = _load("settle", "now")
+SETTLE_LUA = _load("settle", "now", "count")
 
 
 class Breaker(NamedTuple):
@@ -194,6 +204,7 @@ def settle_call(
     verdict: Verdict,
     open_for: float,
     reason: str,
+    counts: Tally | None = None,
 ) -> Call:
     args: list[Any] = [
         claim_id,
@@ -213,6 +224,8 @@ def settle_call(
         args += (delay, item)
     args += dead
     args += back
+    if counts:
+        args += counts.args()
     keys = [
         k.claims_key,
         k.claim_prefix + claim_id,
@@ -222,6 +235,7 @@ def settle_call(
         k.pending_key,
         k.breaker_key,
         k.settled_prefix + claim_id,
+        k.metrics_key,
     ]
     return Call(keys, args)
 
@@ -252,11 +266,27 @@ def rehome_call(k: KeyNames, max_length: int, record: bytes, dead_entry: bytes) 
     )
 
 
-JOURNAL_LUA = _load("journal", "now")
+JOURNAL_LUA = _load("journal", "now", "count")
 
 
-def journal_call(k: KeyNames, record: bytes, seconds: float) -> Call:
-    return Call([k.journal_key], [seconds, record])
+def journal_call(k: KeyNames, record: bytes, seconds: float, counts: Tally | None = None) -> Call:
+    tail = counts.args() if counts else []
+    return Call([k.journal_key, k.metrics_key], [seconds, record, *tail])
+
+
+SETTLE_JOURNAL_LUA = _load("settle_journal", "count")
+
+
+def settle_journal_call(k: KeyNames, record: bytes, counts: Tally | None) -> Call:
+    tail = counts.args() if counts else []
+    return Call([k.journal_key, k.metrics_key], [record, *tail])
+
+
+FINISH_RUN_LUA = _load("finish_run", "now", "count")
+
+
+def finish_run_call(k: KeyNames, counts: Tally) -> Call:
+    return Call([k.pending_key, k.inflight_key, k.retry_key, k.metrics_key], counts.args())
 
 
 RECOVER_JOURNAL_LUA = _load("recover_journal", "now")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import defaults
+from .counters import Tally
 from .buffer import join_item, split_item
 from .exceptions import DeliveryError
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
@@ -91,6 +92,8 @@ class ClaimOutcome:
     #: Index of the first record left unsent (credentials refused, the API failing, the
     #: lease lost): those records go back to the buffer untouched.
     unsent_from: int | None = None
+    #: The requests' status classes and durations, counted in Redis by the settle.
+    tally: Tally = field(default_factory=Tally)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ import contextlib
 import datetime
 import json
 import logging
+import time
+from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import redis
@@ -23,6 +25,7 @@ from celery import Task, shared_task
 from . import defaults
 from .beat import schedule_on_bind
 from .config import get_settings
+from .counters import Tally
 from .defaults import FLUSH_TASK, TRACK_TASK
 from .events import AcceptedRecord
 from .exceptions import (
@@ -47,6 +50,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RECORD = "record"
+
+#: What the running ``track_event`` did (its request and outcome), counted in Redis by
+#: the call that settles it: the journal's settle, or the retry's publish (journal).
+_TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
 _META = ("event", "distinct_id", "idempotency_key")
 
 
@@ -97,6 +104,12 @@ def _dead_entry(
         idempotency_key=meta["idempotency_key"],
         event=meta["event"],
     )
+
+
+def _count(field: str) -> None:
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.add(field)
 
 
 def _is_prepared(args: Any, kwargs: Any) -> bool:
@@ -159,8 +172,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
             return publish()
         record = message_kwargs[_RECORD].encode("utf-8")
         seconds = get_settings(self.app).visibility_timeout + _delay_of(options)
+        counts = _TALLY.get()  # set when this publish is a retry of a running task
+        _TALLY.set(None)
         try:
-            buffer.journal(record, seconds)
+            buffer.journal(record, seconds, counts)
         except redis.RedisError as exc:
             key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
             logger.warning("event %s not journaled (%s); relying on the broker alone", key, exc)
@@ -176,7 +191,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         buffer = find_buffer(self.app)
         if buffer is not None:
             try:
-                buffer.settle_journal(text.encode("utf-8"))
+                buffer.settle_journal(text.encode("utf-8"), _TALLY.get())
             except redis.RedisError as exc:  # the flusher will re-send it: a duplicate, skipped
                 logger.warning("journal entry not settled (%s)", exc)
 
@@ -209,22 +224,43 @@ class TrackEventTask(Task):  # type: ignore[misc]
         meta = _meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
+        token = _TALLY.set(Tally())
         try:
-            result = self._send(text, meta)
-        except (DeliveryError, ConfigurationError):
-            self._settle_journal(text)  # dead-lettered, or kept in the buffer
-            raise
-        # A Retry re-published the record (and pushed its journal entry out); any other
-        # exception leaves the entry for the flusher to send.
-        self._settle_journal(text)
+            try:
+                result = self._send(text, meta)
+            except (DeliveryError, ConfigurationError):
+                self._settle_journal(text)  # dead-lettered, or kept in the buffer
+                raise
+            # A Retry re-published the record (and pushed its journal entry out); any
+            # other exception leaves the entry for the flusher to send.
+            _count("direct:sent")
+            self._settle_journal(text)
+        finally:
+            _TALLY.reset(token)
         return result
+
+    def _post(self, text: str) -> dict[str, Any]:
+        """One request to the event API, its status class and duration tallied."""
+        sent_at = time.monotonic()
+        status: int | None = None
+        try:
+            response = get_client(self.app).send_event(text.encode("utf-8"))
+            status = response["status_code"]
+        except DeliveryError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            tally = _TALLY.get()
+            if tally is not None:
+                tally.request("direct", status, time.monotonic() - sent_at)
+        return response
 
     def _send(self, text: str, meta: dict[str, Any]) -> dict[str, Any]:
         settings = get_settings(self.app)
         key = meta["idempotency_key"]
         attempt = int(self.request.retries or 0) + 1
         try:
-            response = get_client(self.app).send_event(text.encode("utf-8"))
+            response = self._post(text)
         except TransientDeliveryError as exc:
             if should_retry(exc, attempt, settings.max_retries):
                 countdown = backoff_delay(
@@ -245,6 +281,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
                     settings.max_retries,
                     countdown,
                 )
+                _count("direct:retried")
                 raise self.retry(
                     args=(), kwargs={_RECORD: text}, exc=reason, countdown=countdown
                 ) from None
@@ -275,6 +312,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             except redis.RedisError as redis_exc:
                 raise self._retry_for_redis(text, key, exc, "dead-lettering", redis_exc) from None
             where = "moved to the dead-letter list"
+            _count("direct:dead_lettered")
         logger.error("event %s not delivered: %s; %s", key, reason, where)
         raise type(exc)(
             f"event {key} not delivered: {reason}; {where}",
@@ -320,6 +358,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 where = "the event was moved to the buffer and is sent once this is fixed"
             else:
                 where = "the buffer is full, so the event was dead-lettered"
+            _count("direct:kept" if kept else "direct:dead_lettered")
         logger.error("event %s: %s; %s", key, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
 

@@ -5,8 +5,8 @@
 -- Idempotent per claim id: redis-py re-sends a command after a connection error or a
 -- timeout, and a second run must hand back the same records rather than take more
 -- (which the flusher would never see, yet settle would delete).
-local pending, claims, claim, inflight, retry, breaker =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local pending, claims, claim, inflight, retry, breaker, metrics =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local count = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local claim_id = ARGV[3]
@@ -29,6 +29,7 @@ for _, id in ipairs(expired) do
     redis.call('DEL', key)
     redis.call('ZREM', claims, id)
     redis.call('DECRBY', inflight, #items)
+    if #items > 0 then redis.call('HINCRBY', metrics, 'records:lease_expired', #items) end
 end
 local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, due_limit)
 for i = 1, #due, UNPACK_MAX do

@@ -1,11 +1,12 @@
--- Called only through scripts.settle_call(); prelude: now.
+-- Called only through scripts.settle_call(); prelude: now, count.
 -- Finish a claim in one step: drop its records, schedule retries, dead-letter, return
--- records to pending untouched, feed the breaker. Returns -1 if the lease was lost (the
--- records are already back in pending), else 1. A settled claim leaves a short-lived
--- tombstone, so a re-sent SETTLE (redis-py retries after a connection error) answers 1
--- again instead of "lease lost" and does not feed the breaker twice.
-local claims, claim, inflight, retry, dead, pending, breaker_key, settled =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+-- records to pending untouched, feed the breaker, count the outcomes (metrics).
+-- Returns -1 if the lease was lost (the records are already back in pending, counted
+-- as lease_expired by CLAIM), else 1. Either way the claim leaves a short-lived
+-- tombstone holding that answer, so a re-sent SETTLE (redis-py retries after a
+-- connection error) answers the same without feeding the breaker or counting twice.
+local claims, claim, inflight, retry, dead, pending, breaker_key, settled, metrics =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local claim_id = ARGV[1]
 local dead_max = tonumber(ARGV[2])
 local n_retry = tonumber(ARGV[3])
@@ -18,7 +19,9 @@ local cooldown_max = tonumber(ARGV[9])
 local floor = tonumber(ARGV[10])  -- Retry-After: the breaker opens for at least this
 local reason = ARGV[11]
 local tombstone_seconds = tonumber(ARGV[12])
-local first_item = 13  -- then n_retry pairs (delay, item), n_dead entries, n_back items
+local first_item = 13  -- then n_retry pairs (delay, item), n_dead entries, n_back items,
+-- then the metric increments of this claim's requests (field, amount pairs)
+local first_count = first_item + 2 * n_retry + n_dead + n_back
 
 local function open(until_, cooldown)
     redis.call('HSET', breaker_key, 'state', 'open', 'until', until_, 'cooldown', cooldown,
@@ -36,6 +39,7 @@ local function feed_breaker()
         if (state and state ~= 'closed') or (fails and fails ~= '0') then
             redis.call('HSET', breaker_key, 'state', 'closed', 'failures', 0,
                 'cooldown', cooldown_base, 'until', 0, 'reason', '')
+            redis.call('HDEL', breaker_key, 'open_since')
         end
         return
     end
@@ -53,6 +57,10 @@ local function feed_breaker()
             -- a Retry-After alone pauses exactly as long as the server asked
             open(now + floor, cooldown_base)
         end
+        -- since when it has been open, kept through failed probes (health checks)
+        if redis.call('HGET', breaker_key, 'state') == 'open' then
+            redis.call('HSET', breaker_key, 'open_since', now)
+        end
     else
         -- already open: a longer Retry-After pushes the next probe out, never in
         local until_ = tonumber(redis.call('HGET', breaker_key, 'until') or '0')
@@ -62,11 +70,15 @@ local function feed_breaker()
 end
 
 if redis.call('ZREM', claims, claim_id) == 0 then
-    if redis.call('EXISTS', settled) == 1 then return 1 end
+    local answered = redis.call('GET', settled)
+    if answered then return tonumber(answered) end
     feed_breaker()
+    count(metrics, first_count)  -- the requests were made, whatever became of the lease
+    redis.call('SET', settled, '-1', 'EX', tombstone_seconds)
     return -1
 end
-redis.call('DECRBY', inflight, redis.call('LLEN', claim))
+local claimed = redis.call('LLEN', claim)
+redis.call('DECRBY', inflight, claimed)
 redis.call('DEL', claim)
 redis.call('SET', settled, '1', 'EX', tombstone_seconds)
 local i = first_item
@@ -82,4 +94,10 @@ if n_dead > 0 then redis.call('LTRIM', dead, 0, dead_max - 1) end
 -- back goes to the head of pending in its original order
 for j = i + n_back - 1, i, -1 do redis.call('LPUSH', pending, ARGV[j]) end
 feed_breaker()
+local outcomes = {sent = claimed - n_retry - n_dead - n_back, retried = n_retry,
+    dead_lettered = n_dead, returned = n_back}
+for outcome, n in pairs(outcomes) do
+    if n > 0 then redis.call('HINCRBY', metrics, 'records:' .. outcome, n) end
+end
+count(metrics, first_count)
 return 1
