@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import defaults
-from .counters import Tally
 from .buffer import join_item, split_item
+from .counters import Tally
 from .exceptions import DeliveryError
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .scripts import Verdict
