@@ -229,10 +229,9 @@ def _buckets(counters: dict[str, str], histogram: str) -> tuple[list[tuple[str, 
 
 def make_registry(app: Any = None) -> CollectorRegistry:
     """A registry holding only this app's buffer collector (no process metrics)."""
-    from .runtime import get_buffer, resolve_app
+    from .runtime import get_buffer
 
-    buffer = get_buffer(resolve_app(app))
-    assert buffer is not None
+    buffer = get_buffer(app)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BufferCollector(buffer))
     return registry
