@@ -71,18 +71,23 @@ CLIENT_USER_AGENT = client_user_agent()
 
 
 class _HttpDate:
-    """IMF-fixdate for the ``Date`` header, locale-independent, computed once a second."""
+    """IMF-fixdate for the ``Date`` header, locale-independent, computed once a second.
+
+    The second and its text are one tuple, swapped in one assignment, so threads
+    (``-P threads``, the flusher's request threads) never pair a second with another
+    second's text.
+    """
 
     def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
+        self._cached = (-1, "")
 
     def __call__(self) -> str:
         now = int(time.time())
-        if now != self._second:
-            self._text = email.utils.formatdate(now, usegmt=True)
-            self._second = now
-        return self._text
+        second, text = self._cached
+        if now != second:
+            text = email.utils.formatdate(now, usegmt=True)
+            self._cached = (now, text)
+        return text
 
 
 http_date = _HttpDate()

@@ -79,7 +79,9 @@ class TestKilledFlushers:
         buffer = buffer_of(app)
         keys = buffer_events(make_events(3000), app=app)
         sandbox.set_faults([{"delay": 0.05}])  # kills land while a request is out
-        args = [str(TESTS / "_flusher_proc.py"), redis_url, sandbox.url, "1.0", "50"]
+        # Batches of 10: eight claims in flight finish a batch of 50 so fast that the
+        # drain could end before the eighth kill.
+        args = [str(TESTS / "_flusher_proc.py"), redis_url, sandbox.url, "1.0", "10"]
         env = subprocess_env()
         log = tmp_path / "flusher.log"
         for _ in range(8):
@@ -122,7 +124,7 @@ class TestKilledFlushers:
         env = subprocess_env(
             SUPRSEND_BASE_URL=sandbox.url,
             SUPRSEND_FLUSH_INTERVAL="0.5",
-            SUPRSEND_FLUSH_BATCH_SIZE="50",
+            SUPRSEND_FLUSH_BATCH_SIZE="10",  # many requests: every kill lands mid-drain
             CELERY_BROKER_URL=redis_url,
             CELERY_TASK_DEFAULT_QUEUE="suprsend-relay-kill",
             RELAY_CLAIM_LEASE="1.5",
