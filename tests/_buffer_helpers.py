@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import Event
@@ -64,20 +63,6 @@ def flush_until(
 
     wait_for(step, timeout=timeout, interval=interval, message=message or str(condition))
     return results
-
-
-@contextmanager
-def threads_worker(app: Celery, concurrency: int = 2) -> Iterator[Any]:
-    """An in-process worker (threads pool) on the app's test queue."""
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=concurrency,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=30,
-    ) as worker:
-        yield worker
 
 
 def processed_keys(sandbox: Sandbox) -> Counter[str]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
 
 from suprsend_celery.config import reset_settings
 from suprsend_celery.redis_server import RedisServer
@@ -44,6 +46,51 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
         time.sleep(interval)
+
+
+def close_result_consumer(app: Celery) -> None:
+    """Close this thread's result-backend pubsub connection (opened by a publish), and
+    forget its subscriptions, so an AsyncResult collected later does not reopen it."""
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.subscribed_to.clear()
+        consumer.stop()
+
+
+@contextmanager
+def in_process_worker(
+    app: Celery,
+    concurrency: int = 2,
+    *,
+    shutdown_timeout: float = 30,
+    close_results_after_tasks: bool = False,
+) -> Iterator[Any]:
+    """An in-process Celery worker (threads pool) on the app's default queue.
+
+    ``close_results_after_tasks``: a retry publishes from a pool thread, which (unlike a
+    prefork child) subscribes to the new task's result; closing that connection as each
+    task ends keeps any socket from outliving the worker's threads.
+    """
+
+    def after_task(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            close_result_consumer(app)
+
+    if close_results_after_tasks:
+        task_postrun.connect(after_task, weak=False)
+    try:
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=shutdown_timeout,
+        ) as worker:
+            yield worker
+    finally:
+        if close_results_after_tasks:
+            task_postrun.disconnect(after_task)
 
 
 @pytest.fixture(scope="session")
@@ -117,13 +164,9 @@ def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Cele
     yield factory
     for app in apps:
         reset_settings(app)
-        # The Redis result backend keeps a pubsub connection for .get(); close it (and
-        # forget its subscriptions, so an AsyncResult collected later does not reopen it),
-        # or a later GC reports the socket as an unraisable ResourceWarning in another test.
-        consumer = getattr(app.backend, "result_consumer", None)
-        if consumer is not None:
-            consumer.subscribed_to.clear()
-            consumer.stop()
+        # The Redis result backend keeps a pubsub connection for .get(); close it, or a
+        # later GC reports the socket as an unraisable ResourceWarning in another test.
+        close_result_consumer(app)
         app.close()
 
 
@@ -135,12 +178,5 @@ def celery_app(app_factory: Callable[..., Celery]) -> Celery:
 @pytest.fixture
 def worker(celery_app: Celery) -> Iterator[Any]:
     """An in-process worker (threads pool) consuming the test queue."""
-    with start_worker(
-        celery_app,
-        pool="threads",
-        concurrency=4,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=10,
-    ) as w:
+    with in_process_worker(celery_app, concurrency=4, shutdown_timeout=10) as w:
         yield w

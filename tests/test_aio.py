@@ -18,8 +18,7 @@ import pytest
 import redis
 import uvicorn
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
-from conftest import wait_for
+from conftest import in_process_worker, wait_for
 
 from suprsend_celery import (
     BufferFullError,
@@ -139,7 +138,7 @@ class TestAtrackEvent:
 
     def test_delivers(self, celery_app: Celery, sandbox: Sandbox) -> None:
         """The event is published and a worker sends it."""
-        with start_worker(celery_app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        with in_process_worker(celery_app):
             result = run(celery_app, lambda: atrack_event("u1", "signed_up", idempotency_key="a1"))
             assert result.get(timeout=15)["idempotency_key"] == "a1"
         (stored,) = sandbox.events()

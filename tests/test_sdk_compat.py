@@ -238,6 +238,7 @@ class TestOfficialSdk:
 class TestSchemaAgreement:
     """The sandbox's hand-written validator agrees with the SDK's own JSON schema."""
 
+    @pytest.mark.slow
     @settings(max_examples=300, deadline=None)
     @given(record=_records())
     def test_validator_matches_schema(self, record: dict[str, Any]) -> None:
