@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _buffer_helpers import buffer_of, flush, flush_until, threads_worker
+from _buffer_helpers import buffer_of, flush, flush_until
 from celery import Celery
 from click.testing import CliRunner
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, make_app, wait_for
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker, make_app, wait_for
 
 from suprsend_celery import buffer_event, track_event
 from suprsend_celery.cli import cli
@@ -71,7 +71,7 @@ class TestStoredForm:
         buffer_event("u1", "signed_up", {"plan": "pro"}, app=app)
         [stored] = buffer_of(app).redis.lrange(buffer_of(app).pending_key, 0, -1)
         assert "env" not in json.loads(stored)
-        with threads_worker(app):
+        with in_process_worker(app):
             flush(app)
         [sent] = sandbox.events()
         assert list(sent)[:5] == ["$insert_id", "$time", "event", "env", "distinct_id"]
@@ -88,7 +88,7 @@ class TestWrongKeyFixed:
         """Buffered and direct events accepted with a wrong key are all delivered after the fix."""
         wrong = an_app(apps, redis_url, sandbox.url, WRONG_KEY)
         buffered = [buffer_event(f"u{i}", "order_placed", {"n": i}, app=wrong) for i in range(30)]
-        with threads_worker(wrong):
+        with in_process_worker(wrong):
             direct = [track_event.delay(f"d{i}", "order_placed", {"n": i}) for i in range(5)]
             for result in direct:
                 with pytest.raises(Exception, match="sent once this is fixed"):
@@ -102,7 +102,7 @@ class TestWrongKeyFixed:
         assert buffer.remaining() == 35
 
         fixed = an_app(apps, redis_url, sandbox.url, WORKSPACE_KEY)  # the restart
-        with threads_worker(fixed):
+        with in_process_worker(fixed):
             # The breaker the wrong key opened lets a probe through after its cool-down.
             flush_until(fixed, lambda: len(sandbox.events()) == 35, timeout=60)
         delivered = {e["$idempotency_key"] for e in sandbox.events()}
@@ -126,7 +126,7 @@ class TestKeyRotation:
             direct = track_event.delay("d1", "order_placed", {"n": 1}).id  # waits in the broker
         with Sandbox(workspace_key=WORKSPACE_KEY, workspace_secret=WORKSPACE_SECRET) as new:
             after = an_app(apps, redis_url, new.url, WORKSPACE_KEY)
-            with threads_worker(after):
+            with in_process_worker(after):
                 assert after.AsyncResult(direct).get(timeout=30)["status"] == "success"
                 flush(after)
             assert {e["$idempotency_key"] for e in new.events()} >= set(keys)
@@ -143,7 +143,7 @@ class TestReleasedRecords:
     ) -> None:
         app = an_app(apps, redis_url, sandbox.url, WORKSPACE_KEY)
         buffer_of(app).push([released_record(i, OLD_KEY) for i in range(10)])
-        with threads_worker(app):
+        with in_process_worker(app):
             report = flush(app)
         assert report["sent"] == 10 and report["dead_lettered"] == 0
         assert envs(sandbox) == {WORKSPACE_KEY}
@@ -154,7 +154,7 @@ class TestReleasedRecords:
         """A ``track_event`` message published by 0.1 (its record has an env) is sent."""
         app = an_app(apps, redis_url, sandbox.url, WORKSPACE_KEY)
         record = released_record(1, OLD_KEY).decode()
-        with threads_worker(app):
+        with in_process_worker(app):
             result = app.send_task("suprsend_celery.track_event", kwargs={"record": record})
             assert result.get(timeout=30)["status"] == "success"
         assert envs(sandbox) == {WORKSPACE_KEY}
@@ -177,7 +177,7 @@ class TestReleasedRecords:
         result = CliRunner().invoke(cli, ["dead-letters", "requeue", "--all"], obj=app)
         assert result.exit_code == 0, result.output
         assert "requeued 5" in result.output
-        with threads_worker(app):
+        with in_process_worker(app):
             report = flush(app)
         assert report["sent"] == 5 and report["dead_lettered"] == 0
         assert envs(sandbox) == {WORKSPACE_KEY}
