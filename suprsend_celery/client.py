@@ -260,9 +260,11 @@ class SuprsendClient:
         pool: urllib3.HTTPConnectionPool = local.pool
         return pool
 
-    def _error(self, status: int, body: object, headers: Any, key: str | None) -> DeliveryError:
+    def _error(
+        self, url: str, status: int, body: object, headers: Any, key: str | None
+    ) -> DeliveryError:
         hint = self.credentials.setting_names
-        return error_for_response(status, body, headers, key, settings_hint=hint)
+        return error_for_response(status, body, headers, key, settings_hint=hint, url=url)
 
     # -- single events -------------------------------------------------------------
 
@@ -304,7 +306,7 @@ class SuprsendClient:
                 "message_id": message_id if isinstance(message_id, str) else None,
                 "idempotency_key": key,
             }
-        raise self._error(status, body, headers, key)
+        raise self._error(self._event_url, status, body, headers, key)
 
     # -- bulk --------------------------------------------------------------------
 
@@ -323,7 +325,9 @@ class SuprsendClient:
         except DeliveryError as exc:
             return BulkResponse(size, request_error=exc)
         if not 200 <= status < 300:
-            return BulkResponse(size, request_error=self._error(status, parsed, headers, None))
+            return BulkResponse(
+                size, request_error=self._error(self._bulk_url, status, parsed, headers, None)
+            )
         return bulk_response(status, parsed, payloads)
 
     def send_bulk(self, events: Iterable[Event | AcceptedRecord | bytes]) -> BulkResult:

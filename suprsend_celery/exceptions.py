@@ -65,6 +65,7 @@ class DeliveryError(SuprsendCeleryError):
         idempotency_key: str | None = None,
         retry_after: float | None = None,
         error_type: str | None = None,
+        config_fault: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -72,11 +73,24 @@ class DeliveryError(SuprsendCeleryError):
         self.idempotency_key = idempotency_key
         self.retry_after = retry_after
         self.error_type = error_type
+        #: The request as a whole was refused for a reason no event can cause (a wrong
+        #: URL: 404, 405, a redirect); see ``is_config_error``.
+        self.config_fault = config_fault
 
     @property
     def is_auth_error(self) -> bool:
         """401/403: the workspace key or secret is wrong; events must not be dead-lettered."""
         return self.status_code in (401, 403)
+
+    @property
+    def is_config_error(self) -> bool:
+        """A fault of the configuration, not of the events: keep them, fix the settings.
+
+        Refused credentials, and a whole request refused in a way that cannot be about
+        one record's content (``config_fault``: 404, 405 or a redirect, i.e. a wrong
+        ``suprsend_base_url``).
+        """
+        return self.is_auth_error or self.config_fault
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only fields survive pickling (Celery result backends, billiard pools).
@@ -89,6 +103,7 @@ class DeliveryError(SuprsendCeleryError):
                 self.idempotency_key,
                 self.retry_after,
                 self.error_type,
+                self.config_fault,
             ),
         )
 
@@ -110,6 +125,7 @@ def _rebuild_delivery_error(
     idempotency_key: str | None,
     retry_after: float | None,
     error_type: str | None,
+    config_fault: bool = False,
 ) -> DeliveryError:
     return cls(
         message,
@@ -117,4 +133,5 @@ def _rebuild_delivery_error(
         idempotency_key=idempotency_key,
         retry_after=retry_after,
         error_type=error_type,
+        config_fault=config_fault,
     )

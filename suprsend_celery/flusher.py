@@ -312,7 +312,7 @@ class Flusher:
             for index, record_error in response.failures or ():
                 outcome.failures.append((offset + index, record_error))
             return
-        if error.is_auth_error:
+        if error.is_config_error:  # refused credentials, a wrong URL: keep the records
             outcome.auth_error = error
             outcome.unsent_from = offset
             return
@@ -338,22 +338,22 @@ def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
     shared = outcome.request_error  # one error for a whole request's records
     if outcome.auth_error is not None:
         logger.error(
-            "SuprSend refused the credentials (HTTP %s); %d record(s) stay buffered and "
-            "the breaker is open until the configuration is fixed",
-            outcome.auth_error.status_code,
+            "%s; %d record(s) stay buffered and the breaker is open until the "
+            "configuration is fixed",
+            outcome.auth_error,
             len(settlement.back),
         )
     for retry in settlement.retries:
         if retry.error is not shared:
             logger.warning(
                 "record %s will be retried in %.1fs (attempt %d): %s",
-                retry.error.idempotency_key,
+                retry.key,
                 retry.delay,
                 retry.attempt,
                 retry.error,
             )
     for dead in settlement.dead:
-        logger.error("record %s dead-lettered: %s", dead.error.idempotency_key, dead.reason)
+        logger.error("record %s dead-lettered: %s", dead.key, dead.reason)
     if shared is not None:
         logger.warning(
             "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",

@@ -28,6 +28,7 @@ __all__ = [
     "classify_status",
     "decode_body",
     "error_for_response",
+    "is_wrong_url",
     "key_of",
     "parse_retry_after",
 ]
@@ -110,15 +111,28 @@ def error_for_response(
     idempotency_key: str | None = None,
     *,
     settings_hint: str = "suprsend_workspace_key and suprsend_workspace_secret",
+    url: str = "",
 ) -> DeliveryError:
-    """Build the ``DeliveryError`` for a non-2xx response (401/403 name ``settings_hint``)."""
+    """Build the ``DeliveryError`` for a non-2xx answer to a whole request to ``url``.
+
+    401/403 name ``settings_hint``; 404, 405 and redirects (``is_wrong_url``) name the
+    URL and ``suprsend_base_url``: both are configuration faults, never about an event.
+    """
     message, etype = _error_text(body, status_code)
     cls = classify_status(status_code)
     retry_after = parse_retry_after(headers.get("Retry-After")) if headers is not None else None
+    wrong_url = is_wrong_url(status_code)
     if status_code in (401, 403):
         message = (
             f"SuprSend refused the workspace credentials (HTTP {status_code}: {message}); "
             f"check {settings_hint}"
+        )
+    elif wrong_url:
+        location = headers.get("Location") if headers is not None else None
+        moved = f", redirected to {location}" if location and 300 <= status_code < 400 else ""
+        message = (
+            f"HTTP {status_code} from {url or 'the event API'}{moved}: this URL does not "
+            f"take events, so no event was judged; check suprsend_base_url ({message})"
         )
     else:
         message = f"HTTP {status_code}: {message}"
@@ -128,7 +142,13 @@ def error_for_response(
         idempotency_key=idempotency_key,
         retry_after=retry_after,
         error_type=etype,
+        config_fault=wrong_url,
     )
+
+
+def is_wrong_url(status_code: int) -> bool:
+    """404, 405 or a redirect to a whole request: sent to the wrong place, not a bad event."""
+    return status_code in (404, 405) or 300 <= status_code < 400
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,14 @@ from . import defaults
 from .buffer import join_item, split_item
 from .counters import Tally
 from .exceptions import DeliveryError
-from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
+from .policy import (
+    backoff_delay,
+    dead_letter_entry,
+    failure_reason,
+    parse_dead_letter,
+    should_retry,
+)
+from .responses import key_of
 from .scripts import Verdict
 
 __all__ = [
@@ -104,6 +111,11 @@ class RetryDecision:
     item: bytes = field(repr=False)
     error: DeliveryError
 
+    @property
+    def key(self) -> str | None:
+        """The record's idempotency key (a whole-request error names none): for logs."""
+        return self.error.idempotency_key or key_of(split_item(self.item)[1])
+
 
 @dataclass(frozen=True, slots=True)
 class DeadDecision:
@@ -112,6 +124,11 @@ class DeadDecision:
     reason: str
     entry: bytes = field(repr=False)
     error: DeliveryError
+
+    @property
+    def key(self) -> str | None:
+        """The record's idempotency key, from the dead letter's header: for logs."""
+        return self.error.idempotency_key or parse_dead_letter(self.entry).idempotency_key
 
 
 @dataclass(slots=True)

@@ -287,7 +287,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 ) from None
             self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         except PermanentDeliveryError as exc:
-            if exc.is_auth_error:
+            if exc.is_config_error:  # refused credentials or a wrong URL: keep the event
                 self._credentials_refused(text, meta, exc, attempt)
             self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         return {
