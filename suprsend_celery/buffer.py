@@ -340,7 +340,7 @@ class RedisBuffer:
         return int(pending) + int(inflight or 0) + int(retries)
 
     def stats(self) -> dict[str, Any]:
-        """The SPEC's ``buffer_stats()`` figures, read in one pipeline."""
+        """The ``buffer_stats()`` figures (README, Quick start), read in one pipeline."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.pending_key)
         pipe.get(self.inflight_key)

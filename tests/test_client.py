@@ -173,10 +173,10 @@ def delivery_error(call: Any) -> DeliveryError:
 
 
 class TestSignature:
-    """The HMAC signature, against the SPEC vector and the SDK's own function."""
+    """The HMAC signature, against the protocol's vector (docs/protocol.md) and the SDK's own."""
 
     def test_spec_vector(self) -> None:
-        """The SPEC's string-to-sign over the vector's body md5 gives the vector."""
+        """The documented string-to-sign over the vector's body md5 gives the vector."""
         string_to_sign = (
             f"POST\n{VECTOR_MD5}\n{CONTENT_TYPE}\n{VECTOR_DATE}\n{VECTOR_PATH}"
         ).encode()
@@ -187,7 +187,7 @@ class TestSignature:
         "body", [b"", b"{}", b"[]", '{"name": "Zoë 東京"}'.encode(), b"x" * 100_000]
     )
     def test_sign_is_the_spec_formula(self, body: bytes) -> None:
-        """``sign`` is HMAC-SHA256 over exactly the SPEC's string, so it meets the vector too."""
+        """``sign`` is HMAC-SHA256 over exactly the documented string, so it meets the vector."""
         md5 = hashlib.md5(body).hexdigest()
         text = f"POST\n{md5}\n{CONTENT_TYPE}\n{VECTOR_DATE}\n{VECTOR_PATH}".encode()
         expected = base64.b64encode(

@@ -102,7 +102,7 @@ class TestResolution:
 
     @pytest.mark.parametrize("name", list(KEYS))
     def test_default(self, make_app: Any, name: str) -> None:
-        """With neither, the SPEC's default applies."""
+        """With neither, the documented default (README, Configuration) applies."""
         assert getattr(load_settings(make_app().conf), name) == KEYS[name][4]
 
     @pytest.mark.parametrize("name", list(KEYS))

@@ -1,4 +1,7 @@
-"""Events: every input rule of the SPEC, and records byte-identical to suprsend-py-sdk 0.20.0."""
+"""Events: every input rule (README), and records byte-identical to suprsend-py-sdk 0.20.0.
+
+The record's fields and their order are in docs/protocol.md.
+"""
 
 from __future__ import annotations
 

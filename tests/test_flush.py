@@ -553,7 +553,7 @@ class TestBeat:
 
 
 def test_flush_of_an_empty_buffer(app_factory: Callable[..., Celery], sandbox: Sandbox) -> None:
-    """An empty buffer: nothing sent, the SPEC's result keys all zero."""
+    """An empty buffer: nothing sent, the documented result keys all zero."""
     app = app_factory()
     with in_process_worker(app):
         result = flush(app)

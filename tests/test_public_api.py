@@ -1,4 +1,4 @@
-"""The public surface of ``import suprsend_celery`` matches the SPEC, name for name."""
+"""The public surface of ``import suprsend_celery`` is the documented one, name for name."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from suprsend_celery import (
     TransientDeliveryError,
 )
 
-#: The SPEC's "Public Python API", plus the version, BulkResult's item type and
+#: The public API the README documents, plus the version, BulkResult's item type and
 #: ``atrack_event`` (issue 13: the direct path from async code).
 EXPECTED_ALL = {
     "Event",
@@ -50,7 +50,7 @@ class TestAll:
     """``__all__`` is complete, exact and importable."""
 
     def test_exact(self) -> None:
-        """``__all__`` lists exactly the SPEC's names, once each."""
+        """``__all__`` lists exactly the documented names, once each."""
         assert set(suprsend_celery.__all__) == EXPECTED_ALL
         assert len(suprsend_celery.__all__) == len(EXPECTED_ALL)
 
@@ -84,7 +84,7 @@ class TestAll:
 
 
 class TestErrorTree:
-    """One exception tree, as drawn in the SPEC."""
+    """One exception tree, as drawn in ``exceptions``' docstring and the README."""
 
     @pytest.mark.parametrize(
         ("cls", "parent"),
@@ -100,7 +100,7 @@ class TestErrorTree:
         ],
     )
     def test_subclass(self, cls: type, parent: type) -> None:
-        """Each error sits where the SPEC puts it."""
+        """Each error sits where the documented tree puts it."""
         assert issubclass(cls, parent)
 
     def test_siblings_are_distinct(self) -> None:
@@ -133,7 +133,7 @@ class TestErrorTree:
 
 
 class TestTasks:
-    """The two Celery tasks keep their SPEC names."""
+    """The two Celery tasks keep their documented names."""
 
     def test_names(self) -> None:
         """``track_event`` and ``flush_buffer`` are registered under fixed names."""
@@ -148,7 +148,7 @@ class TestTasks:
 
 
 class TestSignatures:
-    """Constructors and helpers take the SPEC's parameters."""
+    """Constructors and helpers take the documented parameters."""
 
     def test_event(self) -> None:
         """``Event(distinct_id, event_name, properties=None, idempotency_key=None, ...)``."""

@@ -29,7 +29,7 @@ from suprsend_celery.sandbox import (
 KEY = "WSKEY_sdkcompat_0123456789"
 SECRET = "WSSECRET_sdkcompat"
 
-# The SPEC's test vector, taken from the official SDK.
+# The protocol's test vector (docs/protocol.md), taken from the official SDK.
 VECTOR_KEY = "WSKEY_abcdefghij0123456789"
 VECTOR_SECRET = "WSSECRET_0123456789abcdef"
 VECTOR_DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
