@@ -3,6 +3,7 @@
     python -m benchmarks                  # the full run (writes BENCHMARKS.md)
     python -m benchmarks --quick          # smaller numbers, prints only
     python -m benchmarks --only throughput --events 5000
+    python -m benchmarks --only api-latency --delays 0,100
     python -m benchmarks --output /tmp/b.md
 
 Starts its own Redis (``RedisServer``, no persistence), the sandbox in a separate
@@ -19,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import latency, memory, report, throughput
+from benchmarks import api_latency, latency, memory, report, throughput
 from benchmarks.common import REPO, SandboxProcess, log, stop_all
 from suprsend_celery.redis_server import RedisServer
 
-SCENARIOS = ("latency", "throughput", "memory", "scaling")
+SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--naive-events", type=int, help="events for the naive task (default 3000)")
     parser.add_argument("--backlog", type=int, help="records of the memory run (default 1000000)")
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run only these")
+    parser.add_argument(
+        "--delays",
+        type=lambda text: tuple(float(ms) / 1000 for ms in text.split(",")),
+        help="API latencies of the api-latency scenario, in ms (default 0,50,100,250)",
+    )
     parser.add_argument("--output", type=Path, help="where to write the report")
     parser.add_argument("--json", type=Path, help="also dump the raw results as JSON here")
     args = parser.parse_args(argv)
@@ -52,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quick = args.quick
     selected = args.only or list(SCENARIOS)
     logdir = Path(tempfile.mkdtemp(prefix="suprsend-bench-"))
     log(f"logs in {logdir}")
@@ -81,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             if "memory" in selected:
                 log(f"scenario 3: memory, {args.backlog} records")
                 results["memory"] = memory.run(redis_url, sandbox, args.backlog, logdir)
+            if "api-latency" in selected:
+                log("scenario 5: at API latency")
+                results["api_latency"] = api_latency.run(
+                    redis_url,
+                    sandbox,
+                    logdir,
+                    delays=args.delays
+                    or (api_latency.DELAYS[:3:2] if quick else api_latency.DELAYS),
+                    scale=0.25 if quick else 1.0,
+                )
             if "scaling" in selected:
                 n = args.events * 2
                 rows = []

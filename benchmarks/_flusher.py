@@ -1,8 +1,9 @@
 """One flusher process: ``Flusher.run`` draining the buffer, measuring its own CPU.
 
-Protocol with the parent: builds the app's flusher and warms it up (Redis scripts and
-connection, HTTP keep-alive connection, 300 events flushed from a side buffer, which
-the parent then discounts), prints
+Protocol with the parent: builds the app's flusher (``--concurrency`` requests in
+flight, else the setting's default) and warms it up (Redis scripts and connection,
+every request thread's keep-alive connection: small batches flushed from a side
+buffer, which the parent then discounts), prints
 ``{"ready": ...}``, waits for a line on stdin, drains until the buffer is empty and
 prints ``{"wall", "cpu", "sent", ...}``. CPU is ``getrusage(RUSAGE_SELF)``, so only
 this process is counted: not Redis, not the sandbox.
@@ -22,7 +23,6 @@ from celery import Celery
 from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET, process_cpu
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.events import Event
-from suprsend_celery.flusher import Flusher
 from suprsend_celery.runtime import get_client, get_flusher
 
 
@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, help="suprsend_flush_concurrency")
     args = parser.parse_args()
 
     app = Celery("bench-flusher", set_as_current=False)
@@ -43,19 +44,25 @@ def main() -> int:
         suprsend_key_prefix=PREFIX,
         suprsend_flush_batch_size=args.batch_size,
     )
+    if args.concurrency:
+        app.conf.suprsend_flush_concurrency = args.concurrency
     flusher = get_flusher(app)
     client = get_client(app)
-    # Warm up as a worker that has flushed before would be: scripts loaded, connections
-    # open, code paths run. 300 events through a side buffer (the parent then resets the
-    # sandbox), so the measured run starts warm.
+    # Warm up as a worker that has flushed before would be: scripts loaded, every
+    # request thread started with its keep-alive connection open, code paths run. The
+    # measured flusher itself drains small batches from a side buffer (the parent then
+    # resets the sandbox), so the measured run starts warm.
     side = RedisBuffer(flusher.buffer.redis, prefix=f"{PREFIX}-warm-{os.getpid()}")
     side.push(
         [
             client.accept(Event("warm-up", "bench_warm_up", idempotency_key=f"warm-{i}")).payload
-            for i in range(300)
+            for i in range(max(300, 20 * flusher.concurrency))
         ]
     )
-    Flusher(side, client, lease=flusher.lease).run(time_budget=60)
+    measured, batch_size = flusher.buffer, flusher.batch_size
+    flusher.buffer, flusher.batch_size = side, 10
+    flusher.run(60)
+    flusher.buffer, flusher.batch_size = measured, batch_size
     side.clear()
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
 

@@ -233,6 +233,9 @@ class SandboxProcess:
         )
         self.url: str = self.child.read_json(30)["url"]
         self._http = requests.Session()
+        #: Seconds the sandbox waits before answering each event request (an API's
+        #: latency); kept across ``reset()``, which clears every other fault.
+        self.delay = 0.0
 
     def _get(self, route: str) -> Any:
         response = self._http.get(self.url + route, timeout=60)
@@ -250,6 +253,8 @@ class SandboxProcess:
 
     def reset(self) -> None:
         self._http.post(self.url + "_sandbox/reset", timeout=30).raise_for_status()
+        if self.delay:
+            self.set_faults({"rules": [{"delay": self.delay}]})
 
     def set_faults(self, plan: dict[str, Any] | None) -> None:
         if plan is None:
@@ -303,6 +308,7 @@ def start_worker(
     log: Path | None = None,
     beat: bool = False,
     extra: Sequence[str] = (),
+    pool: str = "prefork",
 ) -> Child:
     argv = [
         PYTHON,
@@ -311,7 +317,7 @@ def start_worker(
         "-A",
         app_module,
         "worker",
-        "--pool=prefork",
+        f"--pool={pool}",
         f"--concurrency={concurrency}",
         "-Q",
         queues,

@@ -86,8 +86,10 @@ def flushers(
     *,
     prefilled: bool = False,
     sample_rss: bool = False,
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Drain ``events`` buffered events with ``processes`` flusher processes."""
+    """Drain ``events`` buffered events with ``processes`` flusher processes
+    (``concurrency`` requests in flight each; the setting's default when None)."""
     tag = run_id()
     if not prefilled:
         clear_buffer(redis_url)
@@ -102,6 +104,7 @@ def flushers(
                 redis_url,
                 "--base-url",
                 sandbox.url,
+                *(["--concurrency", str(concurrency)] if concurrency else []),
             ],
             stdin=True,
             stdout=True,
@@ -129,6 +132,8 @@ def flushers(
     processed = sandbox.stats()["events_processed"]
     sent = sum(r["sent"] for r in reports)
     name = "buffered flusher" + (f" x{processes}" if processes > 1 else "")
+    if concurrency:
+        name += f" c={concurrency}"
     extra: dict[str, Any] = {
         "processed": processed,
         "sent": sent,
@@ -177,6 +182,7 @@ def _worker_drain(
     logdir: Path,
     concurrency: int,
     timeout: float,
+    pool: str = "prefork",
 ) -> dict[str, Any]:
     """Publish ``events`` tasks, warm a worker on a side queue, then let it drain them."""
     tag = run_id()
@@ -192,7 +198,8 @@ def _worker_drain(
             warm_queue,
             relay_env(redis_url, sandbox.url, warm_queue),
             concurrency=concurrency,
-            name=name.replace(" ", "-"),
+            pool=pool,
+            name=name.split(" (", maxsplit=1)[0].replace(" ", "-"),
             log=logdir / f"worker-{tag}.log",
         )
         sandbox.reset()
@@ -231,10 +238,16 @@ def _publish_naive(app: Any, queue: str, d: str, n: str, p: dict[str, Any], k: s
 
 
 def direct(
-    redis_url: str, sandbox: SandboxProcess, events: int, logdir: Path, concurrency: int = 2
+    redis_url: str,
+    sandbox: SandboxProcess,
+    events: int,
+    logdir: Path,
+    concurrency: int = 2,
+    pool: str = "prefork",
+    name: str = "direct track_event",
 ) -> dict[str, Any]:
     return _worker_drain(
-        "direct track_event",
+        name,
         "suprsend_celery.app",
         redis_url,
         sandbox,
@@ -242,7 +255,8 @@ def direct(
         _publish_track,
         logdir,
         concurrency,
-        timeout=max(120.0, events / 50),
+        timeout=max(120.0, events / 5),
+        pool=pool,
     )
 
 
@@ -258,5 +272,5 @@ def naive(
         _publish_naive,
         logdir,
         concurrency,
-        timeout=max(120.0, events / 20),
+        timeout=max(120.0, events / 5),
     )
