@@ -173,7 +173,7 @@ class _Worker:
             sys.executable, "-m", "celery", "-A", "suprsend_celery.app",
             "worker", "--beat",
             "--loglevel", "WARNING",
-            "--concurrency", "2",
+            "--pool", "threads", "--concurrency", "16",  # I/O-bound: see README "Scaling"
             "--queues", QUEUE,
             "--hostname", f"demo-{uuid.uuid4().hex[:6]}@%h",
             "--schedule", str(workdir / "beat-schedule"),
