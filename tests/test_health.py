@@ -197,10 +197,10 @@ class TestDeadBeat:
             buffer_events(make_events(20), app=app)
             from suprsend_celery.defaults import FLUSH_TASK
 
+            flushed_at = time.monotonic()  # the run ends after this
             app.send_task(FLUSH_TASK, queue=QUEUE).get(timeout=30)
             assert buffer.remaining() == 0
             assert check(app).exit_code == 0
-            flushed_at = time.monotonic()
             # Then no one schedules flush_buffer while events keep arriving.
             buffer_events(make_events(5, name="later"), app=app)
             result = wait_for(
