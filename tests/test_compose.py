@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -29,6 +30,8 @@ from suprsend_celery.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+#: The services running this package's image (the others run third-party images).
+OURS = [name for name, service in SERVICES.items() if "build" in service]
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}")
 
 
@@ -93,6 +96,7 @@ class TestServices:
         """redis, sandbox, worker, beat, flower and the Django example (web + producer)."""
         assert set(SERVICES) >= {"redis", "sandbox", "worker", "beat", "flower", "django"}
         assert "producer" in SERVICES  # the example producing events on its own
+        assert {"metrics", "prometheus", "grafana"} <= set(SERVICES)  # monitoring
 
     def test_redis_is_durable(self) -> None:
         """redis:7-alpine with AOF on, fsync always by default, data on a volume."""
@@ -111,6 +115,9 @@ class TestServices:
         assert container_ports("sandbox") == {8787: "8787"}
         assert container_ports("django") == {8000: "8000"}
         assert container_ports("redis") == {6379: "127.0.0.1:6379"}
+        assert container_ports("metrics") == {9808: "9808"}
+        assert container_ports("prometheus") == {9090: "9090"}
+        assert container_ports("grafana") == {3000: "3000"}
         assert "--port=5555" in command("flower")
         assert command("sandbox")[-2:] == ["--port", "8787"]
         assert "0.0.0.0:8000" in " ".join(command("django"))
@@ -145,7 +152,8 @@ class TestServices:
 
     def test_producers_and_relay_share_queue_and_buffer(self) -> None:
         """django and producer publish where worker and beat consume and flush."""
-        envs = {name: SERVICES[name]["environment"] for name in SERVICES if name != "redis"}
+        envs = {name: s["environment"] for name, s in SERVICES.items() if "build" in s}
+        assert {"django", "producer", "worker", "beat", "metrics"} <= set(envs)
         for key in ("CELERY_BROKER_URL", "CELERY_TASK_DEFAULT_QUEUE", "SUPRSEND_KEY_PREFIX"):
             assert len({resolve(env[key]) for env in envs.values()}) == 1, key
 
@@ -180,7 +188,7 @@ class TestDockerfile:
                 for source in sources:
                     assert (ROOT / source).exists(), source
         installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
-        assert installs and "pip install ." in installs[0]
+        assert installs and 'pip install ".[prometheus]"' in installs[0]
         for extra in ("flower", "django"):
             assert extra in installs[0]
 
@@ -231,10 +239,15 @@ class TestCommands:
             ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
         }
         assert scripts["suprsend-celery"] == "suprsend_celery.cli:main"
-        found = [name for name in SERVICES if command(name)[0] == "suprsend-celery"]
-        assert found == ["sandbox"]
-        for name in found:
-            args = command(name)[1:]
+        found = [name for name in OURS if command(name)[0] == "suprsend-celery"]
+        assert found == ["sandbox", "metrics"]
+        commands = [(name, command(name)[1:]) for name in found]
+        for name, service in SERVICES.items():  # health checks that run our CLI
+            test = service.get("healthcheck", {}).get("test", [])
+            if test[:2] == ["CMD", "suprsend-celery"]:
+                commands.append((f"{name} healthcheck", test[2:]))
+        assert ("beat healthcheck", ["check"]) in commands
+        for name, args in commands:
             assert args[0] in cli.commands
             result = CliRunner().invoke(cli, [*args, "--help"])
             assert result.exit_code == 0, (name, result.output)
@@ -242,7 +255,7 @@ class TestCommands:
     @pytest.mark.slow
     def test_celery_commands_resolve(self) -> None:
         """``celery -A suprsend_celery.app worker|beat|flower`` with their options."""
-        celery_services = [name for name in SERVICES if command(name)[0] == "celery"]
+        celery_services = [name for name in OURS if command(name)[0] == "celery"]
         assert sorted(celery_services) == ["beat", "flower", "worker"]
         plugins = {ep.name for ep in importlib.metadata.entry_points(group="celery.commands")}
         assert "flower" in plugins
@@ -332,3 +345,121 @@ class TestReadme:
         """Every command of the click group is shown in the README."""
         for verb in cli.commands:
             assert f"suprsend-celery {verb}" in self.README, verb
+
+
+# -- monitoring: the exporter, Prometheus, Grafana -------------------------------------
+
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels, ranges dropped)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors, e.g. [$__rate_interval]
+    text = re.sub(r"\boffset\s+\w+", "", text)  # offset 5m
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function or an aggregation
+        if match.group() not in PROMQL_KEYWORDS:
+            names.add(match.group())
+    return names
+
+
+def mounts(service: str) -> dict[str, Path]:
+    """Container path → the repository path bind-mounted there."""
+    out = {}
+    for volume in SERVICES[service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            out[target] = ROOT / source
+    return out
+
+
+DASHBOARD_DIR = "/var/lib/grafana/dashboards"
+PROVISIONING = "/etc/grafana/provisioning"
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """``(panel title, expr)`` of every query of every dashboard provisioned."""
+    out = []
+    for path in sorted(mounts("grafana")[DASHBOARD_DIR].glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            out.extend((panel["title"], target["expr"]) for target in panel["targets"])
+    return out
+
+
+class TestMonitoring:
+    def test_promql_names_are_read_as_prometheus_would(self) -> None:
+        """The checker finds metrics and skips functions, labels and ranges."""
+        expr = (
+            'histogram_quantile(0.95, sum by (le, path) (rate(a_bucket{path="x"}[5m]))) '
+            "/ ignoring(path) b + time() - c offset 5m"
+        )
+        assert metric_names(expr) == {"a_bucket", "b", "c"}
+
+    def test_prometheus_scrapes_the_exporter(self) -> None:
+        """prometheus.yml (mounted where --config.file says) targets the metrics service."""
+        config_flag = next(a for a in command("prometheus") if a.startswith("--config.file="))
+        config_path = mounts("prometheus")[config_flag.split("=", 1)[1]]
+        config = yaml.safe_load(config_path.read_text())
+        (job,) = config["scrape_configs"]
+        assert job["metrics_path"] == "/metrics"
+        (target,) = job["static_configs"][0]["targets"]
+        host, port = target.split(":")
+        assert host == "metrics" and int(port) in container_ports("metrics")
+        assert command("metrics") == [
+            "suprsend-celery", "metrics", "--host", "0.0.0.0", "--port", port
+        ]  # fmt: skip
+
+    def test_grafana_is_provisioned(self) -> None:
+        """Its datasource is the prometheus service; its dashboards are the mounted ones."""
+        provisioning = mounts("grafana")[PROVISIONING]
+        (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+            "datasources"
+        ]
+        url = urlsplit(source["url"])
+        assert source["type"] == "prometheus"
+        assert url.hostname == "prometheus" and url.port in container_ports("prometheus")
+        (provider,) = yaml.safe_load(next((provisioning / "dashboards").glob("*.yml")).read_text())[
+            "providers"
+        ]
+        assert provider["options"]["path"] == DASHBOARD_DIR
+        home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        assert (mounts("grafana")[DASHBOARD_DIR] / Path(home).name).is_file()
+        for path in mounts("grafana")[DASHBOARD_DIR].glob("*.json"):
+            dashboard = json.loads(path.read_text())
+            for panel in dashboard["panels"]:
+                for target in (panel, *panel["targets"]):
+                    assert target["datasource"]["uid"] == source["uid"], panel["title"]
+
+    def test_dashboard_queries_only_served_metrics(self, redis_url: str, tmp_path: Path) -> None:
+        """Every PromQL query names only metrics that a real exporter's scrape contains."""
+        from _metrics_helpers import scrape, start_exporter
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPRSEND_", "CELERY_"))}
+        env.update(
+            SUPRSEND_WORKSPACE_KEY="WSKEY_compose_0123456789",
+            SUPRSEND_WORKSPACE_SECRET="WSSECRET_compose",
+            CELERY_BROKER_URL=redis_url,
+        )
+        exporter, url = start_exporter(env, tmp_path / "exporter.log")
+        try:
+            served = {name for name, _ in scrape(url)}
+        finally:
+            exporter.terminate()
+            exporter.wait(timeout=10)
+        exprs = dashboard_exprs()
+        assert len(exprs) >= 12
+        used = set()
+        for title, expr in exprs:
+            names = metric_names(expr)
+            assert names, (title, expr)
+            assert names <= served, (title, names - served)
+            used |= names
+        # ... and every metric served is on the dashboard.
+        for name in served:
+            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            assert any(u.startswith(family) for u in used), f"{name} is on no panel"
