@@ -7,6 +7,9 @@ worker, and judged by what the sandbox processed and what Redis still holds.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -491,6 +494,29 @@ class TestBeat:
         app.finalize()
         assert BEAT_ENTRY not in (app.conf.beat_schedule or {})
         app.close()
+
+    @pytest.mark.slow
+    def test_an_app_finalized_before_the_import_gets_it_too(self) -> None:
+        """Celery binds shared tasks to apps finalized before their module is imported,
+        and ``Task.on_bound`` (our hook, no private Celery API) runs for those as well."""
+        code = textwrap.dedent(
+            """
+            import json
+            from celery import Celery
+            app = Celery("early", set_as_current=False)
+            app.conf.update(suprsend_workspace_key="k", suprsend_workspace_secret="s",
+                            suprsend_flush_interval=2)
+            app.finalize()
+            import suprsend_celery.tasks
+            print(json.dumps(app.conf.beat_schedule))
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        schedule = json.loads(done.stdout)
+        assert schedule[BEAT_ENTRY]["task"] == FLUSH_TASK
+        assert schedule[BEAT_ENTRY]["schedule"] == 2.0
 
     @pytest.mark.slow
     def test_embedded_beat_drains_the_buffer(
