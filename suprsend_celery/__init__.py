@@ -14,10 +14,12 @@ from .client import SuprsendClient
 from .events import Event
 from .exceptions import (
     BufferFullError,
+    BufferUnavailableError,
     ConfigurationError,
     DeliveryError,
     InvalidEventError,
     PermanentDeliveryError,
+    PublishError,
     SuprsendCeleryError,
     TransientDeliveryError,
 )
@@ -27,12 +29,14 @@ from .tasks import flush_buffer, track_event
 
 __all__ = [
     "BufferFullError",
+    "BufferUnavailableError",
     "BulkResult",
     "ConfigurationError",
     "DeliveryError",
     "Event",
     "InvalidEventError",
     "PermanentDeliveryError",
+    "PublishError",
     "RecordResult",
     "SuprsendCeleryError",
     "SuprsendClient",

@@ -41,7 +41,7 @@ from redis.commands.core import Script
 from . import defaults
 from . import scripts as lua
 from .counters import Tally
-from .exceptions import BufferFullError
+from .exceptions import BufferFullError, BufferUnavailableError
 from .policy import DeadLetter, parse_dead_letter
 from .scripts import Call, Verdict
 
@@ -51,6 +51,16 @@ logger = logging.getLogger(__name__)
 
 ClaimMode = Literal["ok", "probe", "open"]
 """``ok``; ``probe`` when the claim is the breaker's probe; ``open`` when it refused."""
+
+
+def _eval(conn: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """EVALSHA on one connection; EVAL (which caches the script again) if Redis lost it."""
+    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return conn.read_response()
+    except redis.exceptions.NoScriptError:
+        conn.send_command("EVAL", script.script, len(keys), *keys, *args)
+        return conn.read_response()
 
 
 def split_item(item: bytes) -> tuple[int, bytes]:
@@ -102,8 +112,10 @@ class RedisBuffer:
         breaker_threshold: int = defaults.BREAKER_THRESHOLD,
         breaker_cooldown: float = defaults.BREAKER_COOLDOWN,
         breaker_cooldown_max: float = defaults.BREAKER_COOLDOWN_MAX,
+        accept_timeout: float = defaults.ACCEPT_TIMEOUT,
     ) -> None:
         self.redis = client
+        self.accept_timeout = accept_timeout
         self.prefix = prefix
         self.max_length = max_length
         self.dead_letter_max = dead_letter_max
@@ -144,46 +156,64 @@ class RedisBuffer:
     # -- producers ---------------------------------------------------------------
 
     def push(self, records: Sequence[bytes]) -> int:
-        """Append records in one atomic step; ``BufferFullError`` (nothing added) if full."""
+        """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
+        ``BufferUnavailableError`` if Redis fails or does not answer in time."""
         if not records:
             return 0
         result = self._producer_call(self._push, lua.push_call(self, self.max_length, records))
         return check_push(result, self.max_length, len(records))
 
     def _producer_call(self, script: Script, call: Call) -> Any:
-        """Run a script on a connection of our own: the producers' fast path.
+        """Run a script on a connection of our own: the producers' fast path, bounded.
 
         ``buffer_event`` runs in the caller's request, where redis-py's per-command
         machinery (pool checkout, retry and observability wrappers) costs about as
         much as the round trip itself. Idle connections wait in a deque (thread-safe
-        pop/append), are rebuilt after a fork, and are dropped on any error; the call
-        is then made the ordinary way, which reconnects, retries and loads the script
-        when Redis lost it (a restart). That retry may append a record a second time
-        if the first reply was lost, exactly as redis-py's own retry would; the copy
+        pop/append), are rebuilt after a fork, and are dropped on any error. An idle
+        connection that fails (stale after a Redis restart) gets one more try on a
+        fresh one; a fresh one connects and reads within half of ``accept_timeout``
+        each, so a call ends within about ``accept_timeout`` and a view never hangs.
+        Any Redis failure raises ``BufferUnavailableError`` with the cause chained.
+        A try whose reply was lost may still have appended its records; the copy
         carries the same idempotency key and SuprSend skips it.
         """
         keys, args = call
         if self._idle_pid != os.getpid():
             self._idle, self._idle_pid = deque(), os.getpid()
         try:
-            conn = self._idle.pop()
+            conn, fresh = self._idle.pop(), False
         except IndexError:
-            pool = self.redis.connection_pool
-            conn = pool.connection_class(**pool.connection_kwargs)
-        try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            result = conn.read_response()
-        except redis.exceptions.NoScriptError:
-            self._idle.append(conn)  # the connection is fine; Redis lost the script
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
-        except BaseException:
-            conn.disconnect()  # a reply may still be on its way: never reuse it
-            raise
-        else:
+            conn, fresh = self._producer_connection(), True
+        while True:
+            try:
+                result = _eval(conn, script, keys, args)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                conn.disconnect()
+                if not fresh:
+                    conn, fresh = self._producer_connection(), True
+                    continue
+                raise self._unavailable(exc) from exc
+            except redis.RedisError as exc:
+                conn.disconnect()  # a reply may still be on its way: never reuse it
+                raise self._unavailable(exc) from exc
+            except BaseException:
+                conn.disconnect()
+                raise
             self._idle.append(conn)
             return result
-        return script(keys=keys, args=args)
+
+    def _producer_connection(self) -> Any:
+        pool = self.redis.connection_pool
+        half = self.accept_timeout / 2
+        options = {**pool.connection_kwargs, "socket_timeout": half}
+        options["socket_connect_timeout"] = half
+        return pool.connection_class(**options)
+
+    def _unavailable(self, exc: Exception) -> BufferUnavailableError:
+        return BufferUnavailableError(
+            f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
+            f"suprsend_accept_timeout={self.accept_timeout:g}s; the event was not accepted"
+        )
 
     # -- flushers ----------------------------------------------------------------
 
@@ -271,6 +301,12 @@ class RedisBuffer:
         are the metrics of the attempt this publish retries.
         """
         self._producer_call(self._journal, lua.journal_call(self, record, seconds, counts))
+
+    def reschedule_journal(self, record: bytes, seconds: float) -> None:
+        """Make a journal entry due in ``seconds`` (a worker's connections, not a view's:
+        its task could not publish a retry, so the flusher is to send it then)."""
+        keys, args = lua.journal_call(self, record, seconds)
+        self._journal(keys=keys, args=args)
 
     def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
         """The task settled this record (sent, dead-lettered or moved to pending)."""

@@ -119,6 +119,8 @@ class Settings:
     request_timeout: float = defaults.REQUEST_TIMEOUT
     max_event_bytes: int = defaults.MAX_EVENT_BYTES
     flush_concurrency: int = defaults.FLUSH_CONCURRENCY
+    #: Seconds accepting an event may take before it fails (Redis or broker unreachable).
+    accept_timeout: float = defaults.ACCEPT_TIMEOUT
     #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
     visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
 
@@ -174,6 +176,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "request_timeout": _number(float, 0.1),
     "max_event_bytes": _number(int, 256, defaults.MAX_EVENT_BYTES),
     "flush_concurrency": _number(int, 1, defaults.FLUSH_CONCURRENCY_MAX),
+    "accept_timeout": _number(float, 0.1, defaults.ACCEPT_TIMEOUT_MAX),
 }
 
 

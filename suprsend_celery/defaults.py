@@ -35,6 +35,13 @@ RETRY_BACKOFF_BASE = 1.0
 REQUEST_TIMEOUT = 10.0
 """Read timeout of one HTTP request, in seconds."""
 
+ACCEPT_TIMEOUT = 2.0
+"""Seconds ``buffer_event`` / ``track_event.delay`` may spend on Redis and the broker
+before they fail with ``BufferUnavailableError`` / ``PublishError``: a view must not hang."""
+
+ACCEPT_TIMEOUT_MAX = 30.0
+"""Upper bound of ``suprsend_accept_timeout``."""
+
 CONNECT_TIMEOUT = 3.05
 """Connect timeout: short, since an unreachable API should fail fast and retry."""
 

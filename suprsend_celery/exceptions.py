@@ -6,6 +6,8 @@ Catch ``SuprsendCeleryError`` for everything this package raises::
     ├── ConfigurationError         a missing or invalid setting; fix the config
     ├── InvalidEventError          bad input at the call site (also a ValueError)
     ├── BufferFullError            the Redis buffer reached suprsend_buffer_max_length
+    ├── BufferUnavailableError     the buffer's Redis failed or did not answer in time
+    ├── PublishError               track_event could not publish its task (broker down)
     └── DeliveryError              SuprSend did not accept a request
         ├── TransientDeliveryError   worth retrying (timeouts, 429, 5xx, ...)
         └── PermanentDeliveryError   retrying cannot help (other 4xx)
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 __all__ = [
     "BufferFullError",
+    "BufferUnavailableError",
     "ConfigurationError",
     "DeliveryError",
     "InvalidEventError",
     "PermanentDeliveryError",
+    "PublishError",
     "SuprsendCeleryError",
     "TransientDeliveryError",
 ]
@@ -45,6 +49,37 @@ class InvalidEventError(SuprsendCeleryError, ValueError):
 
 class BufferFullError(SuprsendCeleryError):
     """The buffer holds ``suprsend_buffer_max_length`` records; the event was not accepted."""
+
+
+class _AcceptError(SuprsendCeleryError):
+    """Accepting an event failed on the way to Redis or the broker (the cause is chained).
+
+    ``idempotency_keys`` are the keys of the events concerned. A timeout cannot tell
+    whether the other side applied the write; calling again with the same keys is then
+    safe, since SuprSend skips a repeated key.
+    """
+
+    def __init__(self, message: str, *, idempotency_keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.idempotency_keys = idempotency_keys
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_accept_error, (type(self), str(self), self.idempotency_keys))
+
+
+class BufferUnavailableError(_AcceptError):
+    """The buffer's Redis refused or did not answer within ``suprsend_accept_timeout``."""
+
+
+class PublishError(_AcceptError):
+    """``track_event`` could not publish its task, nor note it in the journal, within
+    ``suprsend_accept_timeout``; nothing was published."""
+
+
+def _rebuild_accept_error(
+    cls: type[_AcceptError], message: str, keys: tuple[str, ...]
+) -> _AcceptError:
+    return cls(message, idempotency_keys=keys)
 
 
 class DeliveryError(SuprsendCeleryError):

@@ -13,7 +13,7 @@ from typing import Any
 from .client import USER_AGENT
 from .config import get_settings, resolve_app
 from .events import AcceptedRecord, Event, accept, event_from_call
-from .exceptions import InvalidEventError
+from .exceptions import BufferUnavailableError, InvalidEventError
 from .runtime import get_buffer
 
 __all__ = ["accept_call", "accept_events", "buffer_event", "buffer_events", "buffer_stats"]
@@ -37,12 +37,13 @@ def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
 
     ``buffer_event(distinct_id, event_name, properties=None, *, idempotency_key=None,
     tenant_id=None, brand_id=None)`` or ``buffer_event(event)``. Raises
-    ``InvalidEventError`` for bad input and ``BufferFullError`` when the buffer is full;
-    in both cases nothing was buffered.
+    ``InvalidEventError`` for bad input, ``BufferFullError`` when the buffer is full and
+    ``BufferUnavailableError`` when Redis fails or does not answer within
+    ``suprsend_accept_timeout`` (see that error for a timeout's uncertain outcome).
     """
     app = resolve_app(app)
     record = accept_call(app, args, kwargs)
-    get_buffer(app).push([record.payload])
+    _push(app, [record])
     return record.idempotency_key
 
 
@@ -63,8 +64,16 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
     app = resolve_app(app)
     records = accept_events(app, events)
     if records:
-        get_buffer(app).push([r.payload for r in records])
+        _push(app, records)
     return [r.idempotency_key for r in records]
+
+
+def _push(app: Any, records: list[AcceptedRecord]) -> None:
+    try:
+        get_buffer(app).push([r.payload for r in records])
+    except BufferUnavailableError as exc:
+        exc.idempotency_keys = tuple(r.idempotency_key for r in records)
+        raise
 
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ def get_buffer(app: Any = None) -> RedisBuffer:
             settings.require_redis_url(),
             prefix=settings.key_prefix,
             max_length=settings.buffer_max_length,
+            accept_timeout=settings.accept_timeout,
         )
 
     return cached_on_app(app, "_suprsend_buffer", build)

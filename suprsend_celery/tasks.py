@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import Reject
 
 from . import defaults
 from .beat import schedule_on_bind
@@ -29,9 +30,11 @@ from .counters import Tally
 from .defaults import FLUSH_TASK, TRACK_TASK
 from .events import AcceptedRecord
 from .exceptions import (
+    BufferUnavailableError,
     ConfigurationError,
     DeliveryError,
     PermanentDeliveryError,
+    PublishError,
     TransientDeliveryError,
 )
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
@@ -112,6 +115,13 @@ def _count(field: str) -> None:
         tally.add(field)
 
 
+def _publish_error(key: str, what: str, exc: BaseException) -> PublishError:
+    return PublishError(
+        f"event {key} {what} ({type(exc).__name__}: {exc}); it was not accepted",
+        idempotency_keys=(key,),
+    )
+
+
 def _is_prepared(args: Any, kwargs: Any) -> bool:
     return (
         not args
@@ -149,42 +159,64 @@ class TrackEventTask(Task):  # type: ignore[misc]
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: Any = None, *rest: Any, **options: Any
     ) -> Any:
-        """Validate and serialise in the caller, then publish only the finished record."""
+        """Validate and serialise in the caller, then publish only the finished record.
+
+        Raises ``InvalidEventError`` for bad input and ``PublishError`` when the record
+        could not be journaled or published within ``suprsend_accept_timeout``.
+        """
         message_kwargs, redaction = self._prepare(args, kwargs)
         options.update(redaction)
         publish = super().apply_async
+        # Task.retry publishes under the running task's id: that is a retry, not a call.
+        own_retry = task_id is not None and task_id == self.request.id
         return self._journaled(
-            message_kwargs, options, lambda: publish((), message_kwargs, task_id, *rest, **options)
+            message_kwargs,
+            options,
+            lambda: publish((), message_kwargs, task_id, *rest, **options),
+            own_retry=own_retry,
         )
 
     def _journaled(
-        self, message_kwargs: dict[str, Any], options: dict[str, Any], publish: Any
+        self,
+        message_kwargs: dict[str, Any],
+        options: dict[str, Any],
+        publish: Any,
+        *,
+        own_retry: bool = False,
     ) -> Any:
         """Publish with the record noted in the buffer's journal until a worker settles it.
 
         The broker can lose a message that a worker had popped but not yet noted as
         unacknowledged (a SIGKILL or a Redis restart in between); the flusher then sends
-        the record from the journal (see ``RedisBuffer.journal``). Best effort: without
-        a buffer, or with Redis unreachable, the broker's own guarantee remains.
+        the record from the journal (see ``RedisBuffer.journal``). Without a buffer the
+        broker's own guarantee remains. A call that cannot journal or publish raises
+        ``PublishError`` and leaves nothing behind. A retry that cannot publish keeps
+        the entry: it belongs to the running message, which Celery then drops
+        (``_retry`` reschedules the entry for the flusher).
         """
         buffer = find_buffer(self.app)
-        if buffer is None:
-            return publish()
-        record = message_kwargs[_RECORD].encode("utf-8")
-        seconds = get_settings(self.app).visibility_timeout + _delay_of(options)
-        counts = _TALLY.get()  # set when this publish is a retry of a running task
-        _TALLY.set(None)
+        text = message_kwargs[_RECORD]
+        key = _meta_of(text)["idempotency_key"]
+        if buffer is not None:
+            seconds = get_settings(self.app).visibility_timeout + _delay_of(options)
+            counts = _TALLY.get()  # set when this publish is a retry of a running task
+            _TALLY.set(None)
+            try:
+                buffer.journal(text.encode("utf-8"), seconds, counts)
+            except BufferUnavailableError as exc:
+                if not own_retry:
+                    raise _publish_error(key, "could not be journaled", exc) from exc
+                logger.warning("event %s: retry not journaled again (%s)", key, exc)
         try:
-            buffer.journal(record, seconds, counts)
-        except redis.RedisError as exc:
-            key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
-            logger.warning("event %s not journaled (%s); relying on the broker alone", key, exc)
             return publish()
-        try:
-            return publish()
-        except BaseException:
-            with contextlib.suppress(redis.RedisError):
-                buffer.settle_journal(record)
+        except BaseException as exc:
+            if own_retry:
+                raise  # Celery turns this into Reject; the journal entry stays
+            if buffer is not None:
+                with contextlib.suppress(redis.RedisError):
+                    buffer.settle_journal(text.encode("utf-8"))
+            if isinstance(exc, Exception):
+                raise _publish_error(key, "could not be published", exc) from exc
             raise
 
     def _settle_journal(self, text: str) -> None:
@@ -282,9 +314,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
                     countdown,
                 )
                 _count("direct:retried")
-                raise self.retry(
-                    args=(), kwargs={_RECORD: text}, exc=reason, countdown=countdown
-                ) from None
+                raise self._retry(text, key, reason, countdown) from None
             self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         except PermanentDeliveryError as exc:
             if exc.is_config_error:  # refused credentials or a wrong URL: keep the event
@@ -334,10 +364,35 @@ class TrackEventTask(Task):  # type: ignore[misc]
         retry_exc = type(exc)(
             f"{reason} (idempotency key {key})", status_code=exc.status_code, idempotency_key=key
         )
-        result: Exception = self.retry(
-            args=(), kwargs={_RECORD: text}, exc=retry_exc, countdown=countdown
-        )
-        return result
+        return self._retry(text, key, retry_exc, countdown)
+
+    def _retry(self, text: str, key: str, reason: Exception, countdown: float) -> Exception:
+        """Publish the retry; if that fails, keep the record for the flusher.
+
+        ``Task.retry`` turns a failed publish into ``Reject(requeue=False)`` and the
+        running message is acknowledged away, so the journal entry is all that is left
+        of the event: it is rescheduled to when the retry was due and never settled
+        here (the flusher sends it, or the entry's earlier deadline stands when Redis
+        refuses even that).
+        """
+        try:
+            retry: Exception = self.retry(
+                args=(), kwargs={_RECORD: text}, exc=reason, countdown=countdown, throw=False
+            )
+        except Reject as reject:
+            where = "it is lost (no suprsend_redis_url to keep it)"
+            buffer = find_buffer(self.app)
+            if buffer is not None:
+                try:
+                    buffer.reschedule_journal(text.encode("utf-8"), countdown)
+                    where = f"the flusher sends it from the journal in {countdown:.1f}s"
+                except redis.RedisError:
+                    where = "the flusher sends it from the journal when its entry is due"
+            logger.error(
+                "event %s: the retry could not be published (%s); %s", key, reject.reason, where
+            )
+            raise
+        return retry
 
     def _credentials_refused(
         self, text: str, meta: dict[str, Any], exc: DeliveryError, attempts: int

@@ -269,6 +269,26 @@ class TestValidation:
         monkeypatch.setenv("SUPRSEND_FLUSH_CONCURRENCY", "16")
         assert load_settings(make_app().conf).flush_concurrency == 16
 
+    @pytest.mark.parametrize(("value", "expected"), [(0.1, 0.1), ("0.5", 0.5), (30, 30.0)])
+    def test_accept_timeout_bounds(self, make_app: Any, value: Any, expected: float) -> None:
+        """0.1 to 30 seconds for accepting an event."""
+        loaded = load_settings(make_app(suprsend_accept_timeout=value).conf)
+        assert loaded.accept_timeout == expected
+
+    @pytest.mark.parametrize("value", [0, 0.05, 31, "soon", True, float("nan")])
+    def test_accept_timeout_refused(self, make_app: Any, value: Any) -> None:
+        """Out of range or not a number: ConfigurationError naming the key."""
+        app = make_app(suprsend_accept_timeout=value)
+        assert "suprsend_accept_timeout" in str(config_error(lambda: load_settings(app.conf)))
+
+    def test_accept_timeout_default_is_at_most_two_seconds(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Default 2 s; SUPRSEND_ACCEPT_TIMEOUT when the config is silent."""
+        assert load_settings(make_app().conf).accept_timeout == 2.0
+        monkeypatch.setenv("SUPRSEND_ACCEPT_TIMEOUT", "1.5")
+        assert load_settings(make_app().conf).accept_timeout == 1.5
+
     def test_secret_never_shown(self, make_app: Any) -> None:
         """A bad secret is refused without echoing it; repr(Settings) hides it."""
         app = make_app(suprsend_workspace_secret=[SECRET])

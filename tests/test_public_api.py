@@ -12,16 +12,19 @@ import pytest
 import suprsend_celery
 from suprsend_celery import (
     BufferFullError,
+    BufferUnavailableError,
     ConfigurationError,
     DeliveryError,
     InvalidEventError,
     PermanentDeliveryError,
+    PublishError,
     SuprsendCeleryError,
     TransientDeliveryError,
 )
 
 #: The public API the README documents, plus the version, BulkResult's item type and
-#: ``atrack_event`` (issue 13: the direct path from async code).
+#: ``atrack_event`` (issue 13: the direct path from async code), and the errors of a
+#: failed accept (issue 11).
 EXPECTED_ALL = {
     "Event",
     "track_event",
@@ -39,6 +42,8 @@ EXPECTED_ALL = {
     "ConfigurationError",
     "InvalidEventError",
     "BufferFullError",
+    "BufferUnavailableError",
+    "PublishError",
     "DeliveryError",
     "TransientDeliveryError",
     "PermanentDeliveryError",
@@ -93,6 +98,8 @@ class TestErrorTree:
             (InvalidEventError, SuprsendCeleryError),
             (InvalidEventError, ValueError),
             (BufferFullError, SuprsendCeleryError),
+            (BufferUnavailableError, SuprsendCeleryError),
+            (PublishError, SuprsendCeleryError),
             (DeliveryError, SuprsendCeleryError),
             (TransientDeliveryError, DeliveryError),
             (PermanentDeliveryError, DeliveryError),
@@ -108,6 +115,14 @@ class TestErrorTree:
         assert not issubclass(TransientDeliveryError, PermanentDeliveryError)
         assert not issubclass(PermanentDeliveryError, TransientDeliveryError)
         assert not issubclass(ConfigurationError, ValueError)
+
+    @pytest.mark.parametrize("cls", [BufferUnavailableError, PublishError])
+    def test_accept_error_keys_pickle(self, cls: type[BufferUnavailableError]) -> None:
+        """A failed accept names the events' keys, and survives pickling."""
+        error = cls("redis down", idempotency_keys=("k1", "k2"))
+        copy = pickle.loads(pickle.dumps(error))
+        assert (type(copy), str(copy), copy.idempotency_keys) == (cls, "redis down", ("k1", "k2"))
+        assert cls("x").idempotency_keys == ()
 
     @pytest.mark.parametrize("cls", [DeliveryError, TransientDeliveryError, PermanentDeliveryError])
     def test_delivery_error_attributes(self, cls: type[DeliveryError]) -> None:

@@ -1,0 +1,210 @@
+"""The direct path when Redis or the broker fails: nothing lost, nothing half-accepted.
+
+Each test runs its own ``redis-server`` so it can starve it (``maxmemory`` under
+``noeviction``, ``maxclients``) or stop it, a real in-process worker, and the sandbox.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from conftest import REDIS_KILLED, make_app, wait_for
+
+from suprsend_celery import (
+    BufferUnavailableError,
+    Event,
+    PublishError,
+    SuprsendCeleryError,
+    buffer_event,
+    buffer_events,
+    track_event,
+)
+from suprsend_celery.config import reset_settings
+from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.runtime import get_buffer, get_flusher
+from suprsend_celery.sandbox import Sandbox
+
+QUEUE = "suprsend-tests"  # conftest's task_default_queue
+
+
+@contextmanager
+def app_on(redis_url: str, sandbox: Sandbox, **conf: Any) -> Iterator[Celery]:
+    """A current app on this Redis (broker and buffer; no result backend unless given)."""
+    app = make_app(redis_url, sandbox.url, **{"result_backend": None, **conf})
+    app.set_current()
+    app.set_default()
+    try:
+        yield app
+    finally:
+        reset_settings(app)
+        consumer = getattr(app.backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.subscribed_to.clear()
+            consumer.stop()
+        app.close()
+
+
+def _refuse(admin: redis.Redis, how: str) -> Callable[[], None]:
+    """Make the server refuse new writes or connections; returns the undo."""
+    if how == "maxmemory":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        return lambda: admin.config_set("maxmemory", 0)
+    admin.config_set("maxclients", 1)  # connections already open keep working
+    return lambda: admin.config_set("maxclients", 10000)
+
+
+class TestRetryNotPublished:
+    """Issue 10 item 1: a retry Celery cannot publish must not take the event with it."""
+
+    def test_event_survives_a_retry_the_broker_refused(self, sandbox: Sandbox) -> None:
+        """A 503, then the worker cannot publish the retry (broker at ``maxclients``, its
+        publishing pool closed): Celery rejects (acks) the message, yet the journal on
+        the buffer's Redis keeps the event and the flusher delivers it, once."""
+        sandbox.set_faults(
+            {
+                "paths": ["/v2/event/"],
+                "rules": [{"status": 503, "delay": 1.5, "count": 1}],
+            }
+        )
+        conf: dict[str, Any] = {"suprsend_retry_backoff_max": 1}
+        with RedisServer(appendonly=False) as broker, RedisServer(appendonly=False) as store:
+            conf["suprsend_redis_url"] = store.url
+            with (
+                app_on(broker.url, sandbox, **conf) as worker_app,
+                app_on(broker.url, sandbox, **conf) as app,
+            ):
+                admin = broker.client()
+                ended: list[str] = []
+
+                def on_postrun(task_id: str = "", **_: Any) -> None:
+                    ended.append(task_id)
+
+                task_postrun.connect(on_postrun, weak=False)
+                try:
+                    with start_worker(
+                        worker_app,
+                        pool="threads",
+                        concurrency=1,
+                        perform_ping_check=False,
+                        loglevel="WARNING",
+                    ):
+                        task_id = track_event.delay(
+                            "u-refused", "order_placed", {"n": 1}, idempotency_key="k-ref"
+                        ).id
+                        wait_for(
+                            lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                            20,
+                            message="the first send to be in flight",
+                        )
+                        # The worker can no longer publish (kombu would otherwise reuse an
+                        # open connection despite maxclients): its retry publish fails.
+                        worker_app.amqp.producer_pool.force_close_all()
+                        undo = _refuse(admin, "maxclients")
+                        try:
+                            wait_for(lambda: task_id in ended, 20, message="the run to end")
+                        finally:
+                            undo()
+                        wait_for(
+                            lambda: admin.hlen("unacked") == 0 and admin.llen(QUEUE) == 0,
+                            10,
+                            message="the message acked away (Reject)",
+                        )
+                finally:
+                    task_postrun.disconnect(on_postrun)
+                buffer = get_buffer(app)
+                flusher = get_flusher(app)
+                wait_for(
+                    lambda: flusher.run(time_budget=5).sent == 1,
+                    20,
+                    interval=0.2,
+                    message="the journaled event to be flushed",
+                )
+                assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-ref"]
+                assert buffer.redis.zcard(buffer.journal_key) == 0
+                assert buffer.dead_letters() == []
+                admin.close()
+                buffer.redis.close()
+
+
+class TestRedisDownAtCallTime:
+    """Issue 11 item 2: accepting fails fast, with our error, and leaves nothing behind."""
+
+    BOUND = 1.0  # suprsend_accept_timeout in these tests
+
+    def _stopped(self) -> str:
+        server = RedisServer(appendonly=False)
+        server.start()
+        url = server.url
+        server.stop()
+        return url
+
+    def _timed(self, call: Callable[[], Any]) -> tuple[BaseException, float]:
+        started = time.monotonic()
+        with pytest.raises(SuprsendCeleryError) as caught:
+            call()
+        return caught.value, time.monotonic() - started
+
+    @REDIS_KILLED
+    def test_buffer_event_raises_buffer_unavailable(self, sandbox: Sandbox) -> None:
+        """``buffer_event``/``buffer_events`` on a stopped Redis: BufferUnavailableError
+        within the bound, the redis error chained, the keys named."""
+        with app_on(self._stopped(), sandbox, suprsend_accept_timeout=self.BOUND) as app:
+            error, took = self._timed(lambda: buffer_event("u1", "order_placed", app=app))
+            assert isinstance(error, BufferUnavailableError)
+            assert isinstance(error.__cause__, redis.RedisError)
+            assert len(error.idempotency_keys) == 1
+            assert took < self.BOUND + 0.5
+            events = [Event("u1", "a_b", idempotency_key=f"k{i}") for i in range(3)]
+            error, took = self._timed(lambda: buffer_events(events, app=app))
+            assert isinstance(error, BufferUnavailableError)
+            assert error.idempotency_keys == ("k0", "k1", "k2")
+            assert took < self.BOUND + 0.5
+
+    @REDIS_KILLED
+    def test_delay_with_everything_on_a_stopped_redis(self, sandbox: Sandbox) -> None:
+        """Broker, result backend and buffer on one stopped Redis (the Django example):
+        PublishError within the bound, not Celery's RuntimeError after 19 s."""
+        url = self._stopped()
+        with app_on(url, sandbox, result_backend=url, suprsend_accept_timeout=self.BOUND):
+            error, took = self._timed(
+                lambda: track_event.delay("u1", "order_placed", idempotency_key="k-down")
+            )
+            assert isinstance(error, PublishError)
+            assert error.idempotency_keys == ("k-down",)
+            assert isinstance(error.__cause__, BufferUnavailableError)
+            assert took < self.BOUND + 0.5
+
+    @REDIS_KILLED
+    def test_delay_with_the_broker_down(self, sandbox: Sandbox) -> None:
+        """The broker is down, the buffer's Redis is up: PublishError within the bound,
+        and no journal entry is left to send an event the caller was told failed."""
+        with (
+            RedisServer(appendonly=False) as store,
+            app_on(
+                self._stopped(),
+                sandbox,
+                suprsend_redis_url=store.url,
+                suprsend_accept_timeout=self.BOUND,
+            ) as app,
+        ):
+            error, took = self._timed(
+                lambda: track_event.delay("u1", "order_placed", idempotency_key="k-broker")
+            )
+            assert isinstance(error, PublishError)
+            assert error.idempotency_keys == ("k-broker",)
+            assert error.__cause__ is not None
+            assert took < self.BOUND + 0.5
+            buffer = get_buffer(app)
+            assert buffer.redis.zcard(buffer.journal_key) == 0
+            assert get_flusher(app).run(time_budget=2).sent == 0
+            assert sandbox.stats()["requests"] == 0
+            buffer.redis.close()
