@@ -391,9 +391,10 @@ class TestFailures:
             else:
                 overrides["suprsend_workspace_secret"] = "WSSECRET_wrong"
             app = app_factory(**overrides)
+            # Accepted (journaled) first: with the buffer's Redis down, delay() refuses.
+            result = track_event.delay("u-down", "order_placed", idempotency_key="k-down")
             buffer_redis.kill()
             with in_process_worker(app, close_results_after_tasks=True):
-                result = track_event.delay("u-down", "order_placed", idempotency_key="k-down")
                 wait_for(lambda: result.state == "RETRY", 30, 0.05, "a RETRY while Redis is down")
                 reason = str(result.info)
                 buffer_redis.restart()
