@@ -268,6 +268,8 @@ def resolve_app(app: Any = None) -> Any:
     if app is None:
         from celery import current_app
 
+        # current_app is a proxy; Celery's documented way to get the app behind it
+        # (which we cache things on) is this underscore method.
         return current_app._get_current_object()
     return app
 

@@ -24,7 +24,7 @@ from suprsend_celery.policy import dead_letter_entry, parse_dead_letter
 from suprsend_celery.producer import buffer_event, buffer_events, buffer_stats
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer
-from suprsend_celery.scripts import claim_call
+from suprsend_celery.scripts import breaker_state, claim_call
 
 
 def make_record(i: int, event: str = "order_placed", **properties: Any) -> bytes:
@@ -378,6 +378,25 @@ class TestSettle:
             buf.settle(claim_id.decode())
         assert buf.stats()["in_flight"] == 0
         assert buf.remaining() == 0
+
+
+@pytest.mark.parametrize(
+    ("stored", "now", "reported"),
+    [
+        ({}, 100.0, "closed"),
+        ({b"state": b"closed", b"failures": b"3"}, 100.0, "closed"),
+        ({b"state": b"open", b"until": b"150"}, 100.0, "open"),
+        ({b"state": b"open", b"until": b"50"}, 100.0, "half_open"),
+        ({b"state": b"half_open", b"until": b"150"}, 100.0, "half_open"),
+        ({b"state": b"half_open", b"until": b"50"}, 100.0, "half_open"),
+    ],
+)
+def test_breaker_state_reads_the_hash_as_the_scripts_write_it(
+    stored: dict[bytes, bytes], now: float, reported: str
+) -> None:
+    """The reported state follows the table in ``scripts``: an open breaker whose time
+    is up reads half_open (the next claim probes); a missing hash is closed."""
+    assert breaker_state(stored, now) == reported
 
 
 class TestBreaker:
