@@ -26,9 +26,9 @@ from _buffer_helpers import (
     subprocess_env,
 )
 from celery import Celery
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker, wait_for
 
-from suprsend_celery import Event
+from suprsend_celery import Event, track_event
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.client import SuprsendClient
 from suprsend_celery.flusher import Flusher, FlushReport
@@ -252,3 +252,25 @@ def test_records_are_the_buffered_bytes(
     assert sorted(sandbox.events(), key=lambda e: e["$idempotency_key"]) == sorted(
         stored, key=lambda e: e["$idempotency_key"]
     )
+
+
+class TestDirectPathOnThreads:
+    @pytest.mark.slow
+    def test_track_event_on_a_threads_pool_under_latency(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """``-P threads``: sixteen tasks send at once at 100 ms each, every event once,
+        each thread on its own kept-alive connection."""
+        app = app_factory()
+        sandbox.set_faults([{"delay": 0.1}])
+        with in_process_worker(app, concurrency=16):
+            results = [
+                track_event.delay(f"user-{i}", "order_placed", {"n": i}, idempotency_key=f"t{i}")
+                for i in range(160)
+            ]
+            values = [r.get(timeout=60) for r in results]
+        assert {v["status"] for v in values} == {"success"}
+        assert processed_keys(sandbox) == {f"t{i}": 1 for i in range(160)}
+        assert 4 <= sandbox.stats()["max_concurrent_requests"] <= 16
+        connections = {r.connection for r in sandbox.requests()}
+        assert len(connections) <= 16, "one keep-alive connection per thread, reused"
