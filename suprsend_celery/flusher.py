@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 
@@ -59,7 +60,8 @@ class FlushReport:
     seconds: float = 0.0
     requests: int = 0
     returned: int = 0
-    breaker: str = "closed"
+    #: "open" when this run stopped because the shared breaker is open.
+    breaker: Literal["closed", "open"] = "closed"
 
     def as_result(self) -> dict[str, float | int]:
         return {
