@@ -22,6 +22,7 @@ from _buffer_helpers import (
     kill_group,
     processed_keys,
     redis_state,
+    sent_keys,
     spawn,
     subprocess_env,
 )
@@ -228,9 +229,21 @@ class TestKilled:
             kill_group(proc)
         state = redis_state(buffer)
         assert (state["claims"], state["in_flight"]) == (8, 400), "killed with eight claims out"
+        out = [
+            json.loads(item)["$idempotency_key"]
+            for claim_id in redis_client.zrange(buffer.claims_key, 0, -1)
+            for item in redis_client.lrange(buffer.claim_prefix + claim_id.decode(), 0, -1)
+        ]
 
         sandbox.set_faults([{"delay": 0.02}])
         drain(Flusher(buffer, client, lease=1.5), buffer)
+        # The killed process's eight requests are still being answered (two seconds
+        # each): they reach the sandbox too, and are deduplicated against the re-sends.
+        wait_for(
+            lambda: all(n >= 2 for n in map(sent_keys(sandbox).__getitem__, out)),
+            timeout=30,
+            message="the killed flusher's requests to be answered",
+        )
         assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
         stats = sandbox.stats()
         assert stats["events_processed"] == 3000
