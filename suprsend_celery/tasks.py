@@ -12,8 +12,6 @@ distinct_id and idempotency key, never properties or secrets.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import logging
 import time
 from contextvars import ContextVar
@@ -28,7 +26,7 @@ from .beat import schedule_on_bind
 from .config import get_settings
 from .counters import Tally
 from .defaults import FLUSH_TASK, TRACK_TASK
-from .events import AcceptedRecord
+from .events import Event
 from .exceptions import (
     BufferUnavailableError,
     ConfigurationError,
@@ -37,6 +35,7 @@ from .exceptions import (
     PublishError,
     TransientDeliveryError,
 )
+from .messages import RECORD, RedactedRequest, delay_of, is_prepared, meta_of, redacted
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .producer import accept_call
 from .runtime import find_buffer, get_client, get_flusher
@@ -52,46 +51,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RECORD = "record"
+_RECORD = RECORD
 
 #: What the running ``track_event`` did (its request and outcome), counted in Redis by
 #: the call that settles it: the journal's settle, or the retry's publish (journal).
 _TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
-_META = ("event", "distinct_id", "idempotency_key")
-
-
-def _redacted(record: AcceptedRecord | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(record, AcceptedRecord):
-        return {
-            "event": record.event_name,
-            "distinct_id": record.distinct_id,
-            "idempotency_key": record.idempotency_key,
-        }
-    return {k: record.get(k) for k in _META}
-
-
-def _meta_of(text: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {"event": None, "distinct_id": None, "idempotency_key": None}
-    return {
-        "event": parsed.get("event"),
-        "distinct_id": parsed.get("distinct_id"),
-        "idempotency_key": parsed.get("$idempotency_key"),
-    }
-
-
-def _delay_of(options: dict[str, Any]) -> float:
-    """Seconds until a message published with these options may run (countdown/eta)."""
-    countdown = options.get("countdown")
-    if isinstance(countdown, (int, float)) and not isinstance(countdown, bool):
-        return max(0.0, float(countdown))
-    eta = options.get("eta")
-    if isinstance(eta, datetime.datetime):
-        now = datetime.datetime.now(eta.tzinfo or None)
-        return max(0.0, (eta - now).total_seconds())
-    return 0.0
 
 
 def _dead_entry(
@@ -122,16 +86,6 @@ def _publish_error(key: str, what: str, exc: BaseException) -> PublishError:
     )
 
 
-def _is_prepared(args: Any, kwargs: Any) -> bool:
-    return (
-        not args
-        and isinstance(kwargs, dict)
-        and len(kwargs) == 1
-        and isinstance(kwargs.get(_RECORD), str)
-        and kwargs[_RECORD].startswith("{")
-    )
-
-
 class TrackEventTask(Task):  # type: ignore[misc]
     """Sends one accepted event; the record is fixed before it is published."""
 
@@ -143,14 +97,16 @@ class TrackEventTask(Task):  # type: ignore[misc]
     max_retries = None
     #: The task takes the prepared record, not the call's arguments.
     typing = False
+    #: The worker's request class: shows the event, never the record (``redaction``).
+    Request = RedactedRequest
 
     def _prepare(self, args: Any, kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(message kwargs, options)`` for a call: validates and fixes the record."""
-        if _is_prepared(args, kwargs):
-            meta = _meta_of(kwargs[_RECORD])
+        if is_prepared(args, kwargs):
+            meta = meta_of(kwargs[_RECORD])
             return kwargs, {"argsrepr": "()", "kwargsrepr": repr(meta)}
         record = accept_call(self.app, tuple(args or ()), dict(kwargs or {}))
-        meta = _redacted(record)
+        meta = redacted(record)
         return {_RECORD: record.payload.decode("utf-8")}, {
             "argsrepr": "()",
             "kwargsrepr": repr(meta),
@@ -161,20 +117,24 @@ class TrackEventTask(Task):  # type: ignore[misc]
     ) -> Any:
         """Validate and serialise in the caller, then publish only the finished record.
 
-        Raises ``InvalidEventError`` for bad input and ``PublishError`` when the record
-        could not be journaled or published within ``suprsend_accept_timeout``.
+        Returns the ``AsyncResult`` with the event's ``idempotency_key`` attached. Raises
+        ``InvalidEventError`` for bad input and ``PublishError`` when the record could
+        not be journaled or published within ``suprsend_accept_timeout``.
         """
         message_kwargs, redaction = self._prepare(args, kwargs)
         options.update(redaction)
         publish = super().apply_async
         # Task.retry publishes under the running task's id: that is a retry, not a call.
         own_retry = task_id is not None and task_id == self.request.id
-        return self._journaled(
+        result = self._journaled(
             message_kwargs,
             options,
             lambda: publish((), message_kwargs, task_id, *rest, **options),
             own_retry=own_retry,
         )
+        # The key beside the task id: each is findable from the other (logs name both).
+        result.idempotency_key = meta_of(message_kwargs[_RECORD])["idempotency_key"]
+        return result
 
     def _journaled(
         self,
@@ -196,9 +156,9 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """
         buffer = find_buffer(self.app)
         text = message_kwargs[_RECORD]
-        key = _meta_of(text)["idempotency_key"]
+        key = meta_of(text)["idempotency_key"]
         if buffer is not None:
-            seconds = get_settings(self.app).visibility_timeout + _delay_of(options)
+            seconds = get_settings(self.app).visibility_timeout + delay_of(options)
             counts = _TALLY.get()  # set when this publish is a retry of a running task
             _TALLY.set(None)
             try:
@@ -206,7 +166,9 @@ class TrackEventTask(Task):  # type: ignore[misc]
             except BufferUnavailableError as exc:
                 if not own_retry:
                     raise _publish_error(key, "could not be journaled", exc) from exc
-                logger.warning("event %s: retry not journaled again (%s)", key, exc)
+                logger.warning(
+                    "event %s (task %s): retry not journaled again (%s)", key, self.request.id, exc
+                )
         try:
             return publish()
         except BaseException as exc:
@@ -238,7 +200,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError("delay_on_commit needs Django installed") from None
         message_kwargs, options = self._prepare(args, kwargs)
-        key = _meta_of(message_kwargs[_RECORD])["idempotency_key"]
+        key = meta_of(message_kwargs[_RECORD])["idempotency_key"]
         publish = super().apply_async
         transaction.on_commit(
             lambda: self._journaled(
@@ -249,11 +211,11 @@ class TrackEventTask(Task):  # type: ignore[misc]
 
     def send_record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The task body: send the prepared record (or build it, when called directly)."""
-        if _is_prepared(args, kwargs):
+        if is_prepared(args, kwargs):
             text: str = kwargs[_RECORD]
-        else:  # called directly, e.g. track_event("u1", "signed_up") in a shell
-            text = accept_call(self.app, args, kwargs).payload.decode("utf-8")
-        meta = _meta_of(text)
+        else:  # published by name (app.send_task), or called directly in a shell
+            text = self._accept_in_worker(args, kwargs)
+        meta = meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
         token = _TALLY.set(Tally())
@@ -270,6 +232,19 @@ class TrackEventTask(Task):  # type: ignore[misc]
         finally:
             _TALLY.reset(token)
         return result
+
+    def _accept_in_worker(self, args: Any, kwargs: Any) -> str:
+        """The record of a call published by name (``app.send_task``) or made directly.
+
+        Unless the caller gave one, its idempotency key is the task id, which every
+        redelivery of the message shares: a copy redelivered after a worker died is
+        then skipped by SuprSend. (``$insert_id`` and ``$time`` are taken at each run.)
+        """
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        is_event = len(args) == 1 and isinstance(args[0], Event)
+        if self.request.id is not None and not is_event and not kwargs.get("idempotency_key"):
+            kwargs["idempotency_key"] = self.request.id
+        return accept_call(self.app, args, kwargs).payload.decode("utf-8")
 
     def _post(self, text: str) -> dict[str, Any]:
         """One request to the event API, its status class and duration tallied."""
@@ -306,8 +281,9 @@ class TrackEventTask(Task):  # type: ignore[misc]
                     retry_after=exc.retry_after,
                 )
                 logger.warning(
-                    "event %s: %s; retry %d/%d in %.1fs",
+                    "event %s (task %s): %s; retry %d/%d in %.1fs",
                     key,
+                    self.request.id,
                     exc,
                     attempt,
                     settings.max_retries,
@@ -343,7 +319,9 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 raise self._retry_for_redis(text, key, exc, "dead-lettering", redis_exc) from None
             where = "moved to the dead-letter list"
             _count("direct:dead_lettered")
-        logger.error("event %s not delivered: %s; %s", key, reason, where)
+        logger.error(
+            "event %s (task %s) not delivered: %s; %s", key, self.request.id, reason, where
+        )
         raise type(exc)(
             f"event {key} not delivered: {reason}; {where}",
             status_code=exc.status_code,
@@ -360,7 +338,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """
         countdown = min(30.0, get_settings(self.app).max_countdown)
         reason = f"{exc}; {action} failed ({type(redis_exc).__name__}); retry in {countdown:.1f}s"
-        logger.error("event %s: %s", key, reason)
+        logger.error("event %s (task %s): %s", key, self.request.id, reason)
         retry_exc = type(exc)(
             f"{reason} (idempotency key {key})", status_code=exc.status_code, idempotency_key=key
         )
@@ -389,7 +367,11 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 except redis.RedisError:
                     where = "the flusher sends it from the journal when its entry is due"
             logger.error(
-                "event %s: the retry could not be published (%s); %s", key, reject.reason, where
+                "event %s (task %s): the retry could not be published (%s); %s",
+                key,
+                self.request.id,
+                reject.reason,
+                where,
             )
             raise
         return retry
@@ -414,7 +396,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             else:
                 where = "the buffer is full, so the event was dead-lettered"
             _count("direct:kept" if kept else "direct:dead_lettered")
-        logger.error("event %s: %s; %s", key, exc, where)
+        logger.error("event %s (task %s): %s; %s", key, self.request.id, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
 
 

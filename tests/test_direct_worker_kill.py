@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
@@ -57,6 +58,9 @@ class RelayWorkers:
         self.queue = queue
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        #: The worker's app module and extra worker options (e.g. ``--time-limit``).
+        self.app_module = "suprsend_celery.app"
+        self.options: list[str] = []
         self.env = {
             **os.environ,
             "SUPRSEND_WORKSPACE_KEY": WORKSPACE_KEY,
@@ -82,7 +86,7 @@ class RelayWorkers:
             "-m",
             "celery",
             "-A",
-            "suprsend_celery.app",
+            self.app_module,
             "worker",
             "--pool=prefork",
             "-c",
@@ -95,6 +99,7 @@ class RelayWorkers:
             "--without-heartbeat",
             "-n",
             f"kill{index}-{self.queue}@%h",
+            *self.options,
         ]
         with open(self.logs / f"worker{index}.log", "wb") as log:
             proc = subprocess.Popen(
@@ -210,3 +215,58 @@ def test_main_process_killed_mid_send(
         _delivered_once(sandbox, key)
         wait_for(lambda: result.state == "SUCCESS", 30, 0.1, "the task to succeed")
         assert result.result["idempotency_key"] == key
+
+
+def test_by_name_call_killed_mid_send(
+    app_factory: Callable[..., Celery],
+    sandbox: Sandbox,
+    relay_workers: Callable[[], RelayWorkers],
+) -> None:
+    """A call published by name (``app.send_task``) with no key: SIGKILL of the pool
+    process mid-send, the message is redelivered and built again with the same key (the
+    task id), so SuprSend processes it once."""
+    workers = relay_workers()
+    app = app_factory(task_default_queue=workers.queue)
+    sandbox.set_faults({"rules": [{"delay": 3, "count": 1}]})
+    main = workers.start()
+    with diagnostics(workers, sandbox):
+        result = app.send_task(
+            "suprsend_celery.track_event", args=["u-by-name", "order_placed", {"n": 1}]
+        )
+        wait_for(lambda: _request_in_flight(sandbox), 60, 0.05, "the request to reach the sandbox")
+        (child,) = _children(main.pid)
+        os.kill(child, signal.SIGKILL)
+
+        _delivered_once(sandbox, result.id)
+        wait_for(lambda: result.state == "SUCCESS", 30, 0.1, "the task to succeed")
+        assert result.result["idempotency_key"] == result.id
+
+
+def test_killed_task_stores_no_record(
+    app_factory: Callable[..., Celery],
+    sandbox: Sandbox,
+    relay_workers: Callable[[], RelayWorkers],
+    redis_client: redis.Redis,
+) -> None:
+    """``result_extended`` and a hard time limit: the result the worker stores for the
+    killed task names the event and key, never the record's properties."""
+    marker = "killed-marker-41f0-never-shown"
+    workers = relay_workers()
+    workers.app_module = "_extended_app"
+    workers.env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent), workers.env.get("PYTHONPATH", "")]
+    )
+    workers.options = ["--time-limit=1"]
+    app_factory(task_default_queue=workers.queue)
+    sandbox.set_faults({"rules": [{"delay": 5, "count": 1}]})
+    workers.start()
+    with diagnostics(workers, sandbox):
+        result = track_event.delay("u-limit", "order_placed", {"note": marker})
+        wait_for(lambda: result.state == "FAILURE", 60, 0.1, "the time limit to kill the task")
+        stored = redis_client.get(f"celery-task-meta-{result.id}")
+        assert stored is not None
+        text = stored.decode()
+        assert "TimeLimitExceeded" in text
+        assert result.idempotency_key in text  # the redacted request names the key
+        assert marker not in text
+        assert "properties" not in text

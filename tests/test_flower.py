@@ -27,6 +27,7 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import Event, buffer_events, flush_buffer, track_event
+from suprsend_celery.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +61,14 @@ class Stack:
         )
         self.env = env
         self.queue = queue
+        self.app_module = "suprsend_celery.app"
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def spawn(self, name: str, *args: str) -> None:
         log = self.tmp_path / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "suprsend_celery.app", *args],
+                [sys.executable, "-m", "celery", "-A", self.app_module, *args],
                 env=self.env,
                 cwd=self.tmp_path,
                 stdout=out,
@@ -90,7 +92,12 @@ class Stack:
             "--without-mingle",
             "--loglevel=INFO",
         )
-        self.spawn("flower", "flower", f"--port={self.port}", "--address=127.0.0.1")
+        self.spawn(
+            "flower",
+            "flower",
+            f"--port={self.port}",
+            "--address=127.0.0.1",
+        )
         self.wait(self._flower_up, 60, f"Flower on {self.url}")
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -259,3 +266,70 @@ class TestFlower:
         assert MARKER not in text
         assert WORKSPACE_SECRET not in json.dumps(info)
         assert sandbox.stats()["events_processed"] == 7, (sandbox.stats(), explain)
+
+
+PASSWORD = "flower-pw-marker-0b7d-never-shown"
+
+
+@pytest.fixture
+def locked_stack(tmp_path: Path, sandbox: Any) -> Iterator[Stack]:
+    """A worker and Flower on a Redis that wants a password, with ``suprsend_redis_url``
+    (password included) in the worker's Celery config, as Django settings would put it."""
+    with RedisServer(appendonly=False, extra_args=["--requirepass", PASSWORD]) as server:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+        stack = Stack(tmp_path, url, sandbox.url, f"flower-{uuid.uuid4().hex[:8]}")
+        stack.app_module = "_conf_app"
+        stack.env["SUPRSEND_REDIS_URL"] = url
+        stack.env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).parent), stack.env.get("PYTHONPATH", "")]
+        )
+        try:
+            stack.start()
+            yield stack
+        finally:
+            stack.stop()
+
+
+class TestFlowerRedaction:
+    def test_by_name_call_and_worker_page_show_no_secrets(
+        self, locked_stack: Stack, app_factory: Callable[..., Celery], sandbox: Any
+    ) -> None:
+        """A call published by name (another service: no task-sent event): Flower's task
+        views and ``celery inspect active/conf`` show the event and its key (the task id),
+        never the property marker, the workspace secret or the Redis password."""
+        stack = locked_stack
+        producer = app_factory(
+            broker_url=stack.env["CELERY_BROKER_URL"],
+            result_backend=None,
+            suprsend_redis_url=stack.env["SUPRSEND_REDIS_URL"],
+            task_default_queue=stack.queue,
+        )
+        sandbox.set_faults({"rules": [{"delay": 6, "count": 1}]})
+        held = producer.send_task(
+            "suprsend_celery.track_event", args=["u-held", "order_placed", {"note": MARKER}]
+        )
+        stack.wait(lambda: sandbox.faults()["rules"][0]["applied"] >= 1, 60, "a held send")
+
+        def inspect(what: str) -> str:
+            """``celery inspect`` on the command line, as an operator would run it."""
+            command = [sys.executable, "-m", "celery", "-A", stack.app_module, "inspect", what]
+            done = subprocess.run(
+                [*command, "-t", "10", "--json"],
+                env=stack.env,
+                cwd=stack.tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return done.stdout + done.stderr
+
+        workers = inspect("active") + inspect("conf")
+        assert held.id in workers, workers
+        assert "suprsend_redis_url" in workers, workers
+        stack.wait(lambda: (stack.task(held.id) or {}).get("state") == "SUCCESS", 60, "SUCCESS")
+        info, text = stack.api(f"/api/task/info/{held.id}")
+        assert held.id in info["kwargs"]  # the key is the task id
+        everything = "\n".join([workers, text, stack.api("/api/tasks")[1]])
+        for hidden in (MARKER, PASSWORD, WORKSPACE_SECRET):
+            assert hidden not in everything
+        assert sandbox.events()[0]["$idempotency_key"] == held.id
