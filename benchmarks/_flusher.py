@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, help="suprsend_flush_concurrency")
+    parser.add_argument("--shards", type=int, default=1)
     args = parser.parse_args()
 
     app = Celery("bench-flusher", set_as_current=False)
@@ -43,6 +44,7 @@ def main() -> int:
         suprsend_redis_url=args.redis_url,
         suprsend_key_prefix=PREFIX,
         suprsend_flush_batch_size=args.batch_size,
+        suprsend_buffer_shards=args.shards,
     )
     if args.concurrency:
         app.conf.suprsend_flush_concurrency = args.concurrency

@@ -1,6 +1,6 @@
 """Reliability soak: deliver under chaos, then prove nothing was lost or processed twice.
 
-    python -m benchmarks.soak --seconds 60
+    python -m benchmarks.soak --seconds 60 [--cluster]
 
 Starts a Redis with AOF (``appendfsync always``), the sandbox in its own process, a
 beat and ``--workers`` relay workers (``celery -A benchmarks.relay_app worker``: the
@@ -14,8 +14,10 @@ Meanwhile a chaos loop, every ``--chaos-interval`` seconds, does one of: SIGKILL
 whole worker (its process group) and start a new one; SIGKILL one pool process; a
 burst of 503s; 429s with ``Retry-After``; HTML 502 pages; slow answers; dropped
 connections after processing (lost responses); SIGKILL Redis and start it again from
-its AOF. Then chaos stops, faults are cleared and the soak waits (up to
-``--drain-timeout``) until every accepted key was processed or dead-lettered.
+its AOF. With ``--cluster`` the buffer is on a 3-master Redis Cluster over 3 shards
+and that SIGKILL hits one cluster node (the broker stays one Redis). Then chaos stops,
+faults are cleared and the soak waits (up to ``--drain-timeout``) until every
+accepted key was processed or dead-lettered.
 
 Printed: accepted, processed, duplicates skipped, lost (accepted keys neither
 processed nor dead-lettered: must be 0), processed twice (keys the sandbox processed
@@ -41,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
 
 from benchmarks.common import (
     PYTHON,
@@ -54,10 +55,11 @@ from benchmarks.common import (
     run_id,
     start_worker,
 )
+from benchmarks.topology import LocalCluster
 from suprsend_celery import buffer_event
 from suprsend_celery.config import reset_settings
-from suprsend_celery.policy import parse_dead_letter
 from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.runtime import get_buffer
 from suprsend_celery.tasks import TRACK_TASK
 
 QUEUE = "soak"
@@ -108,6 +110,9 @@ class SoakConfig:
     drain_timeout: float = 120.0
     seed: int | None = None
     logdir: Path | None = None
+    #: The buffer on a 3-master Redis Cluster over 3 shards (the broker stays one Redis);
+    #: the Redis chaos then SIGKILLs and restarts one cluster node.
+    cluster: bool = False
 
 
 @dataclass
@@ -230,6 +235,7 @@ class Soak:
         self.logdir = config.logdir or Path(tempfile.mkdtemp(prefix="suprsend-soak-"))
         self.report = SoakReport(logdir=str(self.logdir))
         self.server: RedisServer | None = None
+        self.cluster: LocalCluster | None = None
         self.sandbox: SandboxProcess | None = None
         self.beat: Child | None = None
         self.workers: list[Child] = []
@@ -239,9 +245,17 @@ class Soak:
 
     # -- processes -----------------------------------------------------------------
 
+    def _buffer_conf(self) -> dict[str, str]:
+        """Where the buffer lives, as the relay's environment says it."""
+        if self.cluster is None:
+            return {}
+        return {"SUPRSEND_REDIS_URL": self.cluster.url, "SUPRSEND_BUFFER_SHARDS": "3"}
+
     def _env(self) -> dict[str, str]:
         assert self.server is not None and self.sandbox is not None
-        return relay_env(self.server.url, self.sandbox.url, QUEUE, **WORKER_ENV)
+        env = relay_env(self.server.url, self.sandbox.url, QUEUE, **WORKER_ENV)
+        env.update(self._buffer_conf())
+        return env
 
     def _start_worker(self) -> Child:
         self._worker_count += 1
@@ -256,6 +270,8 @@ class Soak:
 
     def start(self) -> None:
         self.server = RedisServer(appendonly=True, appendfsync="always").start()
+        if self.config.cluster:
+            self.cluster = LocalCluster(masters=3, appendonly=True).start()
         self.sandbox = SandboxProcess(
             log=self.logdir / "sandbox.log", max_events=2_000_000, max_requests=500_000
         )
@@ -277,6 +293,9 @@ class Soak:
         self.workers = [self._start_worker() for _ in range(self.config.workers)]
         self.app = producer_app(self.server.url, self.sandbox.url, QUEUE, current=False)
         self.app.conf.suprsend_key_prefix = SOAK_PREFIX
+        if self.cluster is not None:
+            self.app.conf.suprsend_redis_url = self.cluster.url
+            self.app.conf.suprsend_buffer_shards = 3
         # The producer journals direct-path records for as long as the broker's
         # visibility timeout, so it must know the workers' value.
         visibility = float(WORKER_ENV["CELERY_BROKER_VISIBILITY_TIMEOUT"])
@@ -295,6 +314,8 @@ class Soak:
             self.app.close()
         if self.server is not None:
             self.server.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     # -- chaos ---------------------------------------------------------------------
 
@@ -334,10 +355,13 @@ class Soak:
 
     def restart_redis(self, stop: threading.Event) -> None:
         assert self.server is not None
-        log("chaos: SIGKILL Redis; restarting it from its AOF")
-        self.server.kill()
+        server = self.server
+        if self.cluster is not None:  # the buffer's Redis: one master of the cluster
+            server = self.random.choice(self.cluster.nodes)
+        log(f"chaos: SIGKILL Redis on port {server.port}; restarting it from its AOF")
+        server.kill()
         stop.wait(0.5)  # how long Redis stays down
-        self.server.start()
+        server.start()
         self.report.redis_restarts += 1
 
     def chaos(self, seconds: float) -> None:
@@ -370,13 +394,13 @@ class Soak:
     # -- checks --------------------------------------------------------------------
 
     def dead_keys(self) -> set[str]:
+        """Every shard's dead letters (the app's buffer reads them all)."""
+        letters = get_buffer(self.app).dead_letters(limit=10_000_000)
+        return {letter.idempotency_key or "" for letter in letters}
+
+    def _servers(self) -> list[RedisServer]:
         assert self.server is not None
-        client = redis.Redis.from_url(self.server.url)
-        try:
-            raw = client.lrange("{" + SOAK_PREFIX + "}:dead", 0, -1)
-        finally:
-            client.close()
-        return {parse_dead_letter(r).idempotency_key or "" for r in raw}  # type: ignore[union-attr]
+        return self.cluster.nodes if self.cluster is not None else [self.server]
 
     def outstanding(self, accepted: dict[str, str]) -> set[str]:
         """Accepted keys that were neither processed nor dead-lettered yet."""
@@ -388,8 +412,14 @@ class Soak:
 
     def whereabouts(self, key: str) -> str:
         """Where in Redis an undelivered key sits (every key that mentions it)."""
-        assert self.server is not None
-        client = redis.Redis.from_url(self.server.url)
+        found = []
+        for server in self._servers():
+            found += self._mentions(server, key)
+        return "in " + ", ".join(found) if found else "nowhere in Redis"
+
+    @staticmethod
+    def _mentions(server: RedisServer, key: str) -> list[str]:
+        client = server.client()
         found = []
         try:
             for name in client.scan_iter(count=1000):
@@ -406,7 +436,7 @@ class Soak:
                     found.append(name.decode())
         finally:
             client.close()
-        return "in " + ", ".join(found) if found else "nowhere in Redis"
+        return found
 
     def _wait_until_delivering(self, timeout: float) -> None:
         """Both paths deliver before chaos starts, so the first kill hits a busy worker."""
@@ -422,7 +452,11 @@ class Soak:
         report = self.report
         self.start()
         assert self.sandbox is not None
-        log(f"soak {self.tag}: {config.seconds:.0f}s of chaos; logs in {self.logdir}")
+        where = "a 3-master cluster, 3 shards" if self.cluster else "one Redis"
+        log(
+            f"soak {self.tag}: {config.seconds:.0f}s of chaos, the buffer on {where}; "
+            f"logs in {self.logdir}"
+        )
         producer = Producer(self.app, self.tag, config.rate)
         producer.start()
         self._wait_until_delivering(timeout=120)
@@ -512,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chaos-interval", type=float, default=2.5)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--cluster", action="store_true", help="the buffer on a 3-master Redis Cluster, 3 shards"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     config = SoakConfig(
@@ -522,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         chaos_interval=args.chaos_interval,
         drain_timeout=args.drain_timeout,
         seed=args.seed,
+        cluster=args.cluster,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     report = run(config)

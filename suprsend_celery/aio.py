@@ -25,16 +25,18 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.sentinel import SentinelConnectionPool
 
 from . import defaults
 from . import scripts as lua
 from .buffer import RedisBuffer, check_push
 from .config import get_settings, resolve_app
-from .events import Event
-from .producer import accept_call, accept_events
-from .runtime import get_buffer
+from .events import AcceptedRecord, Event
+from .producer import accept_call, accept_events, naming_keys
+from .runtime import built_buffer, get_buffer
 
 __all__ = ["abuffer_event", "abuffer_events", "aclose", "atrack_event"]
 
@@ -68,7 +70,10 @@ def _async_buffer(app: Any) -> AsyncBuffer:
     )
     found = per_loop.get(loop)
     if found is None or found.buffer is not buffer:
-        options = buffer.redis.connection_pool.connection_kwargs
+        client = buffer.redis
+        if not isinstance(client, redis.Redis):  # _push sends those through a thread
+            raise TypeError("a Redis Cluster buffer has no redis.asyncio path")
+        options = client.connection_pool.connection_kwargs
         pool = BlockingConnectionPool.from_url(
             get_settings(app).require_redis_url(),
             max_connections=defaults.ASYNC_REDIS_CONNECTIONS,
@@ -79,11 +84,36 @@ def _async_buffer(app: Any) -> AsyncBuffer:
     return found
 
 
+def _on_one_server(buffer: RedisBuffer) -> bool:
+    """Whether a ``redis.asyncio`` push does what the sync one would: one server (no
+    Sentinel, no cluster), one shard, no ``WAIT``."""
+    return (
+        type(buffer) is RedisBuffer
+        and not buffer.min_replicas
+        and isinstance(buffer.redis, redis.Redis)
+        and not isinstance(buffer.redis.connection_pool, SentinelConnectionPool)
+    )
+
+
+async def _push(app: Any, records: list[AcceptedRecord]) -> None:
+    """Push on this loop's async client; a sharded, Sentinel or cluster buffer (whose
+    failover, routing and ``WAIT`` live in the sync client) pushes in a thread."""
+    buffer = built_buffer(app)
+    if buffer is None:
+        buffer = await asyncio.to_thread(get_buffer, app)
+    payloads = [r.payload for r in records]
+    if _on_one_server(buffer):
+        await _async_buffer(app).push(payloads)
+        return
+    with naming_keys(records):
+        await asyncio.to_thread(buffer.push, payloads)
+
+
 async def abuffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
     """``buffer_event`` for async code: same arguments, checks, bytes, errors and result."""
     app = resolve_app(app)
     record = accept_call(app, args, kwargs)
-    await _async_buffer(app).push([record.payload])
+    await _push(app, [record])
     return record.idempotency_key
 
 
@@ -92,7 +122,7 @@ async def abuffer_events(events: Iterable[Event], *, app: Any = None) -> list[st
     app = resolve_app(app)
     records = accept_events(app, events)
     if records:
-        await _async_buffer(app).push([r.payload for r in records])
+        await _push(app, records)
     return [r.idempotency_key for r in records]
 
 

@@ -27,23 +27,21 @@ are in ``scripts``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
-from redis.commands.core import Script
 
 from . import defaults
 from . import scripts as lua
 from .counters import Tally
-from .exceptions import BufferFullError, BufferUnavailableError
+from .exceptions import BufferFullError, ReplicationError
+from .lane import ProducerLane
 from .policy import DeadLetter, parse_dead_letter
-from .scripts import Call, Verdict
+from .scripts import Verdict
 
 __all__ = ["Claim", "ClaimMode", "RedisBuffer", "check_push", "join_item", "split_item"]
 
@@ -51,16 +49,6 @@ logger = logging.getLogger(__name__)
 
 ClaimMode = Literal["ok", "probe", "open"]
 """``ok``; ``probe`` when the claim is the breaker's probe; ``open`` when it refused."""
-
-
-def _eval(conn: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """EVALSHA on one connection; EVAL (which caches the script again) if Redis lost it."""
-    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    try:
-        return conn.read_response()
-    except redis.exceptions.NoScriptError:
-        conn.send_command("EVAL", script.script, len(keys), *keys, *args)
-        return conn.read_response()
 
 
 def split_item(item: bytes) -> tuple[int, bytes]:
@@ -104,7 +92,7 @@ class RedisBuffer:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,
         *,
         prefix: str = defaults.KEY_PREFIX,
         max_length: int = defaults.BUFFER_MAX_LENGTH,
@@ -113,9 +101,11 @@ class RedisBuffer:
         breaker_cooldown: float = defaults.BREAKER_COOLDOWN,
         breaker_cooldown_max: float = defaults.BREAKER_COOLDOWN_MAX,
         accept_timeout: float = defaults.ACCEPT_TIMEOUT,
+        min_replicas: int = defaults.BUFFER_MIN_REPLICAS,
     ) -> None:
         self.redis = client
         self.accept_timeout = accept_timeout
+        self.min_replicas = min_replicas
         self.prefix = prefix
         self.max_length = max_length
         self.dead_letter_max = dead_letter_max
@@ -133,8 +123,7 @@ class RedisBuffer:
         self.breaker_key = f"{tag}:breaker"
         self.journal_key = f"{tag}:journal"
         self.metrics_key = f"{tag}:metrics"
-        self._idle: deque[Any] = deque()
-        self._idle_pid = os.getpid()
+        self._lane = ProducerLane(client, self.pending_key, accept_timeout)
         self._push = client.register_script(lua.PUSH_LUA)
         self._claim = client.register_script(lua.CLAIM_LUA)
         self._settle = client.register_script(lua.SETTLE_LUA)
@@ -157,72 +146,43 @@ class RedisBuffer:
 
     def push(self, records: Sequence[bytes]) -> int:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
-        ``BufferUnavailableError`` if Redis fails or does not answer in time."""
+        ``BufferUnavailableError`` if Redis fails or does not answer in time, and
+        ``ReplicationError`` (added, not confirmed) when fewer than ``min_replicas``
+        replicas confirm them within ``MIN_REPLICAS_TIMEOUT``."""
         if not records:
             return 0
-        result = self._producer_call(self._push, lua.push_call(self, self.max_length, records))
-        return check_push(result, self.max_length, len(records))
-
-    def _producer_call(self, script: Script, call: Call) -> Any:
-        """Run a script on a connection of our own: the producers' fast path, bounded.
-
-        ``buffer_event`` runs in the caller's request, where redis-py's per-command
-        machinery (pool checkout, retry and observability wrappers) costs about as
-        much as the round trip itself. Idle connections wait in a deque (thread-safe
-        pop/append), are rebuilt after a fork, and are dropped on any error. An idle
-        connection that fails (stale after a Redis restart) gets one more try on a
-        fresh one; a fresh one connects and reads within half of ``accept_timeout``
-        each, so a call ends within about ``accept_timeout`` and a view never hangs.
-        Any Redis failure raises ``BufferUnavailableError`` with the cause chained.
-        A try whose reply was lost may still have appended its records; the copy
-        carries the same idempotency key and SuprSend skips it.
-        """
-        keys, args = call
-        if self._idle_pid != os.getpid():
-            self._idle, self._idle_pid = deque(), os.getpid()
-        try:
-            conn, fresh = self._idle.pop(), False
-        except IndexError:
-            conn, fresh = self._producer_connection(), True
-        while True:
-            try:
-                result = _eval(conn, script, keys, args)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                conn.disconnect()
-                if not fresh:
-                    conn, fresh = self._producer_connection(), True
-                    continue
-                raise self._unavailable(exc) from exc
-            except redis.RedisError as exc:
-                conn.disconnect()  # a reply may still be on its way: never reuse it
-                raise self._unavailable(exc) from exc
-            except BaseException:
-                conn.disconnect()
-                raise
-            self._idle.append(conn)
-            return result
-
-    def _producer_connection(self) -> Any:
-        pool = self.redis.connection_pool
-        half = self.accept_timeout / 2
-        options = {**pool.connection_kwargs, "socket_timeout": half}
-        options["socket_connect_timeout"] = half
-        return pool.connection_class(**options)
-
-    def _unavailable(self, exc: Exception) -> BufferUnavailableError:
-        return BufferUnavailableError(
-            f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
-            f"suprsend_accept_timeout={self.accept_timeout:g}s; the event was not accepted"
-        )
+        call = lua.push_call(self, self.max_length, records)
+        result, acked = self._lane.call(self._push, call, replicas=self.min_replicas)
+        pushed = check_push(result, self.max_length, len(records))
+        if acked < self.min_replicas:
+            raise ReplicationError(
+                f"{len(records)} event(s) reached the Redis master, but only {acked} of "
+                f"suprsend_buffer_min_replicas={self.min_replicas} replica(s) confirmed them "
+                f"within {defaults.MIN_REPLICAS_TIMEOUT:g}s; they will most likely be sent, "
+                "and calling again with the same idempotency keys is safe",
+                replicas=acked,
+                required=self.min_replicas,
+            )
+        return pushed
 
     # -- flushers ----------------------------------------------------------------
 
     def claim(
-        self, count: int, lease: float, *, probe_lease: float = defaults.PROBE_LEASE
+        self,
+        count: int,
+        lease: float,
+        *,
+        probe_lease: float = defaults.PROBE_LEASE,
+        use_breaker: bool = True,
     ) -> Claim:
-        """Atomically take up to ``count`` records under a lease (after recovering expired ones)."""
+        """Atomically take up to ``count`` records under a lease (after recovering expired ones).
+
+        ``use_breaker=False``: the caller already passed the breaker (a sharded buffer's).
+        """
         claim_id = uuid.uuid4().hex
-        keys, args = lua.claim_call(self, claim_id, count, lease, probe_lease)
+        keys, args = lua.claim_call(
+            self, claim_id, count, lease, probe_lease, use_breaker=use_breaker
+        )
         reply = self._claim(keys=keys, args=args)
         mode: ClaimMode = reply[0].decode()
         return Claim(claim_id, mode, float(reply[1]), reply[2:])
@@ -274,7 +234,7 @@ class RedisBuffer:
     # -- direct path -------------------------------------------------------------
 
     def dead_letter(self, entry: bytes) -> None:
-        pipe = self.redis.pipeline()
+        pipe = self._lane.node_client().pipeline()
         pipe.lpush(self.dead_key, entry)
         pipe.ltrim(self.dead_key, 0, self.dead_letter_max - 1)
         pipe.execute()
@@ -300,7 +260,7 @@ class RedisBuffer:
         run after all, SuprSend skips the repeat by its idempotency key. ``counts``
         are the metrics of the attempt this publish retries.
         """
-        self._producer_call(self._journal, lua.journal_call(self, record, seconds, counts))
+        self._lane.call(self._journal, lua.journal_call(self, record, seconds, counts))
 
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
         """Make a journal entry due in ``seconds`` (a worker's connections, not a view's:
@@ -349,7 +309,7 @@ class RedisBuffer:
     def purge_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
         """Drop dead letters (all, or those with these keys); returns how many."""
         if idempotency_keys is None:
-            pipe = self.redis.pipeline()
+            pipe = self._lane.node_client().pipeline()
             pipe.llen(self.dead_key)
             pipe.delete(self.dead_key)
             count, _ = pipe.execute()
@@ -363,12 +323,20 @@ class RedisBuffer:
 
     # -- inspection ----------------------------------------------------------------
 
+    def parts(self) -> list[RedisBuffer]:
+        """The single-slot buffers this one is made of: itself (a sharded one: its shards)."""
+        return [self]
+
+    def pipeline(self) -> Any:
+        """A pipeline (no MULTI) on the server or cluster node holding this buffer's slot."""
+        return self._lane.node_client().pipeline(transaction=False)
+
     def pending_count(self) -> int:
         return int(self.redis.llen(self.pending_key))
 
     def remaining(self) -> int:
         """Records not yet delivered nor dead: pending, in flight and scheduled for retry."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._lane.node_client().pipeline(transaction=False)
         pipe.llen(self.pending_key)
         pipe.get(self.inflight_key)
         pipe.zcard(self.retry_key)
@@ -377,7 +345,7 @@ class RedisBuffer:
 
     def stats(self) -> dict[str, Any]:
         """The ``buffer_stats()`` figures (README, Quick start), read in one pipeline."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._lane.node_client().pipeline(transaction=False)
         pipe.llen(self.pending_key)
         pipe.get(self.inflight_key)
         pipe.zcard(self.retry_key)
@@ -413,7 +381,7 @@ class RedisBuffer:
 
     def breaker(self) -> dict[str, Any]:
         """The breaker's state with its reason and seconds until the next probe."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._lane.node_client().pipeline(transaction=False)
         pipe.hgetall(self.breaker_key)
         pipe.time()
         raw, now_pair = pipe.execute()

@@ -391,20 +391,27 @@ def check(
     happened within 3 flush intervals (a dead beat or no worker); the options add
     limits on the oldest record, dead letters and how long the breaker stays open.
     """
-    from .config import get_settings
+    from .config import get_settings, mask_url
     from .health import Thresholds, quick_buffer
     from .health import check as run_check
 
     settings = get_settings(_app(ctx))
-    buffer = quick_buffer(settings.require_redis_url(), settings.key_prefix, timeout)
-    click.echo(f"checked {_target(buffer)}")
     limits = Thresholds(settings.flush_interval, max_age, max_dead, breaker_open)
     try:
-        problems = run_check(buffer, limits)
+        # Connecting asks Redis whether it runs a cluster: it may fail already.
+        buffer = quick_buffer(settings, timeout)
     except redis.RedisError as exc:
+        url = mask_url(settings.require_redis_url())
+        click.echo(f"checked Redis {url}, key prefix {settings.key_prefix}")
         problems = [f"Redis unreachable: {type(exc).__name__}: {exc}"]
-    finally:
-        buffer.redis.close()
+    else:
+        click.echo(f"checked {_target(buffer)}")
+        try:
+            problems = run_check(buffer, limits)
+        except redis.RedisError as exc:
+            problems = [f"Redis unreachable: {type(exc).__name__}: {exc}"]
+        finally:
+            buffer.redis.close()
     for line in problems:
         click.echo(f"PROBLEM: {line}")
     if problems:

@@ -35,7 +35,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 _MISSING = object()
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "valkey://", "valkeys://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "valkey://", "valkeys://", "sentinel://")
 
 
 def _text(key: str, value: object) -> str:
@@ -51,7 +51,10 @@ def _redact(key: str, value: object) -> str:
 
 
 def mask_url(url: str) -> str:
-    """A URL with its password replaced, fit for logs and error messages."""
+    """A URL with its password replaced, fit for logs and error messages (every URL of a
+    ``;``-separated Sentinel list)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:
         return url
@@ -94,7 +97,8 @@ def _redis_url(key: str, value: object) -> str:
     text = _text(key, value)
     if not text.startswith(_REDIS_SCHEMES):
         raise ConfigurationError(
-            f"{key} must be a redis:// , rediss:// or unix:// URL; got {_redact(key, value)}"
+            f"{key} must be a redis:// , rediss:// , unix:// or sentinel:// URL; "
+            f"got {_redact(key, value)}"
         )
     return text
 
@@ -121,6 +125,12 @@ class Settings:
     flush_concurrency: int = defaults.FLUSH_CONCURRENCY
     #: Seconds accepting an event may take before it fails (Redis or broker unreachable).
     accept_timeout: float = defaults.ACCEPT_TIMEOUT
+    buffer_shards: int = defaults.BUFFER_SHARDS
+    buffer_min_replicas: int = defaults.BUFFER_MIN_REPLICAS
+    #: Sentinel's name of the master (``sentinel://`` URLs); else the broker's option.
+    redis_master_name: str | None = None
+    #: ``broker_transport_options['sentinel_kwargs']``: how to reach the sentinels.
+    sentinel_kwargs: dict[str, Any] | None = None
     #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
     visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
 
@@ -177,6 +187,9 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "max_event_bytes": _number(int, 256, defaults.MAX_EVENT_BYTES),
     "flush_concurrency": _number(int, 1, defaults.FLUSH_CONCURRENCY_MAX),
     "accept_timeout": _number(float, 0.1, defaults.ACCEPT_TIMEOUT_MAX),
+    "buffer_shards": _number(int, 1, defaults.BUFFER_SHARDS_MAX),
+    "buffer_min_replicas": _number(int, 0, defaults.BUFFER_MIN_REPLICAS_MAX),
+    "redis_master_name": _text,
 }
 
 
@@ -195,7 +208,17 @@ def _broker_redis_url(conf: Any) -> str | None:
     if isinstance(broker, (list, tuple)):
         broker = broker[0] if broker else None
     if isinstance(broker, str) and broker.startswith(_REDIS_SCHEMES):
-        return broker.split(";")[0].strip()
+        # kombu's failover list: its first URL, or every sentinel of a sentinel:// list
+        return broker.strip() if broker.startswith("sentinel://") else broker.split(";")[0].strip()
+    return None
+
+
+def _transport_option(conf: Any, name: str) -> Any:
+    """``broker_transport_options[name]``, else the result backend's (Celery's spelling)."""
+    for key in ("broker_transport_options", "result_backend_transport_options"):
+        options = (conf.get(key) if conf is not None else None) or {}
+        if options.get(name) is not None:
+            return options[name]
     return None
 
 
@@ -223,6 +246,15 @@ def load_settings(conf: Any) -> Settings:
         # anything else missing takes the Settings default: defaults live there only
     _check_credentials(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
+    if values.get("redis_master_name") is None:
+        values["redis_master_name"] = _transport_option(conf, "master_name")
+    values["sentinel_kwargs"] = _transport_option(conf, "sentinel_kwargs")
+    url = values["redis_url"]
+    if url and url.startswith("sentinel://") and not values["redis_master_name"]:
+        raise ConfigurationError(
+            "a sentinel:// Redis URL needs the master's name: set "
+            f"{_where('redis_master_name')}, or broker_transport_options['master_name']"
+        )
     return Settings(**values)
 
 

@@ -91,6 +91,29 @@ events/s; raise it for a slower API, lower it to spare a rate-limited workspace.
 FLUSH_CONCURRENCY_MAX = 64
 """Upper bound of ``suprsend_flush_concurrency`` (threads, connections and claims per run)."""
 
+BUFFER_SHARDS = 1
+"""Hash-tagged shards of the buffer (``{prefix}``, ``{prefix:1}``, ...): more spread a
+Redis Cluster's load over its masters; 1 keeps every key in one slot."""
+
+BUFFER_SHARDS_MAX = 1024
+"""Upper bound of ``suprsend_buffer_shards``."""
+
+BUFFER_MIN_REPLICAS = 0
+"""Replicas that must confirm a push (``WAIT``) before ``buffer_event`` returns."""
+
+BUFFER_MIN_REPLICAS_MAX = 16
+"""Upper bound of ``suprsend_buffer_min_replicas``."""
+
+MIN_REPLICAS_TIMEOUT = 1.0
+"""Seconds a push waits for ``suprsend_buffer_min_replicas`` before ``ReplicationError``."""
+
+SHARD_REGISTRY_REFRESH = 10.0
+"""Seconds between re-reads of the shards ever used, so flushers find new ones."""
+
+FAILOVER_RETRIES = 20
+"""Retries of a command through Sentinel (exponential backoff capped at 1 s): about
+15 s, enough to ride out a failover without a restart."""
+
 BREAKER_THRESHOLD = 5
 """Consecutive whole-request failures that open the shared circuit breaker."""
 

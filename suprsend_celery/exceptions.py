@@ -8,6 +8,7 @@ Catch ``SuprsendCeleryError`` for everything this package raises::
     ├── BufferFullError            the Redis buffer reached suprsend_buffer_max_length
     ├── BufferUnavailableError     the buffer's Redis failed or did not answer in time
     ├── PublishError               track_event could not publish its task (broker down)
+    ├── ReplicationError           fewer replicas than suprsend_buffer_min_replicas confirmed
     └── DeliveryError              SuprSend did not accept a request
         ├── TransientDeliveryError   worth retrying (timeouts, 429, 5xx, ...)
         └── PermanentDeliveryError   retrying cannot help (other 4xx)
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidEventError",
     "PermanentDeliveryError",
     "PublishError",
+    "ReplicationError",
     "SuprsendCeleryError",
     "TransientDeliveryError",
 ]
@@ -69,6 +71,28 @@ class _AcceptError(SuprsendCeleryError):
 
 class BufferUnavailableError(_AcceptError):
     """The buffer's Redis refused or did not answer within ``suprsend_accept_timeout``."""
+
+
+class ReplicationError(_AcceptError):
+    """The master took the events but too few replicas confirmed them in time (``WAIT``).
+
+    The events are most likely buffered and will be delivered; only a failover before
+    the master replicates them loses them. Calling again with the same idempotency
+    keys (``idempotency_keys``) is safe either way: SuprSend skips a repeated key.
+    ``replicas`` confirmed of the ``required`` (``suprsend_buffer_min_replicas``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        replicas: int = 0,
+        required: int = 0,
+        idempotency_keys: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, idempotency_keys=idempotency_keys)
+        self.replicas = replicas
+        self.required = required
 
 
 class PublishError(_AcceptError):

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from .buffer import RedisBuffer
+from .config import Settings
+from .connect import connect
 from .counters import LAST_FLUSH_AT
+from .shards import open_buffer, shards_in_use
 
 __all__ = ["STALE_INTERVALS", "Thresholds", "check", "describe_redis", "quick_buffer"]
 
@@ -40,29 +42,39 @@ class Thresholds:
     breaker_open: float | None = None
 
 
-def describe_redis(client: redis.Redis) -> str:
-    """``redis://user:***@host:port/db``: which Redis, never its password."""
-    kwargs = client.connection_pool.connection_kwargs
+def describe_redis(client: redis.Redis | redis.RedisCluster) -> str:
+    """``redis://user:***@host:port/db``: which Redis, never its password (a cluster's
+    masters; Sentinel's master name)."""
+    if isinstance(client, redis.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        masters = ", ".join(f"{n.host}:{n.port}" for n in primaries)
+        return f"cluster of {masters}"
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
     db = kwargs.get("db", 0)
+    if isinstance(pool, SentinelConnectionPool):
+        return f"sentinel master {pool.service_name} db {db}"
     if kwargs.get("path"):
         return f"unix://{kwargs['path']}?db={db}"
-    tls = "SSL" in client.connection_pool.connection_class.__name__
+    tls = "SSL" in pool.connection_class.__name__
     scheme = "rediss" if tls else "redis"
     user = kwargs.get("username") or ""
     auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
     return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
-def quick_buffer(url: str, prefix: str, timeout: float = 2.0) -> RedisBuffer:
-    """A buffer on a client that fails within ``timeout`` seconds rather than retrying."""
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
+def quick_buffer(settings: Settings, timeout: float = 2.0) -> RedisBuffer:
+    """The app's buffer on a client that fails within ``timeout`` seconds rather than
+    retrying (Sentinel and clusters included)."""
+    client = connect(
+        settings.require_redis_url(),
+        master_name=settings.redis_master_name,
+        sentinel_kwargs=settings.sentinel_kwargs,
+        fail_fast=timeout,
     )
-    return RedisBuffer(client, prefix=prefix)
+    prefix, shards = settings.key_prefix, settings.buffer_shards
+    used = shards_in_use(client, prefix, shards)
+    return open_buffer(client, prefix=prefix, shards=shards, used=used)
 
 
 def _age(seconds: float) -> str:
@@ -72,18 +84,19 @@ def _age(seconds: float) -> str:
 def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
     stats = buffer.stats()
-    pipe = buffer.redis.pipeline(transaction=False)
+    pipe = buffer.pipeline()
     pipe.time()
     pipe.hget(buffer.metrics_key, LAST_FLUSH_AT)
     pipe.hmget(buffer.breaker_key, "open_since", "reason")
     now_pair, last_flush, (open_since, reason) = pipe.execute()
     now = float(now_pair[0]) + float(now_pair[1]) / 1e6
-    pipe = buffer.redis.pipeline(transaction=False)
-    pipe.zcount(buffer.retry_key, "-inf", now)
-    pipe.zcount(buffer.journal_key, "-inf", now)
-    due_retries, due_journal = pipe.execute()
+    waiting = stats["pending"]
+    for part in buffer.parts():  # due retries and journal entries wait too
+        pipe = part.pipeline()
+        pipe.zcount(part.retry_key, "-inf", now)
+        pipe.zcount(part.journal_key, "-inf", now)
+        waiting += sum(int(n) for n in pipe.execute())
     problems: list[str] = []
-    waiting = stats["pending"] + int(due_retries) + int(due_journal)
     problems += _stale(limits, now, last_flush, waiting, stats["oldest_age_seconds"])
     if limits.max_age is not None and stats["oldest_age_seconds"] > limits.max_age:
         problems.append(

@@ -82,18 +82,33 @@ class Snapshot:
 def read_snapshot(buffer: RedisBuffer) -> Snapshot:
     """The buffer's figures and its metrics hash (two round trips and a small third)."""
     stats = buffer.stats()
-    pipe = buffer.redis.pipeline(transaction=False)
-    pipe.zcard(buffer.journal_key)
-    pipe.hgetall(buffer.metrics_key)
+    pipe = buffer.pipeline()
     pipe.hmget(buffer.breaker_key, "open_since")
     pipe.time()
-    journal, raw, (open_since,), now_pair = pipe.execute()
+    (open_since,), now_pair = pipe.execute()
     now = float(now_pair[0]) + float(now_pair[1]) / 1e6
-    counters = {k.decode(): v.decode() for k, v in raw.items()}
+    journal, counters = 0, dict[str, float]()
+    for part in buffer.parts():  # a sharded buffer's shards each count their own
+        pipe = part.pipeline()
+        pipe.zcard(part.journal_key)
+        pipe.hgetall(part.metrics_key)
+        size, raw = pipe.execute()
+        journal += int(size)
+        for field, value in raw.items():
+            name = field.decode()
+            counters[name] = counters.get(name, 0) + _number(value)
     open_seconds = 0.0
     if stats["breaker"] != "closed" and open_since:
         open_seconds = max(0.0, now - float(open_since))
-    return Snapshot(stats, int(journal), counters, open_seconds)
+    return Snapshot(stats, journal, {k: _text(v) for k, v in counters.items()}, open_seconds)
+
+
+def _number(raw: bytes) -> float:
+    return float(raw) if b"." in raw or b"e" in raw else int(raw)
+
+
+def _text(value: float) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _name(suffix: str) -> str:

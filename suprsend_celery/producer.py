@@ -6,17 +6,25 @@ at the call site and the buffer only ever holds records ready to send.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .client import USER_AGENT
 from .config import get_settings, resolve_app
 from .events import AcceptedRecord, Event, accept, event_from_call
-from .exceptions import BufferUnavailableError, InvalidEventError
+from .exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
 from .runtime import get_buffer
 
-__all__ = ["accept_call", "accept_events", "buffer_event", "buffer_events", "buffer_stats"]
+__all__ = [
+    "accept_call",
+    "accept_events",
+    "buffer_event",
+    "buffer_events",
+    "buffer_stats",
+    "naming_keys",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,17 @@ def accept_call(app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Acce
         max_event_bytes=settings.max_event_bytes,
         env_size=settings.env_size,
     )
+
+
+@contextlib.contextmanager
+def naming_keys(records: list[AcceptedRecord]) -> Iterator[None]:
+    """An accept error raised inside (Redis unavailable, replicas not confirming) names
+    the records' keys, so the caller can call again with the same ones."""
+    try:
+        yield
+    except (BufferUnavailableError, ReplicationError) as exc:
+        exc.idempotency_keys = tuple(r.idempotency_key for r in records)
+        raise
 
 
 def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
@@ -69,11 +88,8 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
 
 
 def _push(app: Any, records: list[AcceptedRecord]) -> None:
-    try:
+    with naming_keys(records):
         get_buffer(app).push([r.payload for r in records])
-    except BufferUnavailableError as exc:
-        exc.idempotency_keys = tuple(r.idempotency_key for r in records)
-        raise
 
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:

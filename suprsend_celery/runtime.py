@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 from .buffer import RedisBuffer
 from .client import SuprsendClient
-from .config import cached_on_app, get_settings, resolve_app
+from .config import cached_on_app, get_settings, mask_url, resolve_app
+from .connect import connect
+from .exceptions import BufferUnavailableError
 from .flusher import Flusher
+from .shards import open_buffer, shards_in_use
 
-__all__ = ["find_buffer", "get_buffer", "get_client", "get_flusher"]
+__all__ = ["built_buffer", "find_buffer", "get_buffer", "get_client", "get_flusher"]
+
+_BUFFER_ATTR = "_suprsend_buffer"
 
 
 def get_client(app: Any = None) -> SuprsendClient:
@@ -40,14 +47,40 @@ def get_buffer(app: Any = None) -> RedisBuffer:
     settings = get_settings(app)
 
     def build() -> RedisBuffer:
-        return RedisBuffer.from_url(
-            settings.require_redis_url(),
+        url = settings.require_redis_url()
+        where: dict[str, Any] = {"master_name": settings.redis_master_name}
+        where["sentinel_kwargs"] = settings.sentinel_kwargs
+        # A first look, bounded like any accept: a cluster? which shards were used?
+        try:
+            probe = connect(url, fail_fast=settings.accept_timeout / 2, **where)
+            try:
+                used = shards_in_use(probe, settings.key_prefix, settings.buffer_shards)
+                cluster = isinstance(probe, redis.RedisCluster)
+            finally:
+                probe.close()
+        except redis.RedisError as exc:
+            raise BufferUnavailableError(
+                f"the buffer's Redis ({mask_url(url)}) failed ({type(exc).__name__}: {exc}) "
+                f"within suprsend_accept_timeout={settings.accept_timeout:g}s"
+            ) from exc
+        return open_buffer(
+            connect(url, cluster=cluster, **where),
             prefix=settings.key_prefix,
+            shards=settings.buffer_shards,
+            used=used,
             max_length=settings.buffer_max_length,
             accept_timeout=settings.accept_timeout,
+            min_replicas=settings.buffer_min_replicas,
         )
 
-    return cached_on_app(app, "_suprsend_buffer", build)
+    return cached_on_app(app, _BUFFER_ATTR, build)
+
+
+def built_buffer(app: Any) -> RedisBuffer | None:
+    """The app's buffer if it was built already (building it asks Redis whether it runs
+    a cluster and which shards were used, so async callers build it in a thread)."""
+    buffer: RedisBuffer | None = resolve_app(app).__dict__.get(_BUFFER_ATTR)
+    return buffer
 
 
 def find_buffer(app: Any = None) -> RedisBuffer | None:

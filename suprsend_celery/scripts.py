@@ -58,6 +58,7 @@ __all__ = [
     "CLAIM_LUA",
     "EXTEND_LUA",
     "FINISH_RUN_LUA",
+    "GATE_LUA",
     "JOURNAL_LUA",
     "PUSH_LUA",
     "RECOVER_JOURNAL_LUA",
@@ -68,12 +69,14 @@ __all__ = [
     "Breaker",
     "BreakerState",
     "Call",
+    "GateAction",
     "KeyNames",
     "Verdict",
     "breaker_state",
     "claim_call",
     "extend_call",
     "finish_run_call",
+    "gate_call",
     "journal_call",
     "push_call",
     "recover_journal_call",
@@ -126,6 +129,17 @@ def breaker_state(raw: dict[bytes, bytes], now: float) -> BreakerState:
 _PRELUDES = {
     # now: Redis TIME in seconds (every host agrees on it)
     "now": "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n",
+    # breaker_gate(): whether a claim may go ('ok'), is the probe, or must wait ('open')
+    "gate": (
+        "local function breaker_gate(breaker, probe_lease)\n"
+        "    local state = redis.call('HGET', breaker, 'state')\n"
+        "    if state ~= 'open' and state ~= 'half_open' then return 'ok', 0 end\n"
+        "    local until_ = tonumber(redis.call('HGET', breaker, 'until') or '0')\n"
+        "    if now < until_ then return 'open', until_ - now end\n"
+        "    redis.call('HSET', breaker, 'state', 'half_open', 'until', now + probe_lease)\n"
+        "    return 'probe', 0\n"
+        "end\n"
+    ),
     # UNPACK_MAX: Lua's unpack() has a stack limit, so variadic calls take at most this many
     "unpack": "local UNPACK_MAX = 1000\n",
     # held(): records the buffer holds (pending + in claims + scheduled for retry)
@@ -154,10 +168,18 @@ def push_call(k: KeyNames, max_length: int, records: Sequence[bytes]) -> Call:
     return Call([k.pending_key, k.inflight_key, k.retry_key], [max_length, *records])
 
 
-CLAIM_LUA = _load("claim", "now", "unpack")
+CLAIM_LUA = _load("claim", "now", "unpack", "gate")
 
 
-def claim_call(k: KeyNames, claim_id: str, count: int, lease: float, probe_lease: float) -> Call:
+def claim_call(
+    k: KeyNames,
+    claim_id: str,
+    count: int,
+    lease: float,
+    probe_lease: float,
+    *,
+    use_breaker: bool = True,
+) -> Call:
     return Call(
         [
             k.pending_key,
@@ -177,8 +199,18 @@ def claim_call(k: KeyNames, claim_id: str, count: int, lease: float, probe_lease
             defaults.CLAIM_EXPIRED_LIMIT,
             defaults.CLAIM_DUE_RETRIES_LIMIT,
             defaults.PROBE_RECORDS,
+            "1" if use_breaker else "0",
         ],
     )
+
+
+GATE_LUA = _load("gate", "now", "gate")
+
+GateAction = Literal["enter", "empty"]
+
+
+def gate_call(k: KeyNames, action: GateAction, probe_lease: float) -> Call:
+    return Call([k.breaker_key], [action, probe_lease])
 
 
 SETTLE_LUA = _load("settle", "now", "count")

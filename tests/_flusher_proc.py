@@ -2,7 +2,8 @@
 
     python tests/_flusher_proc.py REDIS_URL BASE_URL LEASE_SECONDS BATCH_SIZE [PREFIX]
 
-Credentials come from SUPRSEND_WORKSPACE_KEY / SUPRSEND_WORKSPACE_SECRET. The loop
+Credentials come from SUPRSEND_WORKSPACE_KEY / SUPRSEND_WORKSPACE_SECRET, the shard
+count from SUPRSEND_BUFFER_SHARDS (REDIS_URL may be a cluster node's). The loop
 ends by itself when the parent test process is gone, so it can never be orphaned.
 """
 
@@ -12,16 +13,20 @@ import os
 import sys
 import time
 
-from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.client import SuprsendClient
+from suprsend_celery.connect import connect
 from suprsend_celery.flusher import Flusher
+from suprsend_celery.shards import open_buffer, shards_in_use
 
 
 def main() -> None:
     redis_url, base_url, lease, batch_size = sys.argv[1:5]
     prefix = sys.argv[5] if len(sys.argv) > 5 else "suprsend_celery"
     parent = os.getppid()
-    buffer = RedisBuffer.from_url(redis_url, prefix=prefix)
+    shards = int(os.environ.get("SUPRSEND_BUFFER_SHARDS") or 1)
+    client = connect(redis_url)
+    used = shards_in_use(client, prefix, shards)
+    buffer = open_buffer(client, prefix=prefix, shards=shards, used=used)
     client = SuprsendClient(
         os.environ["SUPRSEND_WORKSPACE_KEY"],
         os.environ["SUPRSEND_WORKSPACE_SECRET"],

@@ -153,7 +153,7 @@ class TestProducerConnection:
         """Sequential pushes share one connection; eight threads use at most eight."""
         for i in range(20):
             buf.push([make_record(i)])
-        assert len(buf._idle) == 1
+        assert len(buf._lane._idle) == 1
 
         def producer(n: int) -> None:
             for i in range(50):
@@ -164,7 +164,7 @@ class TestProducerConnection:
             thread.start()
         for thread in threads:
             thread.join()
-        assert 1 <= len(buf._idle) <= 8
+        assert 1 <= len(buf._lane._idle) <= 8
         assert buf.pending_count() == 20 + 8 * 50
 
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -177,7 +177,7 @@ class TestProducerConnection:
             code = 0
             try:
                 buf.push(records[1:2])
-                code = 0 if len(buf._idle) == 1 else 3
+                code = 0 if len(buf._lane._idle) == 1 else 3
             except BaseException:
                 code = 4
             os._exit(code)

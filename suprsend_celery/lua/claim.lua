@@ -1,7 +1,8 @@
--- Called only through scripts.claim_call(); prelude: now, unpack.
+-- Called only through scripts.claim_call(); prelude: now, unpack, gate.
 -- Return expired claims and due retries to pending, consult the breaker, then move up
 -- to `count` records into a new claim. Returns {mode, wait, record...}: mode 'ok' |
--- 'probe' | 'open' (wait = seconds until the next probe).
+-- 'probe' | 'open' (wait = seconds until the next probe). A sharded buffer passes
+-- use_breaker = '0': it consults its one breaker (on shard 0) first, with GATE.
 -- Idempotent per claim id: redis-py re-sends a command after a connection error or a
 -- timeout, and a second run must hand back the same records rather than take more
 -- (which the flusher would never see, yet settle would delete).
@@ -15,6 +16,7 @@ local probe_lease = tonumber(ARGV[5])
 local expired_limit = tonumber(ARGV[6])
 local due_limit = tonumber(ARGV[7])
 local probe_records = tonumber(ARGV[8])
+local use_breaker = ARGV[9] == '1'
 
 if redis.call('TYPE', claim).ok == 'list' then
     local out = {'ok', '0'}
@@ -38,13 +40,11 @@ for i = 1, #due, UNPACK_MAX do
     redis.call('ZREM', retry, unpack(due, i, last))
 end
 local mode = 'ok'
-local state = redis.call('HGET', breaker, 'state')
-if state == 'open' or state == 'half_open' then
-    local until_ = tonumber(redis.call('HGET', breaker, 'until') or '0')
-    if now < until_ then return {'open', tostring(until_ - now)} end
-    redis.call('HSET', breaker, 'state', 'half_open', 'until', now + probe_lease)
-    mode = 'probe'
-    count = math.min(count, probe_records)
+if use_breaker then
+    local wait
+    mode, wait = breaker_gate(breaker, probe_lease)
+    if mode == 'open' then return {'open', tostring(wait)} end
+    if mode == 'probe' then count = math.min(count, probe_records) end
 end
 local items = redis.call('LPOP', pending, count)
 if not items then

@@ -1,0 +1,275 @@
+"""Local Redis topologies for tests and benchmarks: a Redis Cluster and a Sentinel group.
+
+    with LocalCluster(masters=3) as cluster:   # redis-cli --cluster create, 0 replicas
+        url = cluster.url                      # redis:// of one node (any node will do)
+    with SentinelGroup() as group:             # 1 master, 1 replica, 3 sentinels
+        url = group.url                        # sentinel://...;sentinel://...;...
+        group.kill_master()                    # SIGKILL; wait_for_failover() after
+
+Every process listens on a loopback port chosen free at start, and is stopped (and
+its directory removed) on exit. Waits are bounded; a timeout raises with the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from suprsend_celery.redis_server import RedisServer, RedisServerError, _free_port
+
+__all__ = ["MASTER_NAME", "LocalCluster", "SentinelGroup", "wait_until"]
+
+CREATE_OPTIONS = ("--cluster-replicas", "0", "--cluster-yes")
+
+MASTER_NAME = "suprsend-test"
+"""The Sentinel master name the group monitors."""
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it is truthy; ``RedisServerError`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError, OSError):
+            value = condition()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise RedisServerError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class LocalCluster:
+    """``masters`` cluster-mode servers joined by ``redis-cli --cluster create``."""
+
+    def __init__(
+        self, masters: int = 3, *, node_timeout_ms: int = 2000, appendonly: bool = False
+    ) -> None:
+        # An explicit bus port: the default (port + 10000) fails for ports above 55535.
+        # Without full coverage required, the other masters serve while one restarts.
+        self.nodes = [
+            RedisServer(
+                port=_free_port("127.0.0.1"),
+                appendonly=appendonly,
+                extra_args=[
+                    *("--cluster-require-full-coverage", "no"),
+                    *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                    *("--cluster-node-timeout", str(node_timeout_ms)),
+                    *("--cluster-port", str(_free_port("127.0.0.1"))),
+                ],
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"{n.connect_host}:{n.port}" for n in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, *CREATE_OPTIONS],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        for node in self.nodes:
+            wait_until(lambda n=node: _cluster_ok(n), 20, f"cluster_state:ok on {node.port}")
+        return self
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster.from_url(self.url)
+
+    def keys_per_master(self, match: str) -> dict[int, int]:
+        """How many keys matching ``match`` each master holds, by port."""
+        counts = {}
+        for node in self.nodes:
+            client = node.client()
+            try:
+                counts[node.port] = sum(1 for _ in client.scan_iter(match=match, count=1000))
+            finally:
+                client.close()
+        return counts
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _cluster_ok(node: RedisServer) -> bool:
+    client = node.client()
+    try:
+        info = client.execute_command("CLUSTER", "INFO")
+    finally:
+        client.close()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
+
+
+class SentinelGroup:
+    """One master, one replica, three sentinels (quorum 2) watching ``MASTER_NAME``.
+
+    Sentinels call a master down after ``down_after_ms`` without a reply, so a SIGKILLed
+    master is replaced within a few seconds.
+    """
+
+    def __init__(self, *, down_after_ms: int = 1000, sentinels: int = 3) -> None:
+        self.master = RedisServer(appendonly=False)
+        self.replica: RedisServer | None = None
+        self.down_after_ms = down_after_ms
+        self.sentinel_count = sentinels
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.sentinel_ports: list[int] = []
+        self._dir = Path(tempfile.mkdtemp(prefix="suprsend-sentinel-"))
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    def start(self) -> SentinelGroup:
+        self.master.start()
+        self.replica = RedisServer(
+            appendonly=False, extra_args=["--replicaof", "127.0.0.1", str(self.master.port)]
+        ).start()
+        wait_until(lambda: self._link_up(), 20, "the replica to sync")
+        for index in range(self.sentinel_count):
+            self._start_sentinel(index)
+        wait_until(self._sentinels_agree, 20, "every sentinel to see the replica and the others")
+        return self
+
+    def _link_up(self) -> bool:
+        assert self.replica is not None
+        client = self.replica.client()
+        try:
+            return bool(client.info("replication").get("master_link_status") == "up")
+        finally:
+            client.close()
+
+    def _start_sentinel(self, index: int) -> None:
+        port = _free_port("127.0.0.1")
+        conf = self._dir / f"sentinel-{index}.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self._dir}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {MASTER_NAME} 4000\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        log = open(self._dir / f"sentinel-{index}.log", "ab")  # noqa: SIM115 - kept by the child
+        process = subprocess.Popen(
+            [self.master.binary, str(conf), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.sentinels.append(process)
+        self.sentinel_ports.append(port)
+
+    def _sentinels_agree(self) -> bool:
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                master = client.sentinel_master(MASTER_NAME)
+            finally:
+                client.close()
+            if int(master["num-slaves"]) < 1 or int(master["num-other-sentinels"]) < 2:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The port of the master the sentinels name now."""
+        client = redis.Redis(port=self.sentinel_ports[0], socket_timeout=1)
+        try:
+            host_port = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+        finally:
+            client.close()
+        return int(host_port[1])
+
+    def kill_master(self) -> int:
+        """SIGKILL the current master; return its old port."""
+        port = self.master_port()
+        for server in (self.master, self.replica):
+            if server is not None and server.port == port:
+                server.kill()
+        return port
+
+    def wait_for_failover(self, old_port: int, timeout: float = 20.0) -> int:
+        """Wait until the sentinels promote another server and it accepts writes."""
+
+        def promoted() -> int:
+            port = self.master_port()
+            if port == old_port:
+                return 0
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                role = client.info("replication").get("role")
+            finally:
+                client.close()
+            return port if role == "master" else 0
+
+        port: int = wait_until(promoted, timeout, "a failover")
+        return port
+
+    def restart_old_master(self, old_port: int, new_port: int, timeout: float = 20.0) -> None:
+        """Start the killed server again as the new master's replica and wait until it
+        is in sync (so ``WAIT 1`` can succeed again).
+
+        As an operator would: a crashed master that comes back empty *as a master*
+        can win a second failover before the sentinels demote it, and take the data.
+        """
+        server = self.master if self.master.port == old_port else self.replica
+        assert server is not None
+        server.extra_args = ("--replicaof", "127.0.0.1", str(new_port))
+        server.start()
+
+        def replicating() -> bool:
+            client = server.client(socket_timeout=1)
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+        wait_until(replicating, timeout, "the old master to replicate the new one")
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        self.sentinels.clear()
+        if self.replica is not None:
+            self.replica.stop()
+        self.master.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> SentinelGroup:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,222 @@
+"""The buffer on a 3-master Redis Cluster, sharded over ``suprsend_buffer_shards`` tags.
+
+The cluster is real (three ``redis-server --cluster-enabled yes`` joined by
+``redis-cli --cluster create``), started once for the module; Celery's broker stays on
+the plain test Redis (kombu has no cluster transport). Each test uses its own key
+prefix, so the shards of one test never meet another's.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _buffer_helpers import (
+    flush_until,
+    kill_group,
+    make_events,
+    processed_keys,
+    spawn,
+    subprocess_env,
+)
+from celery import Celery
+from conftest import in_process_worker, wait_for
+
+from suprsend_celery import buffer_event, buffer_events, buffer_stats
+from suprsend_celery.buffer import RedisBuffer
+from suprsend_celery.policy import dead_letter_entry
+from suprsend_celery.runtime import get_buffer
+from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.shards import ShardedBuffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
+
+from benchmarks.topology import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+#: The default prefix's shard tags 0, 1 and 2 hash to slots on three different masters
+#: of a cluster made by ``redis-cli --cluster create`` (slots split in thirds).
+PREFIX = "suprsend_celery"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(masters=3) as running:
+        yield running
+
+
+@pytest.fixture
+def cluster_app(
+    cluster: LocalCluster, app_factory: Callable[..., Celery]
+) -> Iterator[Callable[..., Celery]]:
+    """Apps whose buffer is on the cluster, under a prefix of this test's own (or ``prefix``)."""
+    own = f"{PREFIX}_{uuid.uuid4().hex[:6]}"
+    built: list[Celery] = []
+
+    def factory(prefix: str = own, **conf: Any) -> Celery:
+        app = app_factory(suprsend_redis_url=cluster.url, suprsend_key_prefix=prefix, **conf)
+        built.append(app)
+        return app
+
+    yield factory
+    if built:
+        get_buffer(built[0]).clear()
+
+
+class TestShardedDelivery:
+    """Every event is processed once, whichever shard and master it went through."""
+
+    def test_twenty_thousand_events_and_a_killed_flusher(
+        self,
+        cluster: LocalCluster,
+        cluster_app: Callable[..., Celery],
+        sandbox: Sandbox,
+        tmp_path: Path,
+    ) -> None:
+        """20,000 events over 3 shards on 3 masters; a flusher SIGKILLed mid-drain loses none."""
+        app = cluster_app(PREFIX, suprsend_buffer_shards=3)
+        buffer = get_buffer(app)
+        assert isinstance(buffer, ShardedBuffer)
+        keys: list[str] = []
+        lock = threading.Lock()
+
+        def produce_singles(first: int) -> None:
+            mine = [
+                buffer_event(f"user-{i}", "order_placed", {"n": i}, app=app)
+                for i in range(first, first + 5000)
+            ]
+            with lock:
+                keys.extend(mine)
+
+        threads = [threading.Thread(target=produce_singles, args=(n,)) for n in (0, 5000)]
+        for thread in threads:
+            thread.start()
+        events = make_events(10_000, "cart_updated")
+        for start in range(0, 10_000, 100):
+            keys.extend(buffer_events(events[start : start + 100], app=app))
+        for thread in threads:
+            thread.join()
+        assert len(set(keys)) == 20_000
+        assert buffer_stats(app=app)["pending"] == 20_000
+        per_master = cluster.keys_per_master("{" + PREFIX + "*}:pending")
+        assert len(per_master) == 3 and all(per_master.values()), per_master
+
+        sandbox.set_faults([{"delay": 0.02}])  # slow enough that the kill lands mid-drain
+        env = subprocess_env(SUPRSEND_BUFFER_SHARDS="3")
+        log = tmp_path / "flusher.log"
+        proc = spawn(
+            [
+                str(Path(__file__).parent / "_flusher_proc.py"),
+                cluster.url,
+                sandbox.url,
+                "2",
+                "100",
+                buffer.prefix,
+            ],
+            env,
+            log,
+        )
+        try:
+            wait_for(
+                lambda: sandbox.stats()["events_processed"] >= 2000 or proc.poll() is not None,
+                timeout=30,
+                message="the flusher subprocess to be mid-drain",
+            )
+            assert proc.poll() is None, log.read_text()[-3000:]
+        finally:
+            kill_group(proc)
+        in_flight = buffer_stats(app=app)["in_flight"]
+        sandbox.set_faults([])
+        with in_process_worker(app, concurrency=2):
+            flush_until(
+                app,
+                lambda: get_buffer(app).remaining() == 0,
+                timeout=60,
+                message="the cluster buffer to drain",
+            )
+        processed = processed_keys(sandbox)
+        assert processed == dict.fromkeys(keys, 1), "an event was lost or processed twice"
+        assert in_flight > 0, "the SIGKILL did not catch the flusher with claims in flight"
+        stats = buffer_stats(app=app)
+        assert (stats["pending"], stats["in_flight"], stats["scheduled_retries"]) == (0, 0, 0)
+
+
+class TestOneBuffer:
+    """Shards behave as one buffer: the breaker, stats, dead letters, a changed count."""
+
+    def test_lowering_the_shard_count_strands_nothing(
+        self, cluster_app: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """Records buffered over 4 shards are all sent by a flusher configured for 1."""
+        wide = cluster_app(suprsend_buffer_shards=4)
+        keys = buffer_events(make_events(400), app=wide)
+        keys += [buffer_event(f"u{i}", "signed_up", app=wide) for i in range(40)]
+        narrow = cluster_app(suprsend_buffer_shards=1)
+        buffer = get_buffer(narrow)
+        assert isinstance(buffer, ShardedBuffer) and sorted(buffer.shards) == [0, 1, 2, 3]
+        assert buffer_stats(app=narrow)["pending"] == 440
+        with in_process_worker(narrow):
+            flush_until(narrow, lambda: get_buffer(narrow).remaining() == 0)
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+
+    def test_breaker_is_shared_by_every_shard(self, cluster_app: Callable[..., Celery]) -> None:
+        """A verdict settled on any shard opens the one breaker; then no shard gives records."""
+        app = cluster_app(suprsend_buffer_shards=3)
+        buffer = get_buffer(app)
+        assert isinstance(buffer, ShardedBuffer)
+        for _ in range(9):
+            buffer_event("user-1", "order_placed", app=app)
+        claims = [buffer.claim(3, 30) for _ in range(3)]
+        assert sorted(c.id.partition(":")[0] for c in claims) == ["0", "1", "2"]
+        away = next(c for c in claims if not c.id.startswith("0:"))
+        buffer.settle(away.id, back=away.items, verdict="auth", reason="HTTP 401")
+        assert buffer.breaker()["state"] == "open"
+        assert buffer_stats(app=app)["breaker"] == "open"
+        refused = buffer.claim(3, 30)
+        assert (refused.mode, refused.items) == ("open", [])
+        buffer.reset_breaker()
+        assert buffer.claim(10, 30).items
+
+    def test_dead_letters_and_stats_cover_every_shard(
+        self, cluster_app: Callable[..., Celery]
+    ) -> None:
+        """Dead letters settled on several shards are listed, requeued and purged together."""
+        app = cluster_app(suprsend_buffer_shards=3)
+        buffer = get_buffer(app)
+        assert isinstance(buffer, ShardedBuffer)
+        keys = [buffer_event(f"user-{i}", "order_placed", app=app) for i in range(6)]
+        claims = [buffer.claim(10, 30) for _ in range(3)]
+        for claim in claims:
+            entries = [
+                dead_letter_entry(
+                    item, error="HTTP 400", status_code=400, attempts=1, source="buffer"
+                )
+                for item in claim.items
+            ]
+            assert buffer.settle(claim.id, dead=entries)
+        stats = buffer_stats(app=app)
+        assert (stats["pending"], stats["in_flight"], stats["dead"]) == (0, 0, 6)
+        assert len(buffer.dead_letters(limit=100)) == 6
+        assert len(buffer.dead_letters(limit=4)) == 4
+        assert buffer.requeue_dead_letters([keys[0], keys[5]]) == 2
+        assert buffer.purge_dead_letters() == 4
+        assert buffer_stats(app=app)["pending"] == 2
+
+
+def test_one_shard_on_a_cluster_is_the_plain_buffer(
+    cluster: LocalCluster, cluster_app: Callable[..., Celery], sandbox: Sandbox
+) -> None:
+    """With the default single shard, a cluster URL needs nothing else: one slot, one buffer."""
+    app = cluster_app()
+    buffer = get_buffer(app)
+    assert type(buffer) is RedisBuffer
+    keys = buffer_events(make_events(300), app=app)
+    with in_process_worker(app):
+        flush_until(app, lambda: get_buffer(app).remaining() == 0)
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
