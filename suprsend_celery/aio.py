@@ -33,7 +33,8 @@ from redis.sentinel import SentinelConnectionPool
 from . import defaults
 from . import scripts as lua
 from .buffer import RedisBuffer, check_push
-from .config import get_settings, resolve_app
+from .config import Settings, cached_on_app, get_settings, resolve_app
+from .connect import SENTINEL_SCHEME, connect
 from .events import AcceptedRecord, Event
 from .producer import accept_call, accept_events, naming_keys
 from .runtime import built_buffer, get_buffer
@@ -61,9 +62,8 @@ class AsyncBuffer:
         return check_push(result, self.buffer.max_length, len(records))
 
 
-def _async_buffer(app: Any) -> AsyncBuffer:
+def _async_buffer(app: Any, buffer: RedisBuffer) -> AsyncBuffer:
     """This loop's async buffer for the app, built on first use with the sync one's options."""
-    buffer = get_buffer(app)
     loop = asyncio.get_running_loop()
     per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBuffer] = (
         app.__dict__.setdefault(_CACHE_ATTR, weakref.WeakKeyDictionary())
@@ -97,16 +97,48 @@ def _on_one_server(buffer: RedisBuffer) -> bool:
 
 async def _push(app: Any, records: list[AcceptedRecord]) -> None:
     """Push on this loop's async client; a sharded, Sentinel or cluster buffer (whose
-    failover, routing and ``WAIT`` live in the sync client) pushes in a thread."""
+    failover, routing and ``WAIT`` live in the sync client) pushes in a thread.
+
+    Until the sync buffer has had its first look at Redis (a cluster?), settings that
+    name one plain server and one shard push on the async client at once; a cluster
+    node answers MOVED if the slot is elsewhere, and the call then takes the thread.
+    """
+    payloads = [r.payload for r in records]
     buffer = built_buffer(app)
+    if buffer is None and _one_server_by_settings(get_settings(app)):
+        try:
+            await _async_buffer(app, _key_names(app)).push(payloads)
+            return
+        except redis.exceptions.AskError:  # and MovedError: a cluster after all
+            pass
     if buffer is None:
         buffer = await asyncio.to_thread(get_buffer, app)
-    payloads = [r.payload for r in records]
     if _on_one_server(buffer):
-        await _async_buffer(app).push(payloads)
+        await _async_buffer(app, buffer).push(payloads)
         return
     with naming_keys(records):
         await asyncio.to_thread(buffer.push, payloads)
+
+
+def _one_server_by_settings(settings: Settings) -> bool:
+    url = settings.require_redis_url()
+    return (
+        not url.startswith(SENTINEL_SCHEME)
+        and settings.buffer_shards == 1
+        and not settings.buffer_min_replicas
+    )
+
+
+def _key_names(app: Any) -> RedisBuffer:
+    """A buffer for its key names and bound only (no I/O): the async client does the I/O."""
+    settings = get_settings(app)
+
+    def build() -> RedisBuffer:
+        client = connect(settings.require_redis_url(), cluster=False)  # no I/O yet
+        limit = settings.buffer_max_length
+        return RedisBuffer(client, prefix=settings.key_prefix, max_length=limit)
+
+    return cached_on_app(app, "_suprsend_async_key_names", build)
 
 
 async def abuffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:

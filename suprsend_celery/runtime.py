@@ -8,21 +8,28 @@ session in a child.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import redis
 
 from .buffer import RedisBuffer
 from .client import SuprsendClient
-from .config import cached_on_app, get_settings, mask_url, resolve_app
+from .config import Settings, cached_on_app, get_settings, resolve_app
 from .connect import connect
-from .exceptions import BufferUnavailableError
 from .flusher import Flusher
 from .shards import open_buffer, shards_in_use
 
 __all__ = ["built_buffer", "find_buffer", "get_buffer", "get_client", "get_flusher"]
 
 _BUFFER_ATTR = "_suprsend_buffer"
+_STAND_IN_ATTR = "_suprsend_buffer_stand_in"
+_probe_lock = threading.Lock()
+
+PROBE_AGAIN = 1.0
+"""Seconds a stand-in buffer serves (Redis did not answer the first look) before the
+next call looks again."""
 
 
 def get_client(app: Any = None) -> SuprsendClient:
@@ -42,38 +49,57 @@ def get_client(app: Any = None) -> SuprsendClient:
 
 
 def get_buffer(app: Any = None) -> RedisBuffer:
-    """The app's Redis buffer; ``ConfigurationError`` when no Redis is configured."""
-    app = resolve_app(app)
-    settings = get_settings(app)
+    """The app's Redis buffer; ``ConfigurationError`` when no Redis is configured.
 
-    def build() -> RedisBuffer:
+    Built on first use, after a first look at Redis (bounded like any accept): is it a
+    cluster, and which shards were ever used? If Redis does not answer, a buffer for
+    one plain server stands in: its calls fail as usual (``BufferUnavailableError``
+    for producers) or reach Redis once it is back, and the first call at least
+    ``PROBE_AGAIN`` seconds later looks again (one caller at a time).
+    """
+    app = resolve_app(app)
+    built = built_buffer(app)
+    if built is not None:
+        return built
+    with _probe_lock:
+        built = built_buffer(app)
+        stand_in = app.__dict__.get(_STAND_IN_ATTR)
+        if built is not None:
+            return built
+        if stand_in is not None and time.monotonic() - stand_in[1] < PROBE_AGAIN:
+            buffer: RedisBuffer = stand_in[0]
+            return buffer
+        settings = get_settings(app)
         url = settings.require_redis_url()
         where: dict[str, Any] = {"master_name": settings.redis_master_name}
         where["sentinel_kwargs"] = settings.sentinel_kwargs
-        # A first look, bounded like any accept: a cluster? which shards were used?
         try:
-            probe = connect(url, fail_fast=settings.accept_timeout / 2, **where)
+            probe = connect(url, fail_fast=settings.accept_timeout / 4, **where)
             try:
                 used = shards_in_use(probe, settings.key_prefix, settings.buffer_shards)
                 cluster = isinstance(probe, redis.RedisCluster)
             finally:
                 probe.close()
-        except redis.RedisError as exc:
-            raise BufferUnavailableError(
-                f"the buffer's Redis ({mask_url(url)}) failed ({type(exc).__name__}: {exc}) "
-                f"within suprsend_accept_timeout={settings.accept_timeout:g}s"
-            ) from exc
-        return open_buffer(
-            connect(url, cluster=cluster, **where),
-            prefix=settings.key_prefix,
-            shards=settings.buffer_shards,
-            used=used,
-            max_length=settings.buffer_max_length,
-            accept_timeout=settings.accept_timeout,
-            min_replicas=settings.buffer_min_replicas,
+        except redis.RedisError:
+            buffer = _open(settings, connect(url, cluster=False, **where), {0})
+            app.__dict__[_STAND_IN_ATTR] = (buffer, time.monotonic())
+            return buffer
+        app.__dict__.pop(_STAND_IN_ATTR, None)
+        return cached_on_app(
+            app, _BUFFER_ATTR, lambda: _open(settings, connect(url, cluster=cluster, **where), used)
         )
 
-    return cached_on_app(app, _BUFFER_ATTR, build)
+
+def _open(settings: Settings, client: Any, used: set[int]) -> RedisBuffer:
+    return open_buffer(
+        client,
+        prefix=settings.key_prefix,
+        shards=settings.buffer_shards,
+        used=used,
+        max_length=settings.buffer_max_length,
+        accept_timeout=settings.accept_timeout,
+        min_replicas=settings.buffer_min_replicas,
+    )
 
 
 def built_buffer(app: Any) -> RedisBuffer | None:
@@ -94,10 +120,12 @@ def get_flusher(app: Any = None) -> Flusher:
     """The app's flusher (buffer plus client plus retry policy)."""
     app = resolve_app(app)
 
+    buffer = get_buffer(app)
+
     def build() -> Flusher:
         s = get_settings(app)
         return Flusher(
-            get_buffer(app),
+            buffer,
             get_client(app),
             batch_size=s.flush_batch_size,
             max_retries=s.max_retries,
@@ -105,4 +133,6 @@ def get_flusher(app: Any = None) -> Flusher:
             concurrency=s.flush_concurrency,
         )
 
+    if built_buffer(app) is not buffer:  # Redis did not answer: keep neither
+        return build()
     return cached_on_app(app, "_suprsend_flusher", build)
