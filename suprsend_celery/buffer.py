@@ -148,7 +148,7 @@ class RedisBuffer:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
         ``BufferUnavailableError`` if Redis fails or does not answer in time, and
         ``ReplicationError`` (added, not confirmed) when fewer than ``min_replicas``
-        replicas confirm them within ``MIN_REPLICAS_TIMEOUT``."""
+        replicas confirm them within a quarter of ``accept_timeout``."""
         if not records:
             return 0
         call = lua.push_call(self, self.max_length, records)
@@ -158,7 +158,7 @@ class RedisBuffer:
             raise ReplicationError(
                 f"{len(records)} event(s) reached the Redis master, but only {acked} of "
                 f"suprsend_buffer_min_replicas={self.min_replicas} replica(s) confirmed them "
-                f"within {defaults.MIN_REPLICAS_TIMEOUT:g}s; they will most likely be sent, "
+                f"within {self._lane.wait_seconds:g}s; they will most likely be sent, "
                 "and calling again with the same idempotency keys is safe",
                 replicas=acked,
                 required=self.min_replicas,

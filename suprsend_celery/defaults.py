@@ -104,8 +104,9 @@ BUFFER_MIN_REPLICAS = 0
 BUFFER_MIN_REPLICAS_MAX = 16
 """Upper bound of ``suprsend_buffer_min_replicas``."""
 
-MIN_REPLICAS_TIMEOUT = 1.0
-"""Seconds a push waits for ``suprsend_buffer_min_replicas`` before ``ReplicationError``."""
+MIN_REPLICAS_WAIT_SHARE = 0.25
+"""Share of ``suprsend_accept_timeout`` a push waits for its replicas (``WAIT``) before
+``ReplicationError``: 0.5 s by default, well inside the call's own bound."""
 
 SHARD_REGISTRY_REFRESH = 10.0
 """Seconds between re-reads of the shards ever used, so flushers find new ones."""

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.retry import Retry
 
 from . import defaults
 from .exceptions import BufferUnavailableError
@@ -34,12 +36,11 @@ _RETRY_FRESH = (redis.ConnectionError, redis.TimeoutError, OSError, *_MOVED)
 
 
 def _eval(
-    conn: Any, script: Script, keys: Sequence[Any], args: Sequence[Any], replicas: int
+    conn: Any, script: Script, keys: Sequence[Any], args: Sequence[Any], wait: list[Any]
 ) -> tuple[Any, int]:
-    """EVALSHA on one connection, then ``WAIT replicas`` in the same round trip when
-    asked; EVAL (which caches the script again) if Redis lost it. Returns the script's
+    """EVALSHA on one connection, then ``wait`` (a ``WAIT`` command) in the same round
+    trip when given; EVAL (which caches the script again) if Redis lost it. Returns the script's
     reply and how many replicas confirmed."""
-    wait = [("WAIT", replicas, int(defaults.MIN_REPLICAS_TIMEOUT * 1000))] if replicas else []
     for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
         conn.send_packed_command(
             conn.pack_commands([(command, body, len(keys), *keys, *args), *wait])
@@ -66,6 +67,8 @@ class ProducerLane:
         self.redis = client
         self.key = key
         self.accept_timeout = accept_timeout
+        #: How long a push waits for replicas: less than a read may take (half the bound).
+        self.wait_seconds = accept_timeout * defaults.MIN_REPLICAS_WAIT_SHARE
         self._idle: deque[Any] = deque()
         self._idle_pid = os.getpid()
 
@@ -83,6 +86,7 @@ class ProducerLane:
         confirmed it (``WAIT``, when ``replicas`` asks for some).
         """
         keys, args = call
+        wait = [("WAIT", replicas, int(self.wait_seconds * 1000))] if replicas else []
         if self._idle_pid != os.getpid():
             self._idle, self._idle_pid = deque(), os.getpid()
         try:
@@ -91,7 +95,11 @@ class ProducerLane:
             conn, fresh = self._connection(), True
         while True:
             try:
-                reply = _eval(conn, script, keys, args, replicas)
+                if fresh:
+                    # connect() itself: a Sentinel connection asks the sentinels for the
+                    # master there (sending on an unconnected one would not).
+                    conn.connect()
+                reply = _eval(conn, script, keys, args, wait)
             except _RETRY_FRESH as exc:
                 conn.disconnect()
                 if isinstance(exc, _MOVED) and isinstance(self.redis, redis.RedisCluster):
@@ -123,6 +131,7 @@ class ProducerLane:
         half = self.accept_timeout / 2
         options = {**pool.connection_kwargs, "socket_timeout": half}
         options["socket_connect_timeout"] = half
+        options["retry"] = Retry(NoBackoff(), 0)  # not Sentinel's 15 s: the bound is ours
         return pool.connection_class(**options)
 
     def _unavailable(self, exc: Exception) -> BufferUnavailableError:

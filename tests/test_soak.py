@@ -44,7 +44,7 @@ class TestSoak:
         and restarted from its AOF among the chaos; 0 lost and 0 processed twice."""
         report = run(
             SoakConfig(
-                seconds=12, rate=30, chaos_interval=2.5, drain_timeout=60, seed=6, cluster=True
+                seconds=8, rate=40, chaos_interval=1.5, drain_timeout=60, seed=6, cluster=True
             )
         )
         summary = "\n".join(report.lines()) + f"\nlost: {report.lost_keys}\nlogs: {report.logdir}"
