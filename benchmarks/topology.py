@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -46,7 +46,30 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-class LocalCluster:
+_P = TypeVar("_P", bound="_Processes")
+
+
+class _Processes:
+    """``with``: ``start()`` (stopping what did start if it fails), then ``stop()``."""
+
+    def start(self: _P) -> _P:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _P) -> _P:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class LocalCluster(_Processes):
     """``masters`` cluster-mode servers joined by ``redis-cli --cluster create``."""
 
     def __init__(
@@ -72,7 +95,7 @@ class LocalCluster:
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self) -> LocalCluster:
+    def start(self: _P) -> _P:
         for node in self.nodes:
             node.start()
         addresses = [f"{n.connect_host}:{n.port}" for n in self.nodes]
@@ -104,16 +127,6 @@ class LocalCluster:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> LocalCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 def _cluster_ok(node: RedisServer) -> bool:
     client = node.client()
@@ -125,7 +138,7 @@ def _cluster_ok(node: RedisServer) -> bool:
     return "cluster_state:ok" in text
 
 
-class SentinelGroup:
+class SentinelGroup(_Processes):
     """One master, one replica, three sentinels (quorum 2) watching ``MASTER_NAME``.
 
     Sentinels call a master down after ``down_after_ms`` without a reply, so a SIGKILLed
@@ -145,7 +158,7 @@ class SentinelGroup:
     def url(self) -> str:
         return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
 
-    def start(self) -> SentinelGroup:
+    def start(self: _P) -> _P:
         self.master.start()
         self.replica = RedisServer(
             appendonly=False, extra_args=["--replicaof", "127.0.0.1", str(self.master.port)]
@@ -263,13 +276,3 @@ class SentinelGroup:
             self.replica.stop()
         self.master.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> SentinelGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
