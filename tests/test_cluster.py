@@ -8,6 +8,8 @@ prefix, so the shards of one test never meet another's.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import threading
 import uuid
@@ -220,3 +222,52 @@ def test_one_shard_on_a_cluster_is_the_plain_buffer(
     with in_process_worker(app):
         flush_until(app, lambda: get_buffer(app).remaining() == 0)
     assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+
+
+class TestOperatingAShardedBuffer:
+    """The command line, the metrics and async producers see one buffer over the shards."""
+
+    def test_status_flush_and_metrics(
+        self, cluster: LocalCluster, cluster_app: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """``status`` adds up every shard, ``flush`` drains them all, ``check`` names the
+        cluster's masters, the metrics add up every shard's counters."""
+        from click.testing import CliRunner
+
+        from suprsend_celery.cli import cli
+        from suprsend_celery.metrics import read_snapshot
+
+        app = cluster_app(suprsend_buffer_shards=3)
+        keys = buffer_events(make_events(90), app=app)
+        keys += [buffer_event(f"u{i}", "signed_up", app=app) for i in range(30)]
+        figures = CliRunner().invoke(cli, ["status", "--json"], obj=app)
+        assert json.loads(figures.stdout)["pending"] == 120
+        drained = CliRunner().invoke(cli, ["flush"], obj=app)
+        assert drained.exit_code == 0, drained.output
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+        health = CliRunner().invoke(cli, ["check"], obj=app)
+        assert health.exit_code == 0, health.output
+        assert "cluster of" in health.output and str(cluster.nodes[0].port) in health.output
+        counters = read_snapshot(get_buffer(app)).counters
+        assert float(counters["records:sent"]) == 120, counters
+
+    def test_async_producers(self, cluster_app: Callable[..., Celery], sandbox: Sandbox) -> None:
+        """``await abuffer_event``/``abuffer_events`` on a sharded cluster buffer (pushed in
+        a thread through the cluster client) reach every shard and are delivered once."""
+        from suprsend_celery.aio import abuffer_event, abuffer_events
+
+        app = cluster_app(suprsend_buffer_shards=3)
+
+        async def produce() -> list[str]:
+            singles = await asyncio.gather(
+                *(abuffer_event(f"u{i}", "signed_up", app=app) for i in range(30))
+            )
+            return [*singles, *await abuffer_events(make_events(30), app=app)]
+
+        keys = asyncio.run(produce())
+        buffer = get_buffer(app)
+        assert isinstance(buffer, ShardedBuffer)
+        assert all(shard.pending_count() for shard in buffer.shards.values())
+        with in_process_worker(app):
+            flush_until(app, lambda: get_buffer(app).remaining() == 0)
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
