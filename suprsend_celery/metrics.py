@@ -63,8 +63,21 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "suprsend_celery"
 BREAKER_STATES = ("closed", "open", "half_open")
-RECORD_OUTCOMES = ("sent", "retried", "dead_lettered", "returned", "lease_expired")
-DIRECT_OUTCOMES = ("sent", "retried", "dead_lettered", "kept")
+#: Counters by outcome: (metric name, help, hash field prefix, outcomes).
+OUTCOME_COUNTERS = (
+    (
+        "records",
+        "Buffered records settled, by outcome (counted by the settling script).",
+        "records",
+        ("sent", "retried", "dead_lettered", "returned", "lease_expired"),
+    ),
+    (
+        "direct_events",
+        "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept.",
+        "direct",
+        ("sent", "retried", "dead_lettered", "kept"),
+    ),
+)
 PATHS = ("bulk", "direct")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 
@@ -182,22 +195,11 @@ class BufferCollector(Collector):
         def value(field: str) -> float:
             return float(counters.get(field, 0) or 0)
 
-        records = CounterMetricFamily(
-            _name("records"),
-            "Buffered records settled, by outcome (counted by the settling script).",
-            labels=["outcome"],
-        )
-        for outcome in RECORD_OUTCOMES:
-            records.add_metric([outcome], value(f"records:{outcome}"))
-        yield records
-        direct = CounterMetricFamily(
-            _name("direct_events"),
-            "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept.",
-            labels=["outcome"],
-        )
-        for outcome in DIRECT_OUTCOMES:
-            direct.add_metric([outcome], value(f"direct:{outcome}"))
-        yield direct
+        for suffix, doc, prefix, outcomes in OUTCOME_COUNTERS:
+            family = CounterMetricFamily(_name(suffix), doc, labels=["outcome"])
+            for outcome in outcomes:
+                family.add_metric([outcome], value(f"{prefix}:{outcome}"))
+            yield family
         requests = CounterMetricFamily(
             _name("requests"),
             "HTTP requests to SuprSend by path and status class (error: no answer).",
