@@ -29,7 +29,7 @@ from _buffer_helpers import (
 from celery import Celery
 from conftest import in_process_worker, wait_for
 
-from suprsend_celery import buffer_event, buffer_events, buffer_stats
+from suprsend_celery import buffer_event, buffer_events, buffer_stats, defaults
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.policy import dead_letter_entry
 from suprsend_celery.runtime import get_buffer
@@ -184,6 +184,30 @@ class TestOneBuffer:
         assert (refused.mode, refused.items) == ("open", [])
         buffer.reset_breaker()
         assert buffer.claim(10, 30).items
+
+    def test_probe_may_come_from_any_shard(self, cluster_app: Callable[..., Celery]) -> None:
+        """Once the pause is over one claim is the probe (at most PROBE_RECORDS, from
+        whichever shard has records; the others wait); an empty probe lets the next
+        claim probe again; a good probe closes the breaker."""
+        app = cluster_app(suprsend_buffer_shards=3)
+        buffer = get_buffer(app)
+        assert isinstance(buffer, ShardedBuffer)
+        first = buffer.claim(10, 30)
+        assert (first.mode, first.items) == ("ok", [])
+        buffer.settle(f"1:{uuid.uuid4().hex}", verdict="fail", open_for=0.2, reason="HTTP 429")
+        assert buffer.claim(10, 30).mode == "open"
+        wait_for(lambda: buffer.breaker()["retry_in"] == 0, timeout=5, message="the pause")
+        empty = buffer.claim(10, 30)
+        assert (empty.mode, empty.items) == ("probe", [])
+        assert buffer.breaker()["state"] == "half_open"  # due again: the next claim probes
+        buffer.shards[2].push([b'{"n": %d}' % i for i in range(30)])
+        probe = buffer.claim(100, 30)
+        assert probe.mode == "probe" and probe.id.startswith("2:")
+        assert len(probe.items) == defaults.PROBE_RECORDS
+        assert buffer.claim(100, 30).mode == "open", "one probe at a time"
+        assert buffer.settle(probe.id, verdict="ok")
+        assert buffer.breaker()["state"] == "closed"
+        assert len(buffer.claim(100, 30).items) == 20
 
     def test_dead_letters_and_stats_cover_every_shard(
         self, cluster_app: Callable[..., Celery]

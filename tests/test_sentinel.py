@@ -10,6 +10,7 @@ again). Lost means acknowledged by ``buffer_event`` yet never processed.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -21,9 +22,11 @@ from typing import Any
 import pytest
 from _buffer_helpers import processed_keys
 from celery import Celery
+from click.testing import CliRunner
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import buffer_event, buffer_stats
+from suprsend_celery.cli import cli
 from suprsend_celery.exceptions import ReplicationError
 from suprsend_celery.flusher import Flusher
 from suprsend_celery.runtime import get_buffer, get_client
@@ -184,3 +187,8 @@ def test_master_killed_under_load(
     window = {key for at, key in producer.acked if killed_at - 0.5 <= at <= killed_at}
     assert set(lost) <= window, f"lost {len(set(lost) - window)} acknowledged long before"
     assert buffer_stats(app=app)["pending"] == 0
+    # The command line reaches the buffer through the same sentinels.
+    status = CliRunner().invoke(cli, ["status", "--json"], obj=app)
+    assert json.loads(status.stdout)["pending"] == 0, status.output
+    health = CliRunner().invoke(cli, ["check"], obj=app)
+    assert health.exit_code == 0 and f"sentinel master {MASTER_NAME}" in health.output
