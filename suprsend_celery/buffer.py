@@ -14,6 +14,8 @@ thanks to the ``{prefix}`` hash tag::
     {p}:breaker      HASH   the circuit breaker shared by every flusher
     {p}:journal      ZSET   direct-path records -> when to send them here if their task
                             went silent (a broker message lost; see ``journal``)
+    {p}:journal_expires ZSET journal records of tasks published with ``expires`` ->
+                            when they expire (never sent from the journal after that)
     {p}:metrics      HASH   counters, histograms and the last flush run's time, kept by
                             the scripts (see ``counters``)
 
@@ -122,6 +124,7 @@ class RedisBuffer:
         self.dead_key = f"{tag}:dead"
         self.breaker_key = f"{tag}:breaker"
         self.journal_key = f"{tag}:journal"
+        self.journal_expires_key = f"{tag}:journal_expires"
         self.metrics_key = f"{tag}:metrics"
         self._lane = ProducerLane(client, self.pending_key, accept_timeout)
         self._push = client.register_script(lua.PUSH_LUA)
@@ -250,7 +253,13 @@ class RedisBuffer:
         keys, args = lua.finish_run_call(self, counts)
         return int(self._finish_run(keys=keys, args=args))
 
-    def journal(self, record: bytes, seconds: float, counts: Tally | None = None) -> None:
+    def journal(
+        self,
+        record: bytes,
+        seconds: float,
+        counts: Tally | None = None,
+        expires_in: float | None = None,
+    ) -> None:
         """Keep a published direct-path record here until its task settles it.
 
         Celery's Redis transport pops a message (BRPOP) before it notes it as
@@ -258,9 +267,12 @@ class RedisBuffer:
         record still here ``seconds`` after it was published (the broker's visibility
         timeout, plus any countdown) is sent by the flusher instead; if the task did
         run after all, SuprSend skips the repeat by its idempotency key. ``counts``
-        are the metrics of the attempt this publish retries.
+        are the metrics of the attempt this publish retries. A task published with
+        ``expires`` passes ``expires_in``: once that has passed, the entry is dropped
+        instead of sent, as Celery would discard the message.
         """
-        self._lane.call(self._journal, lua.journal_call(self, record, seconds, counts))
+        call = lua.journal_call(self, record, seconds, counts, expires_in)
+        self._lane.call(self._journal, call)
 
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
         """Make a journal entry due in ``seconds`` (a worker's connections, not a view's:
@@ -274,9 +286,19 @@ class RedisBuffer:
         self._settle_journal(keys=keys, args=args)
 
     def recover_journal(self, limit: int = defaults.JOURNAL_RECOVER_LIMIT) -> int:
-        """Move journal records whose task went silent to pending; returns how many."""
+        """Move journal records whose task went silent to pending; returns how many.
+
+        Those whose task expired meanwhile are dropped (and logged), not sent.
+        """
         keys, args = lua.recover_journal_call(self, limit)
-        return int(self._recover_journal(keys=keys, args=args))
+        moved, dropped = self._recover_journal(keys=keys, args=args)
+        if dropped:
+            logger.warning(
+                "%d direct-path record(s) expired (Celery expires) before any worker ran "
+                "their task; dropped from the journal, not sent",
+                dropped,
+            )
+        return int(moved)
 
     # -- dead letters --------------------------------------------------------------
 
@@ -409,6 +431,7 @@ class RedisBuffer:
             self.dead_key,
             self.breaker_key,
             self.journal_key,
+            self.journal_expires_key,
             self.metrics_key,
         ]
         self.redis.delete(*keys)

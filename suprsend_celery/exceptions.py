@@ -99,6 +99,13 @@ class PublishError(_AcceptError):
     """``track_event`` could not publish its task, nor note it in the journal, within
     ``suprsend_accept_timeout``; nothing was published."""
 
+    @classmethod
+    def for_event(cls, key: str, what: str, cause: BaseException) -> PublishError:
+        return cls(
+            f"event {key} {what} ({type(cause).__name__}: {cause}); it was not accepted",
+            idempotency_keys=(key,),
+        )
+
 
 def _rebuild_accept_error(
     cls: type[_AcceptError], message: str, keys: tuple[str, ...]

@@ -30,6 +30,7 @@ __all__ = [
     "RECORD",
     "RedactedRequest",
     "delay_of",
+    "expires_in",
     "is_prepared",
     "meta_of",
     "redacted",
@@ -61,6 +62,23 @@ def delay_of(options: dict[str, Any]) -> float:
         now = datetime.datetime.now(eta.tzinfo or None)
         return max(0.0, (eta - now).total_seconds())
     return 0.0
+
+
+def expires_in(options: dict[str, Any]) -> float | None:
+    """Seconds until a message published with these options expires (``expires``: seconds,
+    a datetime or, from a running task's request, an ISO string), or None."""
+    expires = options.get("expires")
+    if isinstance(expires, str):
+        try:
+            expires = datetime.datetime.fromisoformat(expires)
+        except ValueError:
+            return None
+    if isinstance(expires, datetime.datetime):
+        now = datetime.datetime.now(expires.tzinfo or None)
+        return max(0.0, (expires - now).total_seconds())
+    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+        return max(0.0, float(expires))
+    return None
 
 
 _NO_META = {"event": None, "distinct_id": None, "idempotency_key": None}

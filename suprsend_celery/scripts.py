@@ -104,6 +104,7 @@ class KeyNames(Protocol):
     dead_key: str
     breaker_key: str
     journal_key: str
+    journal_expires_key: str
     metrics_key: str
 
 
@@ -301,9 +302,18 @@ def rehome_call(k: KeyNames, max_length: int, record: bytes, dead_entry: bytes) 
 JOURNAL_LUA = _load("journal", "now", "count")
 
 
-def journal_call(k: KeyNames, record: bytes, seconds: float, counts: Tally | None = None) -> Call:
+def journal_call(
+    k: KeyNames,
+    record: bytes,
+    seconds: float,
+    counts: Tally | None = None,
+    expires_in: float | None = None,
+) -> Call:
     tail = counts.args() if counts else []
-    return Call([k.journal_key, k.metrics_key], [seconds, record, *tail])
+    expiry = "" if expires_in is None else expires_in
+    return Call(
+        [k.journal_key, k.metrics_key, k.journal_expires_key], [seconds, record, expiry, *tail]
+    )
 
 
 SETTLE_JOURNAL_LUA = _load("settle_journal", "count")
@@ -311,7 +321,7 @@ SETTLE_JOURNAL_LUA = _load("settle_journal", "count")
 
 def settle_journal_call(k: KeyNames, record: bytes, counts: Tally | None) -> Call:
     tail = counts.args() if counts else []
-    return Call([k.journal_key, k.metrics_key], [record, *tail])
+    return Call([k.journal_key, k.metrics_key, k.journal_expires_key], [record, *tail])
 
 
 FINISH_RUN_LUA = _load("finish_run", "now", "count")
@@ -325,4 +335,4 @@ RECOVER_JOURNAL_LUA = _load("recover_journal", "now")
 
 
 def recover_journal_call(k: KeyNames, limit: int) -> Call:
-    return Call([k.journal_key, k.pending_key], [limit])
+    return Call([k.journal_key, k.pending_key, k.journal_expires_key], [limit])

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import redis
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from celery.signals import task_revoked
 
 from . import defaults
 from .beat import schedule_on_bind
@@ -35,7 +36,15 @@ from .exceptions import (
     PublishError,
     TransientDeliveryError,
 )
-from .messages import RECORD, RedactedRequest, delay_of, is_prepared, meta_of, redacted
+from .messages import (
+    RECORD,
+    RedactedRequest,
+    delay_of,
+    expires_in,
+    is_prepared,
+    meta_of,
+    redacted,
+)
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .producer import accept_call
 from .runtime import find_buffer, get_client, get_flusher
@@ -58,32 +67,10 @@ _RECORD = RECORD
 _TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
 
 
-def _dead_entry(
-    text: str, meta: dict[str, Any], reason: str, exc: DeliveryError, attempts: int
-) -> bytes:
-    """A direct-path dead letter, in the buffered path's format."""
-    return dead_letter_entry(
-        text.encode("utf-8"),
-        error=reason,
-        status_code=exc.status_code,
-        attempts=attempts,
-        source="direct",
-        idempotency_key=meta["idempotency_key"],
-        event=meta["event"],
-    )
-
-
 def _count(field: str) -> None:
     tally = _TALLY.get()
     if tally is not None:
         tally.add(field)
-
-
-def _publish_error(key: str, what: str, exc: BaseException) -> PublishError:
-    return PublishError(
-        f"event {key} {what} ({type(exc).__name__}: {exc}); it was not accepted",
-        idempotency_keys=(key,),
-    )
 
 
 class TrackEventTask(Task):  # type: ignore[misc]
@@ -162,10 +149,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
             counts = _TALLY.get()  # set when this publish is a retry of a running task
             _TALLY.set(None)
             try:
-                buffer.journal(text.encode("utf-8"), seconds, counts)
+                buffer.journal(text.encode("utf-8"), seconds, counts, expires_in(options))
             except BufferUnavailableError as exc:
                 if not own_retry:
-                    raise _publish_error(key, "could not be journaled", exc) from exc
+                    raise PublishError.for_event(key, "could not be journaled", exc) from exc
                 logger.warning(
                     "event %s (task %s): retry not journaled again (%s)", key, self.request.id, exc
                 )
@@ -178,8 +165,22 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 with contextlib.suppress(redis.RedisError):
                     buffer.settle_journal(text.encode("utf-8"))
             if isinstance(exc, Exception):
-                raise _publish_error(key, "could not be published", exc) from exc
+                raise PublishError.for_event(key, "could not be published", exc) from exc
             raise
+
+    def _dead_entry(
+        self, text: str, meta: dict[str, Any], reason: str, exc: DeliveryError, attempts: int
+    ) -> bytes:
+        """A direct-path dead letter, in the buffered path's format."""
+        return dead_letter_entry(
+            text.encode("utf-8"),
+            error=reason,
+            status_code=exc.status_code,
+            attempts=attempts,
+            source="direct",
+            idempotency_key=meta["idempotency_key"],
+            event=meta["event"],
+        )
 
     def _settle_journal(self, text: str) -> None:
         buffer = find_buffer(self.app)
@@ -312,7 +313,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         where = "not dead-lettered (no suprsend_redis_url)"
         buffer = find_buffer(self.app)
         if buffer is not None:
-            entry = _dead_entry(text, meta, reason, exc, attempts)
+            entry = self._dead_entry(text, meta, reason, exc, attempts)
             try:
                 buffer.dead_letter(entry)
             except redis.RedisError as redis_exc:
@@ -384,7 +385,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         buffer = find_buffer(self.app)
         where = "the event could not be kept (no suprsend_redis_url)"
         if buffer is not None:
-            entry = _dead_entry(text, meta, str(exc), exc, attempts)
+            entry = self._dead_entry(text, meta, str(exc), exc, attempts)
             try:
                 kept = buffer.rehome(text.encode("utf-8"), entry)
             except redis.RedisError as redis_exc:
@@ -398,6 +399,24 @@ class TrackEventTask(Task):  # type: ignore[misc]
             _count("direct:kept" if kept else "direct:dead_lettered")
         logger.error("event %s (task %s): %s; %s", key, self.request.id, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
+
+
+@task_revoked.connect  # type: ignore[untyped-decorator]
+def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A ``track_event`` Celery discards (revoked, or expired when a worker took it) must
+    not be sent later from the journal: settle its entry. A revoke that arrives after
+    the task ran changes nothing (the event was sent); an expired message no worker ever
+    took is dropped by the journal itself (``RedisBuffer.recover_journal``)."""
+    record = getattr(request, "suprsend_record", None)
+    if getattr(sender, "name", None) != TRACK_TASK or not isinstance(record, str):
+        return
+    logger.warning(
+        "event %s (task %s) %s: not sent",
+        meta_of(record)["idempotency_key"],
+        getattr(request, "id", None),
+        "expired" if expired else "revoked",
+    )
+    sender._settle_journal(record)
 
 
 @shared_task(bind=True, base=TrackEventTask, name=TRACK_TASK)  # type: ignore[untyped-decorator]

@@ -8,10 +8,14 @@ timeout has passed, the flusher sends what is still there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import redis
 from celery import Celery
+from celery.signals import task_revoked
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import track_event
@@ -79,3 +83,73 @@ class TestJournal:
             wait_for(lambda: journal_size(app) == 0, timeout=10, message="an empty journal")
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["sent-1"]
         assert buffer.dead_letters()[0].idempotency_key == "refused-1"
+
+
+@contextmanager
+def discarded() -> Iterator[list[str]]:
+    """The ids of the tasks the worker discards (Celery's ``task_revoked`` signal)."""
+    ids: list[str] = []
+
+    def on_revoked(request: Any = None, **_: Any) -> None:
+        ids.append(request.id)
+
+    task_revoked.connect(on_revoked, weak=False)
+    try:
+        yield ids
+    finally:
+        task_revoked.disconnect(on_revoked)
+
+
+class TestDiscarded:
+    """Issue 10 item 7: a task Celery discards (revoked, expired) is not sent later."""
+
+    def _nothing_sent(self, app: Celery, sandbox: Sandbox) -> None:
+        """Once every journal entry is due, the flusher finds nothing to send."""
+        flusher = get_flusher(app)
+        deadline = time.monotonic() + 1.5  # the visibility timeout (1 s) has passed
+        wait_for(lambda: time.monotonic() > deadline, 5, message="the entry to be due")
+        assert flusher.run(time_budget=2).sent == 0
+        assert journal_size(app) == 0
+        assert sandbox.stats()["requests"] == 0
+
+    def test_revoked_before_it_ran(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """Revoked while waiting for its countdown: the worker discards it, and the
+        journal entry goes with it."""
+        app = app_factory(broker_transport_options={"visibility_timeout": 1})
+        with discarded() as revoked, in_process_worker(app, concurrency=1):
+            result = track_event.apply_async(("u1", "order_placed"), countdown=2)
+            app.control.revoke(result.id)
+            wait_for(lambda: result.id in revoked, 20, message="the worker to discard it")
+        self._nothing_sent(app, sandbox)
+
+    def test_expired_when_a_worker_takes_it(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """Expired before any worker ran: the worker discards it, its entry is settled."""
+        app = app_factory(broker_transport_options={"visibility_timeout": 1})
+        result = track_event.apply_async(("u1", "order_placed"), expires=0.5)
+        expired = time.monotonic() + 0.6
+        wait_for(lambda: time.monotonic() > expired, 5, message="the task to expire")
+        with discarded() as revoked, in_process_worker(app, concurrency=1):
+            wait_for(lambda: result.id in revoked, 20, message="the worker to discard it")
+        self._nothing_sent(app, sandbox)
+
+    def test_expired_and_never_taken(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox, redis_client: redis.Redis
+    ) -> None:
+        """No worker ever saw the expired message: the journal drops it when it comes
+        due rather than send an event its caller said was worthless by then. An entry
+        due before its expiry is still sent."""
+        app = app_factory(broker_transport_options={"visibility_timeout": 1})
+        track_event.apply_async(("u1", "order_placed"), expires=0.5)
+        track_event.apply_async(("u2", "order_placed"), {"idempotency_key": "live"}, expires=600)
+        redis_client.delete(QUEUE)  # no worker will ever take them
+        deadline = time.monotonic() + 1.5
+        wait_for(lambda: time.monotonic() > deadline, 5, message="the entries to be due")
+        assert get_flusher(app).run(time_budget=2).sent == 1
+        assert [e["$idempotency_key"] for e in sandbox.events()] == ["live"]
+        assert journal_size(app) == 0
+        buffer = get_buffer(app)
+        assert buffer.redis.zcard(buffer.journal_expires_key) == 0

@@ -1,11 +1,22 @@
 -- Called only through scripts.recover_journal_call(); prelude: now.
--- Move journal records that are due (their task never settled them) to pending.
--- Returns how many moved.
-local journal, pending = KEYS[1], KEYS[2]
+-- Move journal records that are due (their task never settled them) to pending, except
+-- those whose task has expired (`expires`): Celery would have discarded the message,
+-- so they are dropped, not sent. Returns {moved, dropped}.
+local journal, pending, expiring = KEYS[1], KEYS[2], KEYS[3]
 local limit = tonumber(ARGV[1])
 
 local due = redis.call('ZRANGEBYSCORE', journal, '-inf', now, 'LIMIT', 0, limit)
-if #due == 0 then return 0 end
-redis.call('RPUSH', pending, unpack(due))
+if #due == 0 then return {0, 0} end
+local send, dropped = {}, 0
+for _, record in ipairs(due) do
+    local expires_at = redis.call('ZSCORE', expiring, record)
+    if expires_at and tonumber(expires_at) <= now then
+        dropped = dropped + 1
+    else
+        send[#send + 1] = record
+    end
+end
+if #send > 0 then redis.call('RPUSH', pending, unpack(send)) end
 redis.call('ZREM', journal, unpack(due))
-return #due
+redis.call('ZREM', expiring, unpack(due))
+return {#send, dropped}
