@@ -227,8 +227,17 @@ class ShardedBuffer(RedisBuffer):
     def rehome(self, record: bytes, entry: bytes) -> bool:
         return self._producer_order()[0].rehome(record, entry)
 
-    def journal(self, record: bytes, seconds: float, counts: Tally | None = None) -> None:
-        self._of_record(record).journal(record, seconds, counts)
+    def journal(
+        self,
+        record: bytes,
+        seconds: float,
+        counts: Tally | None = None,
+        expires_in: float | None = None,
+    ) -> None:
+        self._of_record(record).journal(record, seconds, counts, expires_in)
+
+    def reschedule_journal(self, record: bytes, seconds: float) -> None:
+        self._of_record(record).reschedule_journal(record, seconds)
 
     def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
         self._of_record(record).settle_journal(record, counts)

@@ -403,10 +403,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
 
 @task_revoked.connect  # type: ignore[untyped-decorator]
 def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
-    """A ``track_event`` Celery discards (revoked, or expired when a worker took it) must
-    not be sent later from the journal: settle its entry. A revoke that arrives after
-    the task ran changes nothing (the event was sent); an expired message no worker ever
-    took is dropped by the journal itself (``RedisBuffer.recover_journal``)."""
+    """A ``track_event`` a worker discards (revoked, expired) is not sent later from the
+    journal: settle its entry. (An expired message no worker took: ``recover_journal``.)"""
     record = getattr(request, "suprsend_record", None)
     if getattr(sender, "name", None) != TRACK_TASK or not isinstance(record, str):
         return
