@@ -57,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .buffer import RedisBuffer
 from .counters import BUCKETS, FLUSH_SECONDS, LAST_FLUSH_AT, REQUEST_SECONDS, bucket_field
 
-__all__ = ["BufferCollector", "make_registry", "serve", "wsgi_app"]
+__all__ = ["SCRAPE_TIMEOUT", "BufferCollector", "make_registry", "serve", "wsgi_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +133,25 @@ def _gauge(suffix: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class BufferCollector(Collector):
-    """Reads the buffer at every scrape; a Redis failure yields ``redis_up 0`` only."""
+    """Reads the buffer at every scrape; a Redis failure yields ``redis_up 0`` only.
 
-    def __init__(self, buffer: RedisBuffer) -> None:
-        self.buffer = buffer
+    ``buffer`` is a buffer, or a function that opens one (opening asks Redis about
+    clusters and shards, so it may fail too: it is tried again at the next scrape).
+    """
+
+    def __init__(self, buffer: RedisBuffer | Callable[[], RedisBuffer]) -> None:
+        self._open = buffer if callable(buffer) else None
+        self._buffer = None if callable(buffer) else buffer
 
     def describe(self) -> Iterable[Metric]:
         return []  # no Redis round trip at registration
 
     def collect(self) -> Iterator[Metric]:
         try:
-            snap = read_snapshot(self.buffer)
+            if self._buffer is None:
+                assert self._open is not None
+                self._buffer = self._open()
+            snap = read_snapshot(self._buffer)
         except redis.RedisError as exc:
             logger.warning("metrics: Redis did not answer (%s: %s)", type(exc).__name__, exc)
             yield _gauge("redis_up", "1 if Redis answered this scrape.", 0)
@@ -244,13 +252,19 @@ def _buckets(counters: dict[str, str], histogram: str) -> tuple[list[tuple[str, 
     return out, float(counters.get(f"hist:{histogram}:sum", 0) or 0)
 
 
+SCRAPE_TIMEOUT = 5.0
+"""Seconds a scrape waits for Redis before it answers ``redis_up 0`` (Prometheus'
+own scrape timeout is 10 s): the exporter's client has short timeouts and no retries."""
+
+
 def make_registry(app: Any = None) -> CollectorRegistry:
     """A registry holding only this app's buffer collector (no process metrics)."""
-    from .runtime import get_buffer
+    from .config import get_settings
+    from .health import quick_buffer
 
-    buffer = get_buffer(app)
+    settings = get_settings(app)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BufferCollector(buffer))
+    registry.register(BufferCollector(lambda: quick_buffer(settings, SCRAPE_TIMEOUT)))
     return registry
 
 

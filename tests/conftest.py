@@ -8,6 +8,7 @@ that kill or restart Redis start their own ``RedisServer``.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,3 +181,12 @@ def worker(celery_app: Celery) -> Iterator[Any]:
     """An in-process worker (threads pool) consuming the test queue."""
     with in_process_worker(celery_app, concurrency=4, shutdown_timeout=10) as w:
         yield w
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield server.getsockname()[1]

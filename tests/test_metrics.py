@@ -35,7 +35,7 @@ from conftest import in_process_worker, wait_for
 from suprsend_celery import Event, buffer_events, track_event
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.counters import BUCKETS, REQUEST_SECONDS, Tally, bucket_field
-from suprsend_celery.metrics import wsgi_app
+from suprsend_celery.metrics import SCRAPE_TIMEOUT, wsgi_app
 from suprsend_celery.runtime import get_flusher
 from suprsend_celery.sandbox import Sandbox
 
@@ -205,6 +205,17 @@ class TestExporter:
         registry.register(BufferCollector(dead))
         samples = scrape_wsgi(prometheus_wsgi(registry))
         assert samples == {("suprsend_celery_redis_up", ()): 0.0}
+
+    @pytest.mark.slow
+    def test_a_hung_redis_is_redis_up_zero_in_bounded_time(
+        self, app_factory: Callable[..., Celery], silent_port: int
+    ) -> None:
+        """Redis accepts connections but never answers: the scrape still answers in time."""
+        app = app_factory(suprsend_redis_url=f"redis://127.0.0.1:{silent_port}/0")
+        started = time.monotonic()
+        samples = scrape_wsgi(wsgi_app(app))
+        assert samples == {("suprsend_celery_redis_up", ()): 0.0}
+        assert time.monotonic() - started < SCRAPE_TIMEOUT * 2 + 1
 
 
 class TestDirectPath:
