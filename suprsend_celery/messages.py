@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
 from functools import cached_property
 from typing import Any
@@ -35,7 +36,10 @@ __all__ = [
     "meta_of",
     "redacted",
     "redacted_call",
+    "warn_if_no_broker",
 ]
+
+logger = logging.getLogger(__name__)
 
 RECORD = "record"
 """The one keyword argument of a published ``track_event``: the finished record."""
@@ -81,6 +85,22 @@ def expires_in(options: dict[str, Any]) -> float | None:
     return None
 
 
+def warn_if_no_broker(app: Any) -> None:
+    """Say once per app that ``track_event`` goes to Celery's default broker
+    (``amqp://localhost``) because none is configured: a silent surprise otherwise."""
+    conf = app.conf
+    if conf.broker_url or conf.broker_write_url or app.__dict__.get(_WARNED):
+        return
+    app.__dict__[_WARNED] = True
+    logger.warning(
+        "track_event: the Celery app %r has no broker_url (nor CELERY_BROKER_URL), so its "
+        "tasks go to Celery's default, amqp://localhost; set broker_url if that is not "
+        "meant",
+        app.main,
+    )
+
+
+_WARNED = "_suprsend_no_broker_warned"
 _NO_META = {"event": None, "distinct_id": None, "idempotency_key": None}
 
 

@@ -44,6 +44,7 @@ from .messages import (
     is_prepared,
     meta_of,
     redacted,
+    warn_if_no_broker,
 )
 from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
 from .producer import accept_call
@@ -108,6 +109,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         ``InvalidEventError`` for bad input and ``PublishError`` when the record could
         not be journaled or published within ``suprsend_accept_timeout``.
         """
+        warn_if_no_broker(self.app)
         message_kwargs, redaction = self._prepare(args, kwargs)
         options.update(redaction)
         publish = super().apply_async
@@ -119,7 +121,6 @@ class TrackEventTask(Task):  # type: ignore[misc]
             lambda: publish((), message_kwargs, task_id, *rest, **options),
             own_retry=own_retry,
         )
-        # The key beside the task id: each is findable from the other (logs name both).
         result.idempotency_key = meta_of(message_kwargs[_RECORD])["idempotency_key"]
         return result
 

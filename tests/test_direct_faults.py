@@ -6,6 +6,7 @@ Each test runs its own ``redis-server`` so it can starve it (``maxmemory`` under
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -208,3 +209,32 @@ class TestRedisDownAtCallTime:
             assert get_flusher(app).run(time_budget=2).sent == 0
             assert sandbox.stats()["requests"] == 0
             buffer.redis.close()
+
+
+class TestNoBroker:
+    """Issue 11 item 8: an app without a broker URL is told so, once."""
+
+    def test_warns_once(
+        self,
+        sandbox: Sandbox,
+        redis_url: str,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Two ``delay()`` calls on an app with no broker_url: one warning naming the
+        default it falls back to (the local RabbitMQ here, whose queue is then removed)."""
+        monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+        queue = f"no-broker-{time.monotonic_ns()}"
+        with (
+            app_on(redis_url, sandbox, broker_url=None, task_default_queue=queue) as app,
+            caplog.at_level(logging.WARNING, logger="suprsend_celery"),
+        ):
+            assert not app.conf.broker_url
+            track_event.delay("u1", "order_placed")
+            track_event.delay("u2", "order_placed")
+            with app.connection_for_write() as conn:
+                assert conn.transport_cls == "amqp"
+                conn.default_channel.queue_delete(queue)
+        warnings = [r for r in caplog.records if "has no broker_url" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "amqp://localhost" in warnings[0].getMessage()
