@@ -37,6 +37,7 @@ from .config import Settings, cached_on_app, get_settings, resolve_app
 from .connect import SENTINEL_SCHEME, connect
 from .events import AcceptedRecord, Event
 from .producer import accept_call, accept_events, naming_keys
+from .redis_policy import full_error
 from .runtime import built_buffer, get_buffer
 
 __all__ = ["abuffer_event", "abuffer_events", "aclose", "atrack_event"]
@@ -57,8 +58,19 @@ class AsyncBuffer:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full."""
         if not records:
             return 0
+        check = self.buffer.policy_check  # an evicting Redis is refused, as by the sync push
+        if check.due():
+            try:
+                info = await self.redis.info("memory")
+            except redis.exceptions.ResponseError:  # INFO denied by an ACL
+                info = {}
+            check.update(info)
+        check.refuse()
         keys, args = lua.push_call(self.buffer, self.buffer.max_length, records)
-        result = await self._push(keys=keys, args=args)
+        try:
+            result = await self._push(keys=keys, args=args)
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise full_error(exc) from exc
         return check_push(result, self.buffer.max_length, len(records))
 
 

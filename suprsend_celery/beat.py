@@ -8,6 +8,9 @@ Two documented Celery hooks, no private API:
   calls ``schedule_on_bind`` from there, so ``app.conf.beat_schedule`` has the entry.
 - ``beat_init`` / ``beat_embedded_init``: the running scheduler read ``beat_schedule``
   before these signals, so an entry added now is handed to it directly.
+
+Without a buffer (a broker that is not Redis and no ``suprsend_redis_url``) there is
+nothing to flush: no entry, and the worker says so once, at start (``worker_ready``).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import beat_embedded_init, beat_init
+from celery.signals import beat_embedded_init, beat_init, worker_ready
 
-from .config import Settings, get_settings, load_settings
+from .config import Settings, get_settings, load_settings, mask_url
 from .defaults import FLUSH_TASK
 from .exceptions import ConfigurationError
 
@@ -30,9 +33,11 @@ BEAT_ENTRY = "suprsend-celery-flush-buffer"
 
 
 def beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
-    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0."""
-    interval = (settings or get_settings(app)).flush_interval
-    if interval <= 0:
+    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0 or
+    there is no buffer to flush."""
+    settings = settings or get_settings(app)
+    interval = settings.flush_interval
+    if interval <= 0 or not settings.redis_url:
         return None
     # Expiring after one interval keeps a backlog of runs from piling up behind a
     # slow worker: the next run will drain what the skipped one would have.
@@ -89,3 +94,25 @@ def _on_beat_init(sender: Any = None, **_: Any) -> None:
 @beat_embedded_init.connect  # type: ignore[untyped-decorator]
 def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
     _on_beat_init(sender)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Say once, as the worker starts, that the buffered path is off and why."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    try:
+        settings = load_settings(app.conf)
+    except ConfigurationError:
+        return  # an app that does not use SuprSend (or says what is wrong when it does)
+    if settings.redis_url:
+        return
+    broker = app.conf.broker_url
+    logger.warning(
+        "suprsend-celery: the buffered path is off: the broker (%s) is not Redis and "
+        "suprsend_redis_url is not set, so flush_buffer is not scheduled, buffer_event "
+        "raises ConfigurationError and track_event keeps no journal or dead letters. "
+        "Set suprsend_redis_url (SUPRSEND_REDIS_URL) to a Redis to turn it on.",
+        mask_url(broker) if isinstance(broker, str) else broker,
+    )

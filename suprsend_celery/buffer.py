@@ -10,7 +10,7 @@ thanks to the ``{prefix}`` hash tag::
     {p}:settled:<id> STRING a settled claim's tombstone, for a minute (see SETTLE_LUA)
     {p}:inflight     STRING how many records sit in claims (for stats and the bound)
     {p}:retry        ZSET   record -> when it is due again
-    {p}:dead         LIST   dead letters, newest first, trimmed to DEAD_LETTER_MAX
+    {p}:dead         LIST   dead letters, newest first; they count toward the bound
     {p}:breaker      HASH   the circuit breaker shared by every flusher
     {p}:journal      ZSET   direct-path records -> when to send them here if their task
                             went silent (a broker message lost; see ``journal``)
@@ -39,10 +39,12 @@ import redis
 
 from . import defaults
 from . import scripts as lua
-from .counters import Tally
+from .counters import PAST_WINDOW, Tally
+from .events import record_time
 from .exceptions import BufferFullError, ReplicationError
 from .lane import ProducerLane
 from .policy import DeadLetter, parse_dead_letter
+from .redis_policy import PolicyCheck, describe_redis, read_memory_info
 from .scripts import Verdict
 
 __all__ = ["Claim", "ClaimMode", "RedisBuffer", "check_push", "join_item", "split_item"]
@@ -83,8 +85,9 @@ def check_push(result: Any, max_length: int, count: int) -> int:
     """The push script's reply as the new pending length; ``BufferFullError`` for -1."""
     if result == -1:
         raise BufferFullError(
-            f"the buffer holds suprsend_buffer_max_length={max_length} records; "
-            f"{count} event(s) were not accepted (is flush_buffer running?)"
+            f"the buffer holds suprsend_buffer_max_length={max_length} records, dead "
+            f"letters included; {count} event(s) were not accepted (is flush_buffer "
+            "running? are dead letters piling up: suprsend-celery dead-letters list)"
         )
     return int(result)
 
@@ -98,19 +101,18 @@ class RedisBuffer:
         *,
         prefix: str = defaults.KEY_PREFIX,
         max_length: int = defaults.BUFFER_MAX_LENGTH,
-        dead_letter_max: int = defaults.DEAD_LETTER_MAX,
         breaker_threshold: int = defaults.BREAKER_THRESHOLD,
         breaker_cooldown: float = defaults.BREAKER_COOLDOWN,
         breaker_cooldown_max: float = defaults.BREAKER_COOLDOWN_MAX,
         accept_timeout: float = defaults.ACCEPT_TIMEOUT,
         min_replicas: int = defaults.BUFFER_MIN_REPLICAS,
+        policy_recheck: float = defaults.POLICY_RECHECK_SECONDS,
     ) -> None:
         self.redis = client
         self.accept_timeout = accept_timeout
         self.min_replicas = min_replicas
         self.prefix = prefix
         self.max_length = max_length
-        self.dead_letter_max = dead_letter_max
         self.breaker_threshold = breaker_threshold
         self.breaker_cooldown = breaker_cooldown
         self.breaker_cooldown_max = breaker_cooldown_max
@@ -127,6 +129,8 @@ class RedisBuffer:
         self.journal_expires_key = f"{tag}:journal_expires"
         self.metrics_key = f"{tag}:metrics"
         self._lane = ProducerLane(client, self.pending_key, accept_timeout)
+        #: Refuses accepting into a Redis that may evict our keys (read once a minute).
+        self.policy_check = PolicyCheck(interval=policy_recheck)
         self._push = client.register_script(lua.PUSH_LUA)
         self._claim = client.register_script(lua.CLAIM_LUA)
         self._settle = client.register_script(lua.SETTLE_LUA)
@@ -151,9 +155,11 @@ class RedisBuffer:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
         ``BufferUnavailableError`` if Redis fails or does not answer in time, and
         ``ReplicationError`` (added, not confirmed) when fewer than ``min_replicas``
-        replicas confirm them within a quarter of ``accept_timeout``."""
+        replicas confirm them within a quarter of ``accept_timeout``, and
+        ``ConfigurationError`` when this Redis may evict keys (see ``redis_policy``)."""
         if not records:
             return 0
+        self._check_policy()
         call = lua.push_call(self, self.max_length, records)
         result, acked = self._lane.call(self._push, call, replicas=self.min_replicas)
         pushed = check_push(result, self.max_length, len(records))
@@ -219,7 +225,6 @@ class RedisBuffer:
         keys, args = lua.settle_call(
             self,
             claim_id,
-            dead_letter_max=self.dead_letter_max,
             breaker=lua.Breaker(
                 self.breaker_threshold, self.breaker_cooldown, self.breaker_cooldown_max
             ),
@@ -236,11 +241,17 @@ class RedisBuffer:
 
     # -- direct path -------------------------------------------------------------
 
+    def _check_policy(self) -> None:
+        self.policy_check.enforce(self._lane.run, lambda: describe_redis(self._lane.node_client()))
+
+    def memory_info(self) -> dict[str, Any]:
+        """This Redis's ``maxmemory_policy``, ``maxmemory`` and ``used_memory`` (``status``)."""
+        return read_memory_info(self._lane.node_client())
+
     def dead_letter(self, entry: bytes) -> None:
-        pipe = self._lane.node_client().pipeline()
-        pipe.lpush(self.dead_key, entry)
-        pipe.ltrim(self.dead_key, 0, self.dead_letter_max - 1)
-        pipe.execute()
+        """Keep a record that will not be delivered without help (never trimmed: dead
+        letters count toward ``max_length`` instead, see ``push``)."""
+        self._lane.node_client().lpush(self.dead_key, entry)
 
     def rehome(self, record: bytes, entry: bytes) -> bool:
         """Move a record into pending (True), or dead-letter it when the buffer is full."""
@@ -272,6 +283,7 @@ class RedisBuffer:
         instead of sent, as Celery would discard the message.
         """
         call = lua.journal_call(self, record, seconds, counts, expires_in)
+        self._check_policy()
         self._lane.call(self._journal, call)
 
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
@@ -376,11 +388,12 @@ class RedisBuffer:
         pipe.zrange(self.claims_key, 0, 0)
         pipe.zrange(self.retry_key, 0, 0)
         pipe.hgetall(self.breaker_key)
+        pipe.hget(self.metrics_key, PAST_WINDOW)
         pipe.time()
-        (pending, inflight, retries, dead, head, oldest_claim, first_retry, breaker, now_pair) = (
+        (pending, inflight, retries, dead, head, oldest_claim, first_retry, breaker, late, now) = (
             pipe.execute()
         )
-        now = float(now_pair[0]) + float(now_pair[1]) / 1e6
+        now = float(now[0]) + float(now[1]) / 1e6
         # Approximately the oldest record: the head of pending, the first record of the
         # claim due back first and the retry due first (records keep their $time).
         candidates = [head] if head else []
@@ -389,13 +402,15 @@ class RedisBuffer:
             first = self.redis.lindex(self.claim_prefix + oldest_claim[0].decode(), 0)
             if first:
                 candidates.append(first)
-        oldest_ms = [t for t in (_record_time(c) for c in candidates) if t is not None]
+        times = (record_time(split_item(c)[1]) for c in candidates)
+        oldest_ms = [t for t in times if t is not None]
         oldest_age = max(0.0, time.time() - min(oldest_ms) / 1000) if oldest_ms else 0.0
         state = lua.breaker_state(breaker, now)
         return {
             "pending": int(pending),
             "in_flight": max(0, int(inflight or 0)),
             "scheduled_retries": int(retries),
+            "sent_past_dedup_window": int(late or 0),
             "dead": int(dead),
             "oldest_age_seconds": round(oldest_age, 3),
             "breaker": state,
@@ -435,17 +450,3 @@ class RedisBuffer:
             self.metrics_key,
         ]
         self.redis.delete(*keys)
-
-
-def _record_time(item: bytes) -> int | None:
-    """``$time`` (epoch ms) of a stored record, without parsing the whole JSON."""
-    _, record = split_item(item)
-    marker = b'"$time": '
-    start = record.find(marker)
-    if start < 0:
-        return None
-    start += len(marker)
-    end = start
-    while end < len(record) and 48 <= record[end] <= 57:
-        end += 1
-    return int(record[start:end]) if end > start else None

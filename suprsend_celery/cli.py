@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,16 +30,20 @@ from typing import Any, NoReturn, TypeVar
 import click
 import redis
 
+from . import defaults
 from .buffer import RedisBuffer
+from .events import accepted_before
 from .exceptions import SuprsendCeleryError
 from .flusher import FlushReport
 from .policy import DeadLetter
+from .redis_policy import describe_redis, refusal
 
 __all__ = ["cli", "main"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 DEFAULT_APP = "suprsend_celery.app"
+_RELAY_REDIS_VARIABLES = ("SUPRSEND_REDIS_URL", "CELERY_BROKER_URL")
 
 
 class _AppRef:
@@ -46,6 +51,8 @@ class _AppRef:
 
     def __init__(self, spec: str | None, app: Any = None) -> None:
         self.spec = spec or DEFAULT_APP
+        #: The standalone relay, configured by environment variables alone.
+        self.is_default = spec is None and app is None
         self._app = app
 
     def get(self) -> Any:
@@ -97,6 +104,28 @@ def _buffer(ctx: click.Context) -> RedisBuffer:
     return get_buffer(_app(ctx))
 
 
+def _source(buffer: RedisBuffer) -> dict[str, str]:
+    """Which Redis (password masked) and key prefix a verb read: every verb says so."""
+    return {"redis": describe_redis(buffer.redis), "key_prefix": buffer.prefix}
+
+
+def _target(buffer: RedisBuffer) -> str:
+    source = _source(buffer)
+    return f"Redis {source['redis']}, key prefix {source['key_prefix']}"
+
+
+def _say_target(ctx: click.Context, buffer: RedisBuffer, verb: str) -> None:
+    """``<verb> Redis redis://host:port/db, key prefix P`` (and whether it is a guess)."""
+    ref: _AppRef = ctx.find_object(_AppRef)  # type: ignore[assignment]
+    click.echo(f"{verb} {_target(buffer)}{_default_note(ref)}")
+
+
+def _default_note(ref: _AppRef) -> str:
+    if not ref.is_default or any(os.environ.get(v) for v in _RELAY_REDIS_VARIABLES):
+        return ""
+    return " (a guess: no -A given, and neither SUPRSEND_REDIS_URL nor CELERY_BROKER_URL is set)"
+
+
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
 
@@ -144,10 +173,16 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the buffer: pending, in flight, retries, dead letters, breaker."""
     buffer = _buffer(ctx)
-    figures = buffer.stats()
+    if not as_json:
+        _say_target(ctx, buffer, "read")
+    figures: dict[str, Any] = {**_source(buffer), **buffer.stats()}
     breaker = buffer.breaker()
     figures["breaker_reason"] = breaker["reason"] if figures["breaker"] != "closed" else ""
     figures["breaker_retry_in"] = breaker["retry_in"] if figures["breaker"] != "closed" else 0.0
+    memory = buffer.memory_info()
+    figures["maxmemory_policy"] = memory.get("maxmemory_policy")
+    figures["maxmemory"] = memory.get("maxmemory")
+    figures["used_memory"] = memory.get("used_memory")
     if as_json:
         _echo_json(figures)
         return
@@ -156,15 +191,25 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ("in flight", figures["in_flight"]),
         ("scheduled retries", figures["scheduled_retries"]),
         ("dead letters", figures["dead"]),
+        ("sent past 24 h", figures["sent_past_dedup_window"]),
         ("oldest age", f"{figures['oldest_age_seconds']:.1f}s"),
         ("breaker", figures["breaker"]),
     ]
     if figures["breaker"] != "closed":
         rows.append(("  reason", figures["breaker_reason"] or "-"))
         rows.append(("  next probe in", f"{figures['breaker_retry_in']:.1f}s"))
+    rows.append(("maxmemory-policy", _policy_text(figures["maxmemory_policy"])))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label:<{width}}  {value}")
+
+
+def _policy_text(policy: str | None) -> str:
+    if policy is None:
+        return "unknown (INFO refused)"
+    if refusal(policy, "") is not None:
+        return f"{policy} (evicts keys: buffer_event refuses it; set noeviction)"
+    return policy
 
 
 # -- flush -------------------------------------------------------------------------------
@@ -189,6 +234,7 @@ def flush(ctx: click.Context, timeout: float) -> None:
     from .runtime import get_flusher
 
     flusher = get_flusher(_app(ctx))
+    _say_target(ctx, flusher.buffer, "flushing")
     total = flusher.buffer.remaining()
     done = 0
     with click.progressbar(
@@ -257,10 +303,12 @@ def _letter_row(letter: DeadLetter, show_properties: bool) -> dict[str, Any]:
 def list_dead_letters(ctx: click.Context, limit: int, as_json: bool, show_properties: bool) -> None:
     """List dead letters, newest first: key, event, error, attempts, age."""
     buffer = _buffer(ctx)
+    if not as_json:
+        _say_target(ctx, buffer, "read")
     letters = buffer.dead_letters(limit=limit)
     rows = [_letter_row(letter, show_properties) for letter in letters]
     if as_json:
-        _echo_json(rows)
+        _echo_json({**_source(buffer), "dead_letters": rows})
         return
     total = buffer.stats()["dead"]
     if not rows:
@@ -286,6 +334,15 @@ def list_dead_letters(ctx: click.Context, limit: int, as_json: bool, show_proper
         click.echo(f"({len(rows)} of {total} shown; use --limit)")
 
 
+def _past_window(buffer: RedisBuffer, selection: Sequence[str] | None) -> int:
+    """Dead letters (all, or these keys) accepted over 24 h ago: SuprSend no longer
+    deduplicates their keys if they are sent again."""
+    wanted = None if selection is None else set(selection)
+    letters = buffer.dead_letters(limit=max(1, buffer.stats()["dead"]))
+    records = [d.record for d in letters if wanted is None or (d.idempotency_key or "") in wanted]
+    return len(accepted_before(records, int((time.time() - defaults.DEDUP_WINDOW) * 1000)))
+
+
 def _selection(keys: Sequence[str], all_: bool) -> list[str] | None:
     if keys and all_:
         raise click.UsageError("give either --key (repeatable) or --all, not both")
@@ -308,8 +365,16 @@ _ALL_OPTION = click.option("--all", "all_", is_flag=True, help="Every dead lette
 def requeue_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool) -> None:
     """Put dead letters back in the buffer (attempts reset); the next flush sends them."""
     selection = _selection(keys, all_)
-    moved = _buffer(ctx).requeue_dead_letters(selection)
+    buffer = _buffer(ctx)
+    _say_target(ctx, buffer, "requeueing from")
+    late = _past_window(buffer, selection)
+    moved = buffer.requeue_dead_letters(selection)
     click.echo(f"requeued {moved} dead letter(s)")
+    if late:
+        click.echo(
+            f"{late} of them were first accepted more than 24 h ago: SuprSend deduplicates "
+            "a key for 24 h only, so one it already processed will be processed again"
+        )
     if selection is not None and moved < len(set(selection)):
         click.echo(f"{len(set(selection)) - moved} key(s) not found among the dead letters")
 
@@ -324,6 +389,7 @@ def purge_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool, ye
     """Drop dead letters for good (asks first unless --yes)."""
     selection = _selection(keys, all_)
     buffer = _buffer(ctx)
+    _say_target(ctx, buffer, "purging from")
     what = "every dead letter" if selection is None else f"{len(set(selection))} dead letter(s)"
     if not yes:
         held = buffer.stats()["dead"]
@@ -333,12 +399,6 @@ def purge_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool, ye
 
 
 # -- monitoring --------------------------------------------------------------------------
-
-
-def _target(buffer: RedisBuffer) -> str:
-    from .health import describe_redis
-
-    return f"Redis {describe_redis(buffer.redis)}, key prefix {buffer.prefix}"
 
 
 @cli.command()
@@ -359,7 +419,7 @@ def metrics(ctx: click.Context, host: str, port: int) -> None:
     except ImportError as exc:
         _fail(str(exc))
     buffer = _buffer(ctx)
-    click.echo(f"reading {_target(buffer)}")
+    _say_target(ctx, buffer, "reading")
     serve(_app(ctx), host, port, ready=lambda url: click.echo(f"serving {url}"))
 
 
@@ -405,7 +465,7 @@ def check(
         click.echo(f"checked Redis {url}, key prefix {settings.key_prefix}")
         problems = [f"Redis unreachable: {type(exc).__name__}: {exc}"]
     else:
-        click.echo(f"checked {_target(buffer)}")
+        _say_target(ctx, buffer, "checked")
         try:
             problems = run_check(buffer, limits)
         except redis.RedisError as exc:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import defaults
 from .credentials import Credentials
@@ -44,6 +44,23 @@ def _text(key: str, value: object) -> str:
     return value.strip()
 
 
+#: Values the README and docs show as examples: never a real credential.
+_EXAMPLES = frozenset({"WSKEY_...", "WSSECRET_...", "<workspace UID>", "<api key>"})
+
+
+def _credential(key: str, value: object) -> str:
+    """A credential, refusing an obvious placeholder copied from an example."""
+    text = _text(key, value)
+    if text in _EXAMPLES or "..." in text or "\u2026" in text or text[:1] + text[-1:] == "<>":
+        shown = _redact(key, value)
+        raise ConfigurationError(
+            f"{key} is a placeholder ({shown}), not a real value: set the real one in "
+            f"app.conf or in the environment variable {key.upper()} (a value in app.conf, "
+            "even a placeholder, wins over the environment)"
+        )
+    return text
+
+
 def _redact(key: str, value: object) -> str:
     if ("secret" in key or "api_key" in key) and value:
         return repr("<hidden>")
@@ -51,16 +68,36 @@ def _redact(key: str, value: object) -> str:
 
 
 def mask_url(url: str) -> str:
-    """A URL with its password replaced, fit for logs and error messages (every URL of a
-    ``;``-separated Sentinel list)."""
-    if ";" in url:
-        return ";".join(mask_url(part) for part in url.split(";"))
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    """A URL with every password replaced by ``***``, fit for logs and error messages
+    (every URL of a ``;``-separated Sentinel list).
+
+    Masks the userinfo (``redis://user:***@host``) up to the *last* ``@``, so an
+    unescaped ``@`` or ``/`` in a password and a mistyped ``redis:/:PW@host`` are
+    masked too, and query parameters that carry secrets (``?password=``). When in
+    doubt it masks more, never less.
+    """
+    parts = url.split(";")
+    if len(parts) > 1 and all("://" in part for part in parts):  # not a ";" in a password
+        return ";".join(mask_url(part) for part in parts)
+    scheme, sep, rest = url.partition(":")
+    if not sep:
         return url
-    auth, _, host = rest.partition("@")
-    user = auth.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in auth else f"{scheme}://***@{host}"
+    rest, hashmark, fragment = rest.partition("#")
+    at = rest.rfind("@")
+    if at >= 0:
+        lead = len(rest) - len(rest.lstrip("/"))
+        user, colon, _ = rest[lead:at].partition(":")
+        rest = rest[:lead] + (f"{user}:***" if colon else "***") + rest[at:]
+    base, qmark, query = rest.partition("?")
+    if qmark:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _is_secret(k) else v) for k, v in pairs], safe="*")
+    return f"{scheme}:{base}{qmark}{query}" + (f"#{fragment}" if hashmark else "")
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in ("pass", "pwd", "secret", "token", "key"))
 
 
 def _number(
@@ -171,10 +208,10 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
-    "workspace_key": _text,
-    "workspace_secret": _text,
-    "workspace_uid": _text,
-    "api_key": _text,
+    "workspace_key": _credential,
+    "workspace_secret": _credential,
+    "workspace_uid": _credential,
+    "api_key": _credential,
     "base_url": _url,
     "redis_url": _redis_url,
     "key_prefix": _text,

@@ -12,6 +12,7 @@ and counting costs no round trip of its own. Fields::
     hist:<name>:<le>             observations in one histogram bucket (not cumulative;
                                  the exporter accumulates), le as in ``BUCKETS``
     hist:<name>:sum              their sum, seconds (HINCRBYFLOAT)
+    records:past_dedup_window    sends of records accepted more than 24 h before
     last_flush_at                Redis TIME at the end of the latest flush run
 
 No Prometheus here (it is an optional extra): ``metrics.py`` turns this hash into
@@ -28,6 +29,7 @@ __all__ = [
     "COUNT_LUA",
     "FLUSH_SECONDS",
     "LAST_FLUSH_AT",
+    "PAST_WINDOW",
     "REQUEST_SECONDS",
     "Tally",
     "bucket_field",
@@ -52,6 +54,10 @@ BUCKETS: dict[str, tuple[float, ...]] = {
 """Upper bounds (``le``) of each histogram's buckets, in seconds; ``+Inf`` is implied."""
 
 LAST_FLUSH_AT = "last_flush_at"
+
+PAST_WINDOW = "records:past_dedup_window"
+"""Sends of buffered records first accepted more than ``DEDUP_WINDOW`` ago (SuprSend
+no longer deduplicates their keys); ``buffer_stats()["sent_past_dedup_window"]``."""
 
 # Lua: apply ``field, amount`` pairs from ARGV[first] to the end to the metrics hash.
 # Sums are floats (HINCRBYFLOAT); everything else counts whole things (HINCRBY).

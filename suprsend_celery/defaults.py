@@ -14,8 +14,13 @@ BASE_URL = "https://hub.suprsend.com/"
 KEY_PREFIX = "suprsend_celery"
 """Prefix of every Redis key the buffer writes, so several apps can share one Redis."""
 
+DEDUP_WINDOW = 24 * 3600.0
+"""Seconds SuprSend remembers an idempotency key; a record sent later may be processed
+again if an earlier send of it was."""
+
 BUFFER_MAX_LENGTH = 1_000_000
-"""Records the buffer accepts before ``buffer_event`` raises ``BufferFullError``."""
+"""Records the buffer holds (dead letters included) before ``buffer_event`` raises
+``BufferFullError``."""
 
 FLUSH_INTERVAL = 5.0
 """Seconds between beat-scheduled ``flush_buffer`` runs; 0 disables the beat entry."""
@@ -124,8 +129,8 @@ BREAKER_COOLDOWN = 10.0
 BREAKER_COOLDOWN_MAX = 120.0
 """Upper bound of the breaker's cool-down, which doubles after each failed probe."""
 
-DEAD_LETTER_MAX = 100_000
-"""Dead letters kept; the oldest are trimmed beyond this so Redis cannot fill up."""
+POLICY_RECHECK_SECONDS = 60.0
+"""How often a process re-reads its Redis's ``maxmemory-policy`` while accepting events."""
 
 IDEMPOTENCY_KEY_MAX = 255
 """SuprSend's limit of an idempotency key's length."""

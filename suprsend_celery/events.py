@@ -1,4 +1,5 @@
-"""``Event``, input validation and record building. Pure: no I/O, no Celery.
+"""``Event`` and record building. Pure: no I/O, no Celery. The input rules are in
+``validation``.
 
 An event becomes a *record* (the JSON object SuprSend receives) exactly once, when it
 is accepted: ``$insert_id``, ``$time`` and ``$idempotency_key`` are fixed there and the
@@ -15,85 +16,47 @@ have theirs replaced.
 
 from __future__ import annotations
 
-import datetime as _dt
-import ipaddress
+import functools
 import json
-import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
-from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import defaults
 from .exceptions import InvalidEventError
+from .validation import (
+    BUILTIN_EVENT_NAMES,
+    check_attachment_url,
+    check_distinct_id,
+    check_event_name,
+    check_idempotency_key,
+    check_properties,
+    check_scope_id,
+    find_bad_value,
+    is_utf8_encodable,
+    json_default,
+    show,
+)
 
 __all__ = [
     "BUILTIN_EVENT_NAMES",
     "AcceptedRecord",
     "Event",
     "accept",
+    "accepted_before",
     "env_field",
     "event_from_call",
+    "record_time",
     "with_env",
 ]
 
-BUILTIN_EVENT_NAMES = frozenset(
-    {
-        "$identify",
-        "$notification_delivered",
-        "$notification_dismiss",
-        "$notification_clicked",
-        "$app_launched",
-        "$user_login",
-        "$user_logout",
-    }
-)
-"""SuprSend's own event names, the only ones allowed to use the reserved prefixes."""
-
-_REPR_LIMIT = 80
-
-
-def _show(value: object) -> str:
-    """A short repr for error messages, so a huge value cannot flood a log line."""
-    try:
-        text = repr(value)
-    except ValueError:  # e.g. an int too long to print (sys.get_int_max_str_digits)
-        text = f"<{type(value).__name__}>"
-    if len(text) > _REPR_LIMIT:
-        text = text[: _REPR_LIMIT - 3] + "..."
-    return text
-
-
-def _is_reserved(name: str) -> bool:
-    return name[:1] == "$" or name[:3].lower() == "ss_"
-
-
-def _is_utf8_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _json_default(value: object) -> object:
-    """Convert the few non-JSON types users commonly put in properties."""
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError("non-finite Decimal")
-        return str(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
+_V = TypeVar("_V")
 
 
 # One encoder, built once: the spelling is exactly suprsend-py-sdk's
 # json.dumps(obj, ensure_ascii=False), so our bytes and its bytes match.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=json_default)
 encode_json = _ENCODER.encode
 
 _DISTINCT_ID = b', "distinct_id": '
@@ -120,156 +83,59 @@ def with_env(record: bytes, field: bytes) -> bytes:
     return b"".join((record[: at if old < 0 else old], field, record[at:]))
 
 
-def _check_distinct_id(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, uuid.UUID)):
-        raise InvalidEventError(
-            f"distinct_id must be a str, int or UUID; got {_show(value)}", field="distinct_id"
-        )
-    try:
-        text = str(value).strip()
-    except ValueError:  # an int too long to convert to text
-        raise InvalidEventError(
-            f"distinct_id is too long; got {_show(value)}", field="distinct_id"
-        ) from None
-    if not text:
-        raise InvalidEventError(
-            f"distinct_id must not be empty; got {_show(value)}", field="distinct_id"
-        )
-    return text
+_TIME_MARKER = b'"$time": '
+#: Where ``$time``'s 13 digits sit in every record ``accept`` builds (a uuid4 before).
+_TIME_AT = len(b'{"$insert_id": "') + 36 + len(b'", ') + len(_TIME_MARKER)
 
 
-def _check_event_name(value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidEventError(f"event_name must be a str; got {_show(value)}", field="event_name")
-    name = value.strip()
-    if len(name) < 2:
-        raise InvalidEventError(
-            f"event_name must have at least 2 characters; got {_show(value)}", field="event_name"
-        )
-    if _is_reserved(name) and name not in BUILTIN_EVENT_NAMES:
-        raise InvalidEventError(
-            "event_name must not start with '$' or 'ss_' (reserved by SuprSend); "
-            f"got {_show(value)}",
-            field="event_name",
-        )
-    return name
-
-
-def _check_idempotency_key(value: object) -> str | None:
-    if value is None:
+def record_time(record: bytes) -> int | None:
+    """``$time`` (epoch ms, when the event was accepted) of a record, without parsing it."""
+    start = record.find(_TIME_MARKER)
+    if start < 0:
         return None
-    if not isinstance(value, str):
-        raise InvalidEventError(
-            f"idempotency_key must be a str; got {_show(value)}", field="idempotency_key"
-        )
-    key = value.strip()
-    if not 1 <= len(key) <= defaults.IDEMPOTENCY_KEY_MAX:
-        raise InvalidEventError(
-            f"idempotency_key must have 1 to {defaults.IDEMPOTENCY_KEY_MAX} characters "
-            f"after trimming; got {_show(value)} ({len(key)} characters)",
-            field="idempotency_key",
-        )
-    return key
+    start += len(_TIME_MARKER)
+    end = start
+    while end < len(record) and 48 <= record[end] <= 57:
+        end += 1
+    return int(record[start:end]) if end > start else None
 
 
-def _check_scope_id(field: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEventError(f"{field} must be a str; got {_show(value)}", field=field)
-    if not value.strip():
-        raise InvalidEventError(f"{field} must not be empty; got {_show(value)}", field=field)
-    if len(value) > defaults.TENANT_ID_MAX:
-        raise InvalidEventError(
-            f"{field} must have at most {defaults.TENANT_ID_MAX} characters; "
-            f"got {_show(value)} ({len(value)} characters)",
-            field=field,
-        )
-    return value
+def accepted_before(records: Iterable[bytes], cutoff_ms: int) -> list[int]:
+    """Indexes of the records accepted before ``cutoff_ms`` (epoch ms).
 
-
-def _find_bad_value(value: object, path: str, depth: int = 0) -> str | None:
-    """Describe the first value json cannot encode, for a precise error message.
-
-    Only types and non-finite numbers are named: property values are the user's data
-    and stay out of exception text.
+    Cheap enough for every batch: ``$time`` is read at its fixed offset (13 digits
+    compare as bytes), falling back to a search for records of another layout.
     """
-    if depth > 100:
-        return f"{path} is nested too deeply (or refers to itself)"
-    if isinstance(value, float):
-        return (
-            None if math.isfinite(value) else f"{path} is {value!r}; NaN and Infinity are not JSON"
-        )
-    if isinstance(value, Decimal):
-        return None if value.is_finite() else f"{path} is Decimal({str(value)!r}); not JSON"
-    if isinstance(value, (str, int, bool, type(None), _dt.date, _dt.time, uuid.UUID)):
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                return f"{path} has a key of type {type(key).__name__}; keys must be str"
-            found = _find_bad_value(item, f"{path}[{key!r}]", depth + 1)
-            if found:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _find_bad_value(item, f"{path}[{index}]", depth + 1)
-            if found:
-                return found
-        return None
-    return f"{path} has a value of type {type(value).__name__}, which is not JSON-serialisable"
+    cutoff = b"%013d" % cutoff_ms
+    found = []
+    for index, record in enumerate(records):
+        digits = record[_TIME_AT : _TIME_AT + 13]
+        if record[_TIME_AT - len(_TIME_MARKER) : _TIME_AT] == _TIME_MARKER and digits.isdigit():
+            if digits < cutoff:
+                found.append(index)
+        else:
+            ms = record_time(record)
+            if ms is not None and ms < cutoff_ms:
+                found.append(index)
+    return found
 
 
-def _check_properties(value: object) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidEventError(
-            f"properties must be a dict; got a {type(value).__name__}", field="properties"
-        )
-    props: dict[str, Any] = {}
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise InvalidEventError(
-                f"properties keys must be str; got {_show(key)}", field="properties"
-            )
-        if _is_reserved(key):
-            raise InvalidEventError(
-                f"properties key {key!r} must not start with '$' or 'ss_' (reserved by SuprSend)",
-                field="properties",
-            )
-        props[key] = item
-    return props
+class _Checked(Generic[_V]):
+    """An ``Event`` attribute whose value passes its check every time it is set."""
 
+    def __init__(self, check: Callable[[Any], _V]) -> None:
+        self.check = check
+        self.slot = ""
 
-def _check_attachment_url(url: object) -> str:
-    if not isinstance(url, str):
-        raise InvalidEventError(f"attachment url must be a str; got {_show(url)}", field="url")
-    text = url.strip()
-    try:
-        parts = urlsplit(text)
-        host = (parts.hostname or "").rstrip(".")
-    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
-        host = ""
-    if not host or parts.scheme not in ("http", "https"):
-        raise InvalidEventError(
-            "attachment must be a public http:// or https:// URL (files are never inlined: "
-            f"the event API is limited to 100 KB); got {_show(url)}",
-            field="url",
-        )
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        public = host != "localhost" and not host.endswith(".localhost") and "." in host
-    else:
-        public = address.is_global
-    if not public:
-        raise InvalidEventError(
-            f"attachment url must point to a public host SuprSend can reach; got {_show(url)}",
-            field="url",
-        )
-    return text
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: Any, owner: Any = None) -> _V:
+        value: _V = getattr(obj, self.slot)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.slot, self.check(value))
 
 
 class Event:
@@ -282,14 +148,23 @@ class Event:
     """
 
     __slots__ = (
+        "_brand_id",
+        "_distinct_id",
+        "_event_name",
+        "_idempotency_key",
+        "_properties",
+        "_tenant_id",
         "attachments",
-        "brand_id",
-        "distinct_id",
-        "event_name",
-        "idempotency_key",
-        "properties",
-        "tenant_id",
     )
+
+    # Validated whenever they are set, so changing one after construction cannot
+    # slip a bad value past the checks (a ``$`` event name, say).
+    distinct_id = _Checked(check_distinct_id)
+    event_name = _Checked(check_event_name)
+    properties = _Checked(check_properties)
+    idempotency_key = _Checked(check_idempotency_key)
+    tenant_id = _Checked(functools.partial(check_scope_id, "tenant_id"))
+    brand_id = _Checked(functools.partial(check_scope_id, "brand_id"))
 
     def __init__(
         self,
@@ -300,22 +175,23 @@ class Event:
         tenant_id: str | None = None,
         brand_id: str | None = None,
     ) -> None:
-        self.distinct_id: str = _check_distinct_id(distinct_id)
-        self.event_name: str = _check_event_name(event_name)
-        self.properties: dict[str, Any] = _check_properties(properties)
-        self.idempotency_key: str | None = _check_idempotency_key(idempotency_key)
-        self.tenant_id: str | None = _check_scope_id("tenant_id", tenant_id)
-        self.brand_id: str | None = _check_scope_id("brand_id", brand_id)
+        # Set through the checked descriptors above (their values live in the slots).
+        self.distinct_id = distinct_id  # noqa: PLE0237
+        self.event_name = event_name  # noqa: PLE0237
+        self.properties = properties  # noqa: PLE0237
+        self.idempotency_key = idempotency_key  # noqa: PLE0237
+        self.tenant_id = tenant_id  # noqa: PLE0237
+        self.brand_id = brand_id  # noqa: PLE0237
         self.attachments: list[dict[str, Any]] = []
 
     def add_attachment(
         self, url: str, filename: str | None = None, ignore_if_error: bool = False
     ) -> None:
         """Attach a file by public URL; SuprSend fetches it when it sends the notification."""
-        checked = _check_attachment_url(url)
+        checked = check_attachment_url(url)
         if filename is not None and not isinstance(filename, str):
             raise InvalidEventError(
-                f"attachment filename must be a str; got {_show(filename)}", field="filename"
+                f"attachment filename must be a str; got {show(filename)}", field="filename"
             )
         attachment = {
             "filename": filename.strip() if filename and filename.strip() else None,
@@ -384,7 +260,7 @@ def accept(
     (``with_env``) the bytes are the SDK's bytes. ``env_size`` is the length of that
     field today (``len(env_field(env))``), counted against ``max_event_bytes``.
     """
-    properties = _check_properties(event.properties)
+    properties = check_properties(event.properties)
     if event.attachments:
         properties["$attachments"] = list(event.attachments)
     properties["$ss_sdk_version"] = sdk_version
@@ -404,10 +280,12 @@ def accept(
         record["brand_id"] = event.brand_id
     try:
         text = encode_json(record)
-    except (TypeError, ValueError, RecursionError) as exc:
-        reason = _find_bad_value(event.properties, "properties") or (
-            f"properties are not JSON-serialisable ({type(exc).__name__})"
-        )
+    except Exception as exc:  # noqa: BLE001 - what a value's own methods raise is ours too
+        try:
+            found = find_bad_value(event.properties, "properties")
+        except Exception:  # noqa: BLE001 - a value that fails when looked at, too
+            found = None
+        reason = found or f"properties are not JSON-serialisable ({type(exc).__name__})"
         raise InvalidEventError(reason, field="properties") from None
     try:
         payload = text.encode("utf-8")
@@ -420,7 +298,7 @@ def accept(
             "brand_id": event.brand_id,
         }
         field = next(
-            (f for f, v in identifiers.items() if v and not _is_utf8_encodable(v)), "properties"
+            (f for f, v in identifiers.items() if v and not is_utf8_encodable(v)), "properties"
         )
         raise InvalidEventError(
             f"{field} contains a lone surrogate character, which is not valid UTF-8",

@@ -41,7 +41,9 @@ import redis
 from . import defaults
 from .buffer import Claim, RedisBuffer
 from .client import SuprsendClient, chunk_payloads
-from .counters import FLUSH_SECONDS, Tally
+from .counters import FLUSH_SECONDS, PAST_WINDOW, Tally
+from .events import accepted_before
+from .responses import key_of
 from .settlement import Batch, ClaimOutcome, RetryPolicy, Settlement, decide
 
 __all__ = ["FlushReport", "Flusher"]
@@ -288,6 +290,7 @@ class Flusher:
 
     def _send(self, claim_id: str, payloads: Sequence[bytes]) -> ClaimOutcome:
         outcome = ClaimOutcome()
+        _note_past_window(payloads, outcome)
         first = True
         for offset, chunk in chunk_payloads(payloads):
             if not first and not self.buffer.extend(claim_id, self.lease):
@@ -333,6 +336,20 @@ class Flusher:
                 self._send_chunk(offset + half, chunk[half:], outcome)
             return
         outcome.failures.append((offset, error))
+
+
+def _note_past_window(payloads: Sequence[bytes], outcome: ClaimOutcome) -> None:
+    """Count (and say) records sent over 24 h after they were accepted: SuprSend no
+    longer deduplicates their keys, so one it processed before may be processed again."""
+    late = accepted_before(payloads, int((time.time() - defaults.DEDUP_WINDOW) * 1000))
+    if late:
+        outcome.tally.add(PAST_WINDOW, len(late))
+        logger.warning(
+            "%d record(s) sent more than 24 h after they were accepted (e.g. %s): SuprSend "
+            "deduplicates a key for 24 h only, so one it already processed may be again",
+            len(late),
+            key_of(payloads[late[0]]),
+        )
 
 
 def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:

@@ -17,16 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from redis.sentinel import SentinelConnectionPool
-
 from .buffer import RedisBuffer
 from .config import Settings
 from .connect import connect
 from .counters import LAST_FLUSH_AT
 from .shards import open_buffer, shards_in_use
 
-__all__ = ["STALE_INTERVALS", "Thresholds", "check", "describe_redis", "quick_buffer"]
+__all__ = ["STALE_INTERVALS", "Thresholds", "check", "quick_buffer"]
 
 STALE_INTERVALS = 3
 """Flush intervals without a flush run, while records wait, that make a problem."""
@@ -40,27 +37,6 @@ class Thresholds:
     max_age: float | None = None
     max_dead: int | None = None
     breaker_open: float | None = None
-
-
-def describe_redis(client: redis.Redis | redis.RedisCluster) -> str:
-    """``redis://user:***@host:port/db``: which Redis, never its password (a cluster's
-    masters; Sentinel's master name)."""
-    if isinstance(client, redis.RedisCluster):
-        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
-        masters = ", ".join(f"{n.host}:{n.port}" for n in primaries)
-        return f"cluster of {masters}"
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if isinstance(pool, SentinelConnectionPool):
-        return f"sentinel master {pool.service_name} db {db}"
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    tls = "SSL" in pool.connection_class.__name__
-    scheme = "rediss" if tls else "redis"
-    user = kwargs.get("username") or ""
-    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
-    return f"{scheme}://{auth}{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
 
 
 def quick_buffer(settings: Settings, timeout: float = 2.0) -> RedisBuffer:

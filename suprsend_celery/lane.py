@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from . import defaults
 from .exceptions import BufferUnavailableError
+from .redis_policy import full_error
 from .scripts import Call
 
 __all__ = ["ProducerLane"]
@@ -87,6 +88,12 @@ class ProducerLane:
         """
         keys, args = call
         wait = [("WAIT", replicas, int(self.wait_seconds * 1000))] if replicas else []
+        result: tuple[Any, int] = self.run(lambda conn: _eval(conn, script, keys, args, wait))
+        return result
+
+    def run(self, command: Callable[[Any], Any]) -> Any:
+        """``command(connection)`` on one of our connections, bounded as ``call`` says;
+        ``BufferFullError`` (cause chained) when Redis is at its maxmemory."""
         if self._idle_pid != os.getpid():
             self._idle, self._idle_pid = deque(), os.getpid()
         try:
@@ -99,7 +106,7 @@ class ProducerLane:
                     # connect() itself: a Sentinel connection asks the sentinels for the
                     # master there (sending on an unconnected one would not).
                     conn.connect()
-                reply = _eval(conn, script, keys, args, wait)
+                reply = command(conn)
             except _RETRY_FRESH as exc:
                 conn.disconnect()
                 if isinstance(exc, _MOVED) and isinstance(self.redis, redis.RedisCluster):
@@ -108,6 +115,9 @@ class ProducerLane:
                     conn, fresh = self._connection(), True
                     continue
                 raise self._unavailable(exc) from exc
+            except redis.exceptions.OutOfMemoryError as exc:
+                conn.disconnect()
+                raise full_error(exc) from exc
             except redis.RedisError as exc:
                 conn.disconnect()  # a reply may still be on its way: never reuse it
                 raise self._unavailable(exc) from exc

@@ -143,11 +143,12 @@ _PRELUDES = {
     ),
     # UNPACK_MAX: Lua's unpack() has a stack limit, so variadic calls take at most this many
     "unpack": "local UNPACK_MAX = 1000\n",
-    # held(): records the buffer holds (pending + in claims + scheduled for retry)
+    # held(): records the buffer holds: pending + in claims + scheduled for retry +
+    # dead letters (which count toward the bound, so none is ever trimmed away)
     "held": (
-        "local function held(pending, inflight, retry)\n"
+        "local function held(pending, inflight, retry, dead)\n"
         "    return redis.call('LLEN', pending) + tonumber(redis.call('GET', inflight) or '0')\n"
-        "        + redis.call('ZCARD', retry)\n"
+        "        + redis.call('ZCARD', retry) + redis.call('LLEN', dead)\n"
         "end\n"
     ),
     # count(metrics, first): apply the (field, amount) pairs from ARGV[first] on
@@ -166,7 +167,7 @@ PUSH_LUA = _load("push", "unpack", "held")
 
 
 def push_call(k: KeyNames, max_length: int, records: Sequence[bytes]) -> Call:
-    return Call([k.pending_key, k.inflight_key, k.retry_key], [max_length, *records])
+    return Call([k.pending_key, k.inflight_key, k.retry_key, k.dead_key], [max_length, *records])
 
 
 CLAIM_LUA = _load("claim", "now", "unpack", "gate")
@@ -229,7 +230,6 @@ def settle_call(
     k: KeyNames,
     claim_id: str,
     *,
-    dead_letter_max: int,
     breaker: Breaker,
     retries: Sequence[tuple[float, bytes]],
     dead: Sequence[bytes],
@@ -241,7 +241,6 @@ def settle_call(
 ) -> Call:
     args: list[Any] = [
         claim_id,
-        dead_letter_max,
         len(retries),
         len(dead),
         len(back),

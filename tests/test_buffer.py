@@ -638,14 +638,27 @@ class TestDeadLetters:
         assert buf.purge_dead_letters() == 2
         assert buf.stats()["dead"] == 0
 
-    def test_trimmed_to_the_maximum(self, make_buffer: Callable[..., RedisBuffer]) -> None:
-        """The list keeps the newest ``dead_letter_max`` letters."""
-        buf = make_buffer(dead_letter_max=3)
+    def test_dead_letters_count_toward_the_bound(
+        self, make_buffer: Callable[..., RedisBuffer]
+    ) -> None:
+        """None is ever trimmed away (issue 10 item 5): dead letters fill the buffer's
+        bound, producers then get BufferFullError, and requeue or purge makes room."""
+        buf = make_buffer(max_length=5)
         records = [make_record(i) for i in range(5)]
         self.kill(buf, records)
-        assert [d.idempotency_key for d in buf.dead_letters()] == [
-            key_of(r) for r in reversed(records[2:])
-        ]
+        assert buf.stats()["dead"] == 5
+        with pytest.raises(BufferFullError, match="dead letters included"):
+            buf.push([make_record(9)])
+        assert [d.idempotency_key for d in buf.dead_letters()][-1] == key_of(records[0])
+        assert buf.purge_dead_letters([key_of(records[0])]) == 1
+        buf.push([make_record(9)])
+        assert buf.requeue_dead_letters() == 4  # moved within the bound, not added
+        assert buf.pending_count() == 5
+
+    def test_direct_dead_letters_are_never_trimmed(self, buf: RedisBuffer) -> None:
+        for i in range(20):
+            buf.dead_letter(b'{"idempotency_key": "k%d"}\n{}' % i)
+        assert buf.stats()["dead"] == 20
 
     def test_unreadable_header_still_lists(self) -> None:
         """A damaged header does not break listing."""
@@ -662,6 +675,7 @@ class TestStats:
             "pending": 0,
             "in_flight": 0,
             "scheduled_retries": 0,
+            "sent_past_dedup_window": 0,
             "dead": 0,
             "oldest_age_seconds": 0.0,
             "breaker": "closed",
@@ -688,6 +702,7 @@ class TestStats:
             "pending": 6,
             "in_flight": 0,
             "scheduled_retries": 1,
+            "sent_past_dedup_window": 0,
             "dead": 1,
             "oldest_age_seconds": stats["oldest_age_seconds"],
             "breaker": "closed",

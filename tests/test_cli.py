@@ -90,7 +90,9 @@ class TestStatus:
         buffer_event("u1", "signed_up", app=celery_app)
         result = run(celery_app, "status")
         assert result.exit_code == 0, result.output
-        lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if line)
+        source, *table = result.stdout.splitlines()
+        assert source.startswith("read Redis redis://127.0.0.1:")
+        lines = dict(line.split(None, 1) for line in table if line)
         assert lines["pending"].strip() == "1"
         assert lines["breaker"].strip() == "closed"
 
@@ -181,7 +183,8 @@ class TestDeadLetters:
         """The table names each letter's key, event, attempts, age and error, not properties."""
         result = run(celery_app, "dead-letters", "list")
         assert result.exit_code == 0, result.output
-        header, *rows = result.stdout.splitlines()
+        source, header, *rows = result.stdout.splitlines()
+        assert source.startswith("read Redis redis://127.0.0.1:")
         assert header.split() == ["KEY", "EVENT", "ATTEMPTS", "AGE", "ERROR"]
         assert len(rows) == 2
         for key in dead_keys:
@@ -202,7 +205,9 @@ class TestDeadLetters:
 
     def test_list_json(self, celery_app: Celery, dead_keys: list[str]) -> None:
         """``--json`` gives one object per letter, without properties unless asked."""
-        rows = json.loads(run(celery_app, "dead-letters", "list", "--json").stdout)
+        listing = json.loads(run(celery_app, "dead-letters", "list", "--json").stdout)
+        assert listing["key_prefix"] == "suprsend_celery"
+        rows = listing["dead_letters"]
         assert {r["idempotency_key"] for r in rows} == set(dead_keys)
         for row in rows:
             assert row["event"] == "bad_event"
@@ -215,7 +220,7 @@ class TestDeadLetters:
         assert MARKER not in json.dumps(rows)
         shown = json.loads(
             run(celery_app, "dead-letters", "list", "--json", "--show-properties").stdout
-        )
+        )["dead_letters"]
         assert all(r["properties"]["secret_note"] == MARKER for r in shown)
 
     def test_list_empty_and_limit(self, celery_app: Celery, dead_keys: list[str]) -> None:
@@ -223,8 +228,9 @@ class TestDeadLetters:
         result = run(celery_app, "dead-letters", "list", "--limit", "1")
         assert "(1 of 2 shown; use --limit)" in result.stdout
         run(celery_app, "dead-letters", "purge", "--all", "--yes")
-        assert run(celery_app, "dead-letters", "list").stdout.strip() == "no dead letters"
-        assert json.loads(run(celery_app, "dead-letters", "list", "--json").stdout) == []
+        assert run(celery_app, "dead-letters", "list").stdout.endswith("\nno dead letters\n")
+        listing = json.loads(run(celery_app, "dead-letters", "list", "--json").stdout)
+        assert listing["dead_letters"] == []
 
     def test_requeue_by_key_delivers_on_next_flush(
         self, celery_app: Celery, sandbox: Any, dead_keys: list[str]
@@ -263,7 +269,7 @@ class TestDeadLetters:
         result = run(celery_app, "dead-letters", "purge", "--key", dead_keys[1], input="y\n")
         assert result.exit_code == 0, result.output
         assert "purged 1 dead letter(s)" in result.stdout
-        rows = json.loads(run(celery_app, "dead-letters", "list", "--json").stdout)
+        rows = json.loads(run(celery_app, "dead-letters", "list", "--json").stdout)["dead_letters"]
         assert [r["idempotency_key"] for r in rows] == [dead_keys[0]]
 
     def test_purge_all_with_yes(self, celery_app: Celery, dead_keys: list[str]) -> None:

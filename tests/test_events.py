@@ -221,7 +221,8 @@ class TestRecordBytes:
             assert record_of(Event("u", f" {name} "))["event"] == name
 
     def test_value_conversions(self) -> None:
-        """datetime/date → ISO 8601, Decimal/UUID → str; nested too."""
+        """datetime/date → ISO 8601, Decimal → the JSON number of its value, UUID → str;
+        nested too (issue 11 item 6: a Decimal amount was sent as a string)."""
         moment = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
         props = {
             "at": moment,
@@ -234,10 +235,45 @@ class TestRecordBytes:
         sent = record_of(Event("u", "ev", props))["properties"]
         assert sent["at"] == "2026-01-02T03:04:05.600000+00:00"
         assert sent["day"] == "2026-01-02"
-        assert sent["price"] == "19.99"
+        assert sent["price"] == 19.99
         assert sent["id"] == str(uuid.UUID(int=5))
-        assert sent["list"] == ["2020-02-29", "1E+2"]
+        assert sent["list"] == ["2020-02-29", 100]
         assert sent["tuple"] == [1, 2]
+
+    @pytest.mark.parametrize(
+        ("value", "spelled"),
+        [
+            (Decimal("19.90"), b"19.9"),
+            (Decimal("0.1"), b"0.1"),
+            (Decimal("-3.25"), b"-3.25"),
+            (Decimal("100"), b"100"),
+            (Decimal("100.00"), b"100"),
+            (Decimal("1E+3"), b"1000"),
+            (Decimal("123456789012345678901234567890"), b"123456789012345678901234567890"),
+        ],
+    )
+    def test_decimal_is_the_number_it_holds(self, value: Decimal, spelled: bytes) -> None:
+        payload = accept_event(Event("u", "ev", {"amount": value})).payload
+        assert b'"amount": ' + spelled + b", " in payload
+        assert Decimal(str(json.loads(payload)["properties"]["amount"])) == value
+
+    def test_decimal_that_a_json_number_would_round_is_refused(self) -> None:
+        """More digits than a double keeps: refused, never silently rounded or stringified."""
+        event = Event("u", "ev", {"amount": Decimal("0.1000000000000000055511151231257827")})
+        error = refused("properties", lambda: accept_event(event), named=False)
+        assert "properties['amount']" in str(error) and "str(value)" in str(error)
+        assert "0.1000000000000000055" not in str(error)
+
+    def test_naive_datetime_is_refused(self) -> None:
+        """No timezone, no way to tell the moment: refused, naming the property."""
+        event = Event("u", "ev", {"due": {"at": dt.datetime(2026, 1, 2, 3, 4, 5)}})
+        error = refused("properties", lambda: accept_event(event), named=False)
+        assert "properties['due']['at'] is a datetime without a timezone" in str(error)
+        aware = dt.datetime(
+            2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))
+        )
+        sent = record_of(Event("u", "ev", {"at": aware}))["properties"]["at"]
+        assert sent == "2026-01-02T03:04:05+05:30"
 
     def test_record_passes_sdk_schema(self) -> None:
         """A full record validates against the SDK's JSON schema."""
@@ -434,8 +470,8 @@ class TestProperties:
         event = Event("u", "ev", {"a": 1})
         event.properties["$sneaky"] = 1
         refused("properties", lambda: accept_event(event))
-        event.properties = [1]  # type: ignore[assignment]
-        refused("properties", lambda: accept_event(event))
+        with pytest.raises(InvalidEventError, match="properties must be a dict"):
+            event.properties = [1]  # type: ignore[assignment]
 
     def test_none_means_empty(self) -> None:
         """``properties=None`` sends only the SDK version."""
@@ -631,15 +667,16 @@ _JSONISH = st.one_of(
     st.integers(),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
-    st.decimals(allow_nan=False, allow_infinity=False),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
     st.uuids(),
-    st.datetimes(timezones=st.none() | st.just(dt.timezone.utc)),
+    st.datetimes(timezones=st.just(dt.timezone.utc)),
     st.dates(),
     st.integers(0, 120_000).map(lambda n: "x" * n),
 )
 _WEIRD = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).filter(lambda f: not math.isfinite(f)),
     st.decimals(allow_nan=True, allow_infinity=True),
+    st.datetimes(timezones=st.none()),
     _ANY_TEXT,
     st.binary(max_size=4),
     st.complex_numbers(max_magnitude=10),

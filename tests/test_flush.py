@@ -503,7 +503,7 @@ class TestBeat:
             """
             import json
             from celery import Celery
-            app = Celery("early", set_as_current=False)
+            app = Celery("early", broker="redis://127.0.0.1:6379/0", set_as_current=False)
             app.conf.update(suprsend_workspace_key="k", suprsend_workspace_secret="s",
                             suprsend_flush_interval=2)
             app.finalize()

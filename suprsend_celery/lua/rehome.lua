@@ -6,7 +6,7 @@ local max_length = tonumber(ARGV[1])
 local record = ARGV[2]
 local dead_entry = ARGV[3]
 
-if held(pending, inflight, retry) < max_length then
+if held(pending, inflight, retry, dead) < max_length then
     redis.call('RPUSH', pending, record)
     return 1
 end

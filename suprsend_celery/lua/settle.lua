@@ -8,18 +8,17 @@
 local claims, claim, inflight, retry, dead, pending, breaker_key, settled, metrics =
     KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local claim_id = ARGV[1]
-local dead_max = tonumber(ARGV[2])
-local n_retry = tonumber(ARGV[3])
-local n_dead = tonumber(ARGV[4])
-local n_back = tonumber(ARGV[5])
-local verdict = ARGV[6]
-local threshold = tonumber(ARGV[7])
-local cooldown_base = tonumber(ARGV[8])
-local cooldown_max = tonumber(ARGV[9])
-local floor = tonumber(ARGV[10])  -- Retry-After: the breaker opens for at least this
-local reason = ARGV[11]
-local tombstone_seconds = tonumber(ARGV[12])
-local first_item = 13  -- then n_retry pairs (delay, item), n_dead entries, n_back items,
+local n_retry = tonumber(ARGV[2])
+local n_dead = tonumber(ARGV[3])
+local n_back = tonumber(ARGV[4])
+local verdict = ARGV[5]
+local threshold = tonumber(ARGV[6])
+local cooldown_base = tonumber(ARGV[7])
+local cooldown_max = tonumber(ARGV[8])
+local floor = tonumber(ARGV[9])  -- Retry-After: the breaker opens for at least this
+local reason = ARGV[10]
+local tombstone_seconds = tonumber(ARGV[11])
+local first_item = 12  -- then n_retry pairs (delay, item), n_dead entries, n_back items,
 -- then the metric increments of this claim's requests (field, amount pairs)
 local first_count = first_item + 2 * n_retry + n_dead + n_back
 
@@ -90,7 +89,6 @@ for _ = 1, n_dead do
     redis.call('LPUSH', dead, ARGV[i])
     i = i + 1
 end
-if n_dead > 0 then redis.call('LTRIM', dead, 0, dead_max - 1) end
 -- back goes to the head of pending in its original order
 for j = i + n_back - 1, i, -1 do redis.call('LPUSH', pending, ARGV[j]) end
 feed_breaker()

@@ -69,9 +69,9 @@ def serve(
         print(f"SuprSend sandbox listening on {sandbox.url}", file=out)
         print(f"  SUPRSEND_BASE_URL={sandbox.url}", file=out)
         print(f"  SUPRSEND_WORKSPACE_KEY={key}", file=out)
-        print(f"  SUPRSEND_WORKSPACE_SECRET={secret}", file=out)
+        print(f"  SUPRSEND_WORKSPACE_SECRET={_shown(secret, DEFAULT_WORKSPACE_SECRET)}", file=out)
         print(f"  or, in API-key mode: SUPRSEND_WORKSPACE_UID={uid}", file=out)
-        print(f"                       SUPRSEND_API_KEY={token}", file=out)
+        print(f"                       SUPRSEND_API_KEY={_shown(token, DEFAULT_API_KEY)}", file=out)
         print(f"  inspect: {sandbox.url}_sandbox/stats  {sandbox.url}_sandbox/events", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         stop.wait()
@@ -89,6 +89,11 @@ def serve(
         flush=True,
     )
     return 0
+
+
+def _shown(value: str, default: str) -> str:
+    """The sandbox's own (public) default as it is; a secret you gave stays hidden."""
+    return value if value == default else "<the one you gave; not shown>"
 
 
 def build_parser(prog: str = "suprsend-celery sandbox") -> argparse.ArgumentParser:

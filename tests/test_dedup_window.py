@@ -1,0 +1,102 @@
+"""SuprSend deduplicates a key for 24 hours only (issue 11 item 10).
+
+A record first accepted more than 24 h before it is sent (a long outage, a late
+requeue, journal recovery) is no longer protected: such sends are counted in Redis
+(``buffer_stats()["sent_past_dedup_window"]``, ``status``), logged, and ``dead-letters
+requeue`` says how many of the entries it moves are past the window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+from _buffer_helpers import buffer_of
+from celery import Celery
+from click.testing import CliRunner
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
+
+from suprsend_celery import Event
+from suprsend_celery.buffer import RedisBuffer
+from suprsend_celery.cli import cli
+from suprsend_celery.client import SuprsendClient
+from suprsend_celery.events import accepted_before, record_time
+from suprsend_celery.flusher import Flusher
+from suprsend_celery.policy import dead_letter_entry
+from suprsend_celery.sandbox import Sandbox
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def aged(record: bytes, hours: float) -> bytes:
+    """The record as if it had been accepted ``hours`` ago."""
+    then = record_time(record)
+    assert then is not None
+    return record.replace(b'"$time": %d' % then, b'"$time": %d' % (then - hours * 3600 * 1000))
+
+
+def records(client: SuprsendClient, count: int, hours: float = 0) -> list[bytes]:
+    made = [client.accept(Event(f"u{i}", "order_placed", {"n": i})).payload for i in range(count)]
+    return [aged(r, hours) for r in made] if hours else made
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Any:
+    c = SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url)
+    yield c
+    c.close()
+
+
+def test_accepted_before_reads_time_at_its_offset_or_by_search() -> None:
+    now = int(time.time() * 1000)
+    fresh = b'{"$insert_id": "' + b"0" * 36 + b'", "$time": %d, "event": "e"}' % now
+    old = b'{"$insert_id": "' + b"0" * 36 + b'", "$time": %d, "event": "e"}' % (now - DAY_MS - 1)
+    odd = b'{"event": "e", "$time": %d}' % (now - DAY_MS - 1)
+    assert accepted_before([fresh, old, odd, b"{}"], now - DAY_MS) == [1, 2]
+
+
+class TestFlusher:
+    def test_sends_past_the_window_are_counted_and_logged(
+        self,
+        redis_client: Any,
+        sandbox: Sandbox,
+        client: SuprsendClient,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        buffer = RedisBuffer(redis_client, prefix="window")
+        late = records(client, 3, hours=25)
+        buffer.push([*late, *records(client, 5)])
+        with caplog.at_level(logging.WARNING, logger="suprsend_celery"):
+            report = Flusher(buffer, client, batch_size=8).run(5)
+        assert report.sent == 8
+        assert buffer.stats()["sent_past_dedup_window"] == 3
+        [line] = [r.getMessage() for r in caplog.records if "24 h" in r.getMessage()]
+        assert line.startswith("3 record(s) sent more than 24 h after they were accepted (e.g. ")
+        assert json.loads(late[0])["$idempotency_key"] in line
+        # Within the window nothing is counted.
+        buffer.push(records(client, 4, hours=23))
+        Flusher(buffer, client).run(5)
+        assert buffer.stats()["sent_past_dedup_window"] == 3
+
+
+class TestCli:
+    def test_status_and_requeue_say_so(self, celery_app: Celery, client: SuprsendClient) -> None:
+        buffer = buffer_of(celery_app)
+        for record, hours in zip(records(client, 4), (30, 48, 1, 0), strict=True):
+            entry = dead_letter_entry(
+                aged(record, hours) if hours else record,
+                error="HTTP 400: nope",
+                status_code=400,
+                attempts=1,
+                source="buffer",
+            )
+            buffer.dead_letter(entry)
+        status = CliRunner().invoke(cli, ["status"], obj=celery_app)
+        assert "sent past 24 h" in status.stdout
+        result = CliRunner().invoke(cli, ["dead-letters", "requeue", "--all"], obj=celery_app)
+        assert result.exit_code == 0, result.output
+        assert "requeued 4 dead letter(s)" in result.stdout
+        assert "2 of them were first accepted more than 24 h ago" in result.stdout
