@@ -10,14 +10,15 @@ thread sends events at ``--rate`` per second, alternating ``buffer_event`` and
 restarting) is retried with the same key, as a careful caller would, and counts as
 accepted once it returns.
 
-Meanwhile a chaos loop, every ``--chaos-interval`` seconds, does one of: SIGKILL a
-whole worker (its process group) and start a new one; SIGKILL one pool process; a
-burst of 503s; 429s with ``Retry-After``; HTML 502 pages; slow answers; dropped
-connections after processing (lost responses); SIGKILL Redis and start it again from
-its AOF. With ``--cluster`` the buffer is on a 3-master Redis Cluster over 3 shards
+Meanwhile a chaos loop, every ``--chaos-interval`` seconds, does one of: SIGKILL a whole
+worker (its process group) and start a new one; SIGKILL one pool process; a burst of
+503s; 429s with ``Retry-After``; HTML 502 pages; slow answers; dropped connections after
+processing (lost responses); SIGKILL Redis and start it again from its AOF; 503s on the
+direct path while the broker Redis is at ``maxclients`` (retries that cannot be
+published). With ``--cluster`` the buffer is on a 3-master Redis Cluster over 3 shards
 and that SIGKILL hits one cluster node (the broker stays one Redis). Then chaos stops,
-faults are cleared and the soak waits (up to ``--drain-timeout``) until every
-accepted key was processed or dead-lettered.
+faults are cleared and the soak waits (up to ``--drain-timeout``) until every accepted
+key was processed or dead-lettered.
 
 Printed: accepted, processed, duplicates skipped, lost (accepted keys neither
 processed nor dead-lettered: must be 0), processed twice (keys the sandbox processed
@@ -97,6 +98,7 @@ FIRST_ROUND = (
     "429 Retry-After",
     "HTML 502",
     "latency",
+    "publish refused",
 )
 
 
@@ -137,6 +139,7 @@ class SoakReport:
     worker_kills: int = 0
     pool_kills: int = 0
     redis_restarts: int = 0
+    publish_refusals: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     drained: bool = False
     drain_seconds: float = 0.0
@@ -169,7 +172,8 @@ class SoakReport:
             f"({outage_rate:.1f}/s; {self.bulk_requests_during_outages} of them bulk requests "
             "from flushers, the rest direct-task retries)",
             f"chaos                 {self.worker_kills} worker kills, {self.pool_kills} pool "
-            f"process kills, {self.redis_restarts} Redis restarts, faults {self.faults}",
+            f"process kills, {self.redis_restarts} Redis restarts, "
+            f"{self.publish_refusals} retry publishes refused, faults {self.faults}",
             f"producer errors       {self.producer_errors or 'none'}",
             f"drain                 {'complete' if self.drained else 'INCOMPLETE'} "
             f"in {self.drain_seconds:.1f}s after {self.chaos_seconds:.1f}s of chaos",
@@ -364,6 +368,32 @@ class Soak:
         server.start()
         self.report.redis_restarts += 1
 
+    def refuse_publishes(self, stop: threading.Event) -> None:
+        """503s on the direct path while the broker refuses new connections
+        (``maxclients``; open ones keep working) and every pool process is replaced: a
+        new one must connect to publish its retry and cannot, Celery drops the message
+        (``Reject``), and only the journal still holds the event (issue 10)."""
+        assert self.server is not None and self.sandbox is not None
+        admin = self.server.client()
+        admin.ping()  # connected before the limit
+        self.sandbox.set_faults({"paths": ["/v2/event/"], "rules": [{"status": 503}]})
+        admin.config_set("maxclients", 1)
+        # Fresh pool processes hold no connection, so their retries must connect.
+        for worker in self.workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(worker.pid).children():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+        log("chaos: broker Redis at maxclients during 503s, pool processes restarted")
+        try:
+            stop.wait(self.config.chaos_interval * 0.8)
+        finally:
+            with contextlib.suppress(Exception):  # a Redis restart undoes it anyway
+                admin.config_set("maxclients", 10000)
+            self.sandbox.set_faults(None)
+            admin.close()
+        self.report.publish_refusals += 1
+
     def chaos(self, seconds: float) -> None:
         """One action per ``chaos_interval`` slot: every kind once (however long that
         takes), then at random until ``seconds`` have passed."""
@@ -375,7 +405,8 @@ class Soak:
             if step < len(FIRST_ROUND):
                 kind = FIRST_ROUND[step]
             else:
-                kind = self.random.choice(["worker", "pool", "redis", "fault", "fault"])
+                kinds = ["worker", "pool", "redis", "publish refused", "fault", "fault"]
+                kind = self.random.choice(kinds)
                 if kind == "fault":
                     kind = self.random.choice(list(FAULTS))
             step += 1
@@ -385,6 +416,8 @@ class Soak:
                 self.kill_pool_process()
             elif kind == "redis":
                 self.restart_redis(stop)
+            elif kind == "publish refused":
+                self.refuse_publishes(stop)
             else:
                 self.fault(kind, stop)
             stop.wait(max(0.0, min(deadline, slot_end) - time.monotonic()))

@@ -2,8 +2,9 @@
 
 Runs ``benchmarks.soak`` for about 20 seconds of chaos (worker and pool-process
 SIGKILLs, 503/429/HTML 502 outages, slow and lost responses, Redis SIGKILLed and
-restarted from its AOF) while events are buffered and sent directly, then waits for
-the drain. ``python -m benchmarks.soak --seconds 60`` is the long version.
+restarted from its AOF, retries refused by a broker at ``maxclients``) while events are
+buffered and sent directly, then waits for the drain. ``python -m benchmarks.soak
+--seconds 60`` is the long version.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TestSoak:
         assert report.processed_accepted + report.dead_letters >= report.accepted, summary
         assert report.worker_kills >= 1 and report.pool_kills >= 1, summary
         assert report.redis_restarts >= 1, summary
+        assert report.publish_refusals >= 1, summary
         assert set(report.faults) == set(FAULTS), summary
 
     def test_on_a_redis_cluster(self) -> None:

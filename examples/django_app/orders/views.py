@@ -3,7 +3,7 @@
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
-from suprsend_celery import InvalidEventError
+from suprsend_celery import InvalidEventError, SuprsendCeleryError
 
 from .models import Product
 from .services import OutOfStock, place_order
@@ -33,4 +33,6 @@ def place_order_view(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": str(exc), "events": []}, status=409)
     except InvalidEventError as exc:  # e.g. a customer id SuprSend would refuse
         return JsonResponse({"error": str(exc)}, status=400)
+    except SuprsendCeleryError as exc:  # anything else accepting an event can raise
+        return JsonResponse({"error": f"notifications unavailable: {exc}"}, status=503)
     return JsonResponse({"order": str(order.public_id), "events": keys}, status=201)
