@@ -151,6 +151,21 @@ def make_app(redis_url: str, sandbox_url: str, **conf: Any) -> Celery:
     return app
 
 
+@contextmanager
+def current_app(redis_url: str, sandbox_url: str, **conf: Any) -> Iterator[Celery]:
+    """``make_app``, made the current app, and closed at the end (its settings, its
+    result-backend connection, its pools)."""
+    app = make_app(redis_url, sandbox_url, **conf)
+    app.set_current()
+    app.set_default()
+    try:
+        yield app
+    finally:
+        reset_settings(app)
+        close_result_consumer(app)
+        app.close()
+
+
 @pytest.fixture
 def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Celery]]:
     apps: list[Celery] = []

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
-from conftest import REDIS_KILLED, make_app, wait_for
+from conftest import REDIS_KILLED, current_app, wait_for
 
 from suprsend_celery import (
     BufferUnavailableError,
@@ -28,7 +26,6 @@ from suprsend_celery import (
     buffer_events,
     track_event,
 )
-from suprsend_celery.config import reset_settings
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer, get_flusher
 from suprsend_celery.sandbox import Sandbox
@@ -36,21 +33,9 @@ from suprsend_celery.sandbox import Sandbox
 QUEUE = "suprsend-tests"  # conftest's task_default_queue
 
 
-@contextmanager
-def app_on(redis_url: str, sandbox: Sandbox, **conf: Any) -> Iterator[Celery]:
+def app_on(redis_url: str, sandbox: Sandbox, **conf: Any) -> Any:
     """A current app on this Redis (broker and buffer; no result backend unless given)."""
-    app = make_app(redis_url, sandbox.url, **{"result_backend": None, **conf})
-    app.set_current()
-    app.set_default()
-    try:
-        yield app
-    finally:
-        reset_settings(app)
-        consumer = getattr(app.backend, "result_consumer", None)
-        if consumer is not None:
-            consumer.subscribed_to.clear()
-            consumer.stop()
-        app.close()
+    return current_app(redis_url, sandbox.url, **{"result_backend": None, **conf})
 
 
 def _refuse(admin: redis.Redis, how: str) -> Callable[[], None]:

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from conftest import WORKSPACE_SECRET, in_process_worker, make_app, wait_for
+from conftest import WORKSPACE_SECRET, current_app, in_process_worker, wait_for
 
 from suprsend_celery import track_event
-from suprsend_celery.config import reset_settings
 from suprsend_celery.messages import RedactedRequest, redacted_call
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.sandbox import Sandbox
@@ -38,16 +37,8 @@ def app(locked_redis: RedisServer, sandbox: Sandbox) -> Iterator[Celery]:
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-    app = make_app(url, sandbox.url, result_backend=url, result_extended=True)
-    app.set_current()
-    app.set_default()
-    yield app
-    reset_settings(app)
-    consumer = getattr(app.backend, "result_consumer", None)
-    if consumer is not None:
-        consumer.subscribed_to.clear()
-        consumer.stop()
-    app.close()
+    with current_app(url, sandbox.url, result_backend=url, result_extended=True) as app:
+        yield app
 
 
 def _text(value: Any) -> str:
