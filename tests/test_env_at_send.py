@@ -16,7 +16,14 @@ import pytest
 from _buffer_helpers import buffer_of, flush, flush_until
 from celery import Celery
 from click.testing import CliRunner
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker, make_app, wait_for
+from conftest import (
+    WORKSPACE_KEY,
+    WORKSPACE_SECRET,
+    close_result_consumer,
+    in_process_worker,
+    make_app,
+    wait_for,
+)
 
 from suprsend_celery import buffer_event, track_event
 from suprsend_celery.cli import cli
@@ -35,10 +42,7 @@ def apps() -> Iterator[list[Celery]]:
     yield made
     for app in made:
         reset_settings(app)
-        consumer = getattr(app.backend, "result_consumer", None)
-        if consumer is not None:
-            consumer.subscribed_to.clear()
-            consumer.stop()
+        close_result_consumer(app)
         app.close()
 
 

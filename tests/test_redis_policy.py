@@ -21,7 +21,14 @@ from celery import Celery
 from click.testing import CliRunner
 from conftest import make_app, wait_for
 
-from suprsend_celery import BufferFullError, ConfigurationError, Event, buffer_event, buffer_events
+from suprsend_celery import (
+    BufferFullError,
+    ConfigurationError,
+    Event,
+    buffer_event,
+    buffer_events,
+    track_event,
+)
 from suprsend_celery.aio import abuffer_event, aclose
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.cli import cli
@@ -96,6 +103,18 @@ class TestEvictingRedis:
             abuffer(app, "u1", "signed_up")
         with redis.Redis.from_url(server.url) as client:
             assert client.dbsize() == 0
+
+    def test_track_event_delay_is_refused_before_publishing(
+        self, server_with: Callable[..., RedisServer], app_on: Callable[[str], Celery]
+    ) -> None:
+        """The direct path journals in that Redis (and its broker may be it): refused too."""
+        server = server_with("--maxmemory", "16mb", "--maxmemory-policy", "allkeys-lru")
+        app = app_on(server.url)
+        app.set_current()
+        with pytest.raises(ConfigurationError, match="allkeys-lru"):
+            track_event.delay("u1", "signed_up")
+        with redis.Redis.from_url(server.url) as client:
+            assert client.dbsize() == 0  # nothing journaled, nothing published
 
     def test_checked_once_then_again_after_the_interval(
         self, server_with: Callable[..., RedisServer]

@@ -848,7 +848,9 @@ class TestCommand:
         stop = threading.Event()
         result: list[int] = []
         t = threading.Thread(
-            target=lambda: result.append(serve("127.0.0.1", 0, KEY, SECRET, out=out, stop=stop))
+            target=lambda: result.append(
+                serve("127.0.0.1", 0, KEY, SECRET, api_key="SSAPIKEY_given", out=out, stop=stop)
+            )
         )
         t.start()
         try:
@@ -863,7 +865,7 @@ class TestCommand:
         text = out.getvalue()
         assert "listening on http://127.0.0.1:" in text
         assert KEY in text
-        assert SECRET not in text
+        assert SECRET not in text and "SSAPIKEY_given" not in text
         assert "SUPRSEND_WORKSPACE_SECRET=<the one you gave; not shown>" in text
 
     @pytest.mark.slow
