@@ -281,7 +281,13 @@ class ShardedBuffer(RedisBuffer):
         figures = [shard.stats() for shard in self.shards.values()]
         total = {
             name: sum(f[name] for f in figures)
-            for name in ("pending", "in_flight", "scheduled_retries", "dead")
+            for name in (
+                "pending",
+                "in_flight",
+                "scheduled_retries",
+                "sent_past_dedup_window",
+                "dead",
+            )
         }
         total["oldest_age_seconds"] = max(f["oldest_age_seconds"] for f in figures)
         total["breaker"] = figures[0]["breaker"]

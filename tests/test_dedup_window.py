@@ -100,3 +100,12 @@ class TestCli:
         assert result.exit_code == 0, result.output
         assert "requeued 4 dead letter(s)" in result.stdout
         assert "2 of them were first accepted more than 24 h ago" in result.stdout
+
+    def test_status_of_a_sharded_buffer(self, app_factory: Any) -> None:
+        """A buffer sharded over hash tags adds the count up like the other figures."""
+        app = app_factory(suprsend_buffer_shards=2)
+        result = CliRunner().invoke(cli, ["status", "--json"], obj=app)
+        assert result.exit_code == 0, result.output
+        figures = json.loads(result.stdout)
+        assert figures["sent_past_dedup_window"] == 0
+        assert figures["maxmemory_policy"] == "noeviction"
