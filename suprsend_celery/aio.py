@@ -36,6 +36,7 @@ from .buffer import RedisBuffer, check_push
 from .config import Settings, cached_on_app, get_settings, resolve_app
 from .connect import SENTINEL_SCHEME, connect
 from .events import AcceptedRecord, Event
+from .exceptions import BufferUnavailableError
 from .producer import accept_call, accept_events, naming_keys
 from .redis_policy import full_error
 from .runtime import built_buffer, get_buffer
@@ -55,9 +56,22 @@ class AsyncBuffer:
         self._push = client.register_script(lua.PUSH_LUA)
 
     async def push(self, records: list[bytes]) -> int:
-        """Append records in one atomic step; ``BufferFullError`` (nothing added) if full."""
+        """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
+        ``BufferUnavailableError`` if Redis fails or takes over ``accept_timeout``."""
         if not records:
             return 0
+        timeout = self.buffer.accept_timeout
+        try:
+            return await asyncio.wait_for(self._checked_push(records), timeout)
+        except (redis.exceptions.AskError, redis.exceptions.MovedError):
+            raise  # a cluster after all: the caller takes the thread path
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BufferUnavailableError(
+                f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
+                f"suprsend_accept_timeout={timeout:g}s; the event was not accepted"
+            ) from exc
+
+    async def _checked_push(self, records: list[bytes]) -> int:
         check = self.buffer.policy_check  # an evicting Redis is refused, as by the sync push
         if check.due():
             try:
@@ -108,6 +122,11 @@ def _on_one_server(buffer: RedisBuffer) -> bool:
 
 
 async def _push(app: Any, records: list[AcceptedRecord]) -> None:
+    with naming_keys(records):
+        await _push_payloads(app, records)
+
+
+async def _push_payloads(app: Any, records: list[AcceptedRecord]) -> None:
     """Push on this loop's async client; a sharded, Sentinel or cluster buffer (whose
     failover, routing and ``WAIT`` live in the sync client) pushes in a thread.
 
@@ -128,8 +147,7 @@ async def _push(app: Any, records: list[AcceptedRecord]) -> None:
     if _on_one_server(buffer):
         await _async_buffer(app, buffer).push(payloads)
         return
-    with naming_keys(records):
-        await asyncio.to_thread(buffer.push, payloads)
+    await asyncio.to_thread(buffer.push, payloads)
 
 
 def _one_server_by_settings(settings: Settings) -> bool:
@@ -148,7 +166,12 @@ def _key_names(app: Any) -> RedisBuffer:
     def build() -> RedisBuffer:
         client = connect(settings.require_redis_url(), cluster=False)  # no I/O yet
         limit = settings.buffer_max_length
-        return RedisBuffer(client, prefix=settings.key_prefix, max_length=limit)
+        return RedisBuffer(
+            client,
+            prefix=settings.key_prefix,
+            max_length=limit,
+            accept_timeout=settings.accept_timeout,
+        )
 
     return cached_on_app(app, "_suprsend_async_key_names", build)
 

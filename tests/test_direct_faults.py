@@ -6,6 +6,7 @@ Each test runs its own ``redis-server`` so it can starve it (``maxmemory`` under
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -22,10 +23,13 @@ from suprsend_celery import (
     Event,
     PublishError,
     SuprsendCeleryError,
+    abuffer_event,
+    atrack_event,
     buffer_event,
     buffer_events,
     track_event,
 )
+from suprsend_celery.aio import aclose
 from suprsend_celery.redis_server import RedisServer
 from suprsend_celery.runtime import get_buffer, get_flusher
 from suprsend_celery.sandbox import Sandbox
@@ -154,6 +158,32 @@ class TestRedisDownAtCallTime:
             assert isinstance(error, BufferUnavailableError)
             assert error.idempotency_keys == ("k0", "k1", "k2")
             assert took < self.BOUND + 0.5
+
+    @REDIS_KILLED
+    def test_async_producers_raise_our_errors(self, sandbox: Sandbox) -> None:
+        """``abuffer_event`` and ``atrack_event`` on a stopped Redis: our errors, in time."""
+        url = self._stopped()
+        with app_on(url, sandbox, suprsend_accept_timeout=self.BOUND) as app:
+
+            async def both() -> list[tuple[BaseException, float]]:
+                outcomes = []
+                for call in (
+                    lambda: abuffer_event("u1", "order_placed", idempotency_key="k-a", app=app),
+                    lambda: atrack_event("u1", "order_placed", idempotency_key="k-t", app=app),
+                ):
+                    started = time.monotonic()
+                    with pytest.raises(SuprsendCeleryError) as caught:
+                        await call()
+                    outcomes.append((caught.value, time.monotonic() - started))
+                await aclose(app)
+                return outcomes
+
+            (buffered, b_took), (direct, d_took) = asyncio.run(both())
+            assert isinstance(buffered, BufferUnavailableError)
+            assert buffered.idempotency_keys == ("k-a",)
+            assert isinstance(direct, PublishError)
+            assert direct.idempotency_keys == ("k-t",)
+            assert b_took < self.BOUND + 0.5 and d_took < self.BOUND + 0.5
 
     @REDIS_KILLED
     def test_delay_with_everything_on_a_stopped_redis(self, sandbox: Sandbox) -> None:
