@@ -1,0 +1,5 @@
+"""``python -m suprsend_celery.cli``."""
+
+from . import main
+
+main()
