@@ -23,6 +23,7 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``records_total{outcome}`` (counter)                    buffered records by outcome
 ``direct_events_total{outcome}`` (counter)              direct-path events by outcome
 ``requests_total{path,status_class}`` (counter)         HTTP requests to SuprSend
+``records_sent_past_dedup_window_total`` (counter)      records sent over 24 h after accept
 ``request_duration_seconds{path}`` (histogram)          one HTTP request
 ``flush_duration_seconds`` (histogram)                  one flush run
 ======================================================  ==============================
@@ -55,7 +56,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .buffer import RedisBuffer
-from .counters import BUCKETS, FLUSH_SECONDS, LAST_FLUSH_AT, REQUEST_SECONDS, bucket_field
+from .counters import (
+    BUCKETS,
+    FLUSH_SECONDS,
+    LAST_FLUSH_AT,
+    PAST_WINDOW,
+    REQUEST_SECONDS,
+    bucket_field,
+)
 
 __all__ = ["SCRAPE_TIMEOUT", "BufferCollector", "make_registry", "serve", "wsgi_app"]
 
@@ -220,6 +228,12 @@ class BufferCollector(Collector):
             _, path, klass = field.split(":", 2)
             requests.add_metric([path, klass], value(field))
         yield requests
+        yield CounterMetricFamily(
+            _name("records_sent_past_dedup_window"),
+            "Buffered records sent more than 24 h after they were accepted: SuprSend no "
+            "longer deduplicates their keys.",
+            value=value(PAST_WINDOW),
+        )
 
     @staticmethod
     def _histograms(counters: dict[str, str]) -> Iterator[Metric]:

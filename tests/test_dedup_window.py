@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 from _buffer_helpers import buffer_of
+from _metrics_helpers import parse, value
 from celery import Celery
 from click.testing import CliRunner
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
+from prometheus_client import CollectorRegistry, generate_latest
 
 from suprsend_celery import Event
 from suprsend_celery.buffer import RedisBuffer
@@ -25,6 +27,7 @@ from suprsend_celery.cli import cli
 from suprsend_celery.client import SuprsendClient
 from suprsend_celery.events import accepted_before, record_time
 from suprsend_celery.flusher import Flusher
+from suprsend_celery.metrics import BufferCollector
 from suprsend_celery.policy import dead_letter_entry
 from suprsend_celery.sandbox import Sandbox
 
@@ -80,6 +83,11 @@ class TestFlusher:
         buffer.push(records(client, 4, hours=23))
         Flusher(buffer, client).run(5)
         assert buffer.stats()["sent_past_dedup_window"] == 3
+        # The exporter serves the same count.
+        registry = CollectorRegistry()
+        registry.register(BufferCollector(buffer))
+        samples = parse(generate_latest(registry).decode())
+        assert value(samples, "suprsend_celery_records_sent_past_dedup_window_total") == 3
 
 
 class TestCli:
