@@ -37,6 +37,7 @@ from .config import Settings, cached_on_app, get_settings, resolve_app
 from .connect import SENTINEL_SCHEME, connect
 from .events import AcceptedRecord, Event
 from .exceptions import BufferUnavailableError
+from .hooks import Dropped, dropped_result
 from .producer import accept_call, accept_events, naming_keys
 from .redis_policy import full_error
 from .runtime import built_buffer, get_buffer
@@ -180,7 +181,8 @@ async def abuffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
     """``buffer_event`` for async code: same arguments, checks, bytes, errors and result."""
     app = resolve_app(app)
     record = accept_call(app, args, kwargs)
-    await _push(app, [record])
+    if isinstance(record, AcceptedRecord):
+        await _push(app, [record])
     return record.idempotency_key
 
 
@@ -188,8 +190,9 @@ async def abuffer_events(events: Iterable[Event], *, app: Any = None) -> list[st
     """``buffer_events`` for async code: all are buffered in one round trip, or none."""
     app = resolve_app(app)
     records = accept_events(app, events)
-    if records:
-        await _push(app, records)
+    accepted = [r for r in records if isinstance(r, AcceptedRecord)]
+    if accepted:
+        await _push(app, accepted)
     return [r.idempotency_key for r in records]
 
 
@@ -202,8 +205,10 @@ async def atrack_event(*args: Any, app: Any = None, **options: Any) -> Any:
     from .tasks import TRACK_TASK
 
     task = app.tasks[TRACK_TASK]
-    message_kwargs, _ = task._prepare(args, options)
-    return await asyncio.to_thread(task.apply_async, (), message_kwargs)
+    prepared = task._prepare(args, options)
+    if isinstance(prepared, Dropped):
+        return dropped_result(prepared)
+    return await asyncio.to_thread(task.apply_async, (), prepared[0])
 
 
 async def aclose(app: Any = None) -> None:

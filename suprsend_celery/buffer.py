@@ -212,7 +212,7 @@ class RedisBuffer:
         open_for: float = 0.0,
         reason: str = "",
         counts: Tally | None = None,
-    ) -> bool:
+    ) -> lua.Settled:
         """Finish a claim in one step: drop the sent records, schedule retries, dead-letter.
 
         ``back`` returns records to the head of pending untouched (a request never
@@ -220,7 +220,7 @@ class RedisBuffer:
         breaker; ``counts`` (the claim's requests) go to the metrics hash in the same
         step, which also counts the records' outcomes. Returns False when the lease
         had run out: the records were already returned to pending and will be re-sent,
-        deduplicated by their keys.
+        deduplicated by their keys. ``.change`` says how it moved the breaker.
         """
         keys, args = lua.settle_call(
             self,
@@ -236,8 +236,7 @@ class RedisBuffer:
             reason=reason,
             counts=counts,
         )
-        result = self._settle(keys=keys, args=args)
-        return int(result) == 1
+        return lua.settled_reply(self._settle(keys=keys, args=args))
 
     # -- direct path -------------------------------------------------------------
 

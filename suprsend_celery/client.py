@@ -41,6 +41,7 @@ from .responses import (
     error_for_response,
     key_of,
 )
+from .transport import forwarded, route_for
 
 __all__ = [
     "BULK_PATH",
@@ -131,6 +132,9 @@ class SuprsendClient:
         connect_timeout: float = defaults.CONNECT_TIMEOUT,
         pool_size: int = 10,
         max_event_bytes: int = defaults.MAX_EVENT_BYTES,
+        proxy_url: str | None = None,
+        ca_bundle: str | None = None,
+        dry_run: bool = False,
     ) -> None:
         if credentials is None:
             credentials = Credentials.from_key_secret(workspace_key, workspace_secret)
@@ -157,6 +161,14 @@ class SuprsendClient:
         self._bulk_url, self._bulk_path = base + BULK_PATH, base_path + BULK_PATH
         self._local = threading.local()
         self._pid = os.getpid()
+        self._sessions: list[requests.Session] = []  # every thread's, for close_all()
+        self._sessions_lock = threading.Lock()
+        self._generation = 0
+        #: Proxy and CAs, from the arguments or the standard environment variables.
+        self.route = route_for(base, proxy_url, ca_bundle)
+        self._forwarded = forwarded(base, self.route)
+        #: Validate and build requests as usual, send nothing (``suprsend_dry_run``).
+        self.dry_run = dry_run
 
     @classmethod
     def with_workspace_api_key(
@@ -192,14 +204,22 @@ class SuprsendClient:
         """This thread's pooled session; a forked child builds a fresh one."""
         local = self._local
         session: requests.Session | None = getattr(local, "session", None)
-        if session is None or local.pid != os.getpid():
+        if (
+            session is None
+            or local.pid != os.getpid()
+            or local.generation != self._generation  # close_all() closed it
+        ):
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.clear()
-            session.trust_env = False  # no .netrc or proxy lookups on the hot path
-            local.session, local.pid = session, os.getpid()
+            session.trust_env = False  # the route was resolved once, at construction
+            session.proxies = self.route.proxies
+            session.verify = self.route.verify
+            local.session, local.pid, local.generation = session, os.getpid(), self._generation
+            with self._sessions_lock:
+                self._sessions.append(session)
         return session
 
     def close(self) -> None:
@@ -208,6 +228,15 @@ class SuprsendClient:
         if session is not None:
             session.close()
             self._local.session = None
+
+    def close_all(self) -> None:
+        """Close the connections of every thread's session (e.g. the flusher's request
+        threads) in this process; threads then open new ones on their next request."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+            self._generation += 1
+        for session in sessions:
+            session.close()
 
     def _post(
         self, url: str, path: str, body: bytes, idempotency_key: str | None
@@ -221,11 +250,12 @@ class SuprsendClient:
         try:
             response = self._pool(url).urlopen(
                 "POST",
-                path,
+                url if self._forwarded else path,  # a forward proxy takes absolute URLs
                 body=body,
                 headers=headers,
                 retries=False,
                 redirect=False,
+                assert_same_host=False,  # forwarded: the pool's host is the proxy's
                 timeout=self._urllib3_timeout,
                 preload_content=True,
             )
@@ -252,10 +282,13 @@ class SuprsendClient:
             adapter = session.get_adapter(url)
             assert isinstance(adapter, HTTPAdapter)
             with_tls = getattr(adapter, "get_connection_with_tls_context", None)
+            route = self.route
             if with_tls is not None:
-                local.pool = with_tls(requests.Request("POST", url).prepare(), True)
+                request = requests.Request("POST", url).prepare()
+                local.pool = with_tls(request, route.verify, route.proxies or None)
             else:  # requests < 2.32.2
-                local.pool = adapter.get_connection(url)
+                local.pool = adapter.get_connection(url, route.proxies or None)
+                adapter.cert_verify(local.pool, url, route.verify, None)  # type: ignore[no-untyped-call]
             local.pool_session = session
         pool: urllib3.HTTPConnectionPool = local.pool
         return pool
@@ -296,6 +329,14 @@ class SuprsendClient:
         Returns ``{"status": "success", "status_code", "message_id", "idempotency_key"}``.
         """
         payload, key = self._payload(event)
+        if self.dry_run:
+            logger.info("dry run: event %s not sent (%d bytes)", key, len(payload))
+            return {
+                "status": "dry_run",
+                "status_code": None,
+                "message_id": None,
+                "idempotency_key": key,
+            }
         wire = with_env(payload, self._env_field)
         status, body, headers = self._post(self._event_url, self._event_path, wire, key)
         if 200 <= status < 300:
@@ -318,6 +359,9 @@ class SuprsendClient:
         accept time are never re-encoded.
         """
         size = len(payloads)
+        if self.dry_run:
+            logger.info("dry run: bulk request of %d record(s) not sent", size)
+            return BulkResponse(size, failures=[])
         field = self._env_field
         body = b"[" + b", ".join([with_env(p, field) for p in payloads]) + b"]"
         try:

@@ -22,6 +22,7 @@ from . import defaults
 from .credentials import Credentials
 from .events import env_field
 from .exceptions import ConfigurationError
+from .hooks import BeforeSend, load_hook
 
 __all__ = [
     "Settings",
@@ -140,6 +141,37 @@ def _redis_url(key: str, value: object) -> str:
     return text
 
 
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ConfigurationError(f"{key} must be true or false (or 1 / 0); got {value!r}")
+
+
+def _proxy_url(key: str, value: object) -> str:
+    text = _text(key, value)
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        host = None
+    if not text.startswith(("http://", "https://")) or not host:
+        raise ConfigurationError(
+            f"{key} must be an http:// or https:// proxy URL; got {_redact(key, text)}"
+        )
+    return text
+
+
+def _ca_bundle(key: str, value: object) -> str:
+    text = _text(key, value)
+    if not os.path.exists(text):
+        raise ConfigurationError(f"{key} must be a CA bundle file or directory; {text!r} not found")
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated ``suprsend_*`` settings of one Celery app."""
@@ -168,6 +200,12 @@ class Settings:
     redis_master_name: str | None = None
     #: ``broker_transport_options['sentinel_kwargs']``: how to reach the sentinels.
     sentinel_kwargs: dict[str, Any] | None = None
+    #: Run once per event at accept time; returns the event or None (drop it).
+    before_send: BeforeSend | None = None
+    #: Validate and accept as usual, count, send nothing.
+    dry_run: bool = False
+    proxy_url: str | None = None
+    ca_bundle: str | None = None
     #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
     visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
 
@@ -227,6 +265,10 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "buffer_shards": _number(int, 1, defaults.BUFFER_SHARDS_MAX),
     "buffer_min_replicas": _number(int, 0, defaults.BUFFER_MIN_REPLICAS_MAX),
     "redis_master_name": _text,
+    "before_send": load_hook,
+    "dry_run": _flag,
+    "proxy_url": _proxy_url,
+    "ca_bundle": _ca_bundle,
 }
 
 

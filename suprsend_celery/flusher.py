@@ -38,7 +38,7 @@ from typing import Literal
 
 import redis
 
-from . import defaults
+from . import defaults, signals
 from .buffer import Claim, RedisBuffer
 from .client import SuprsendClient, chunk_payloads
 from .counters import FLUSH_SECONDS, PAST_WINDOW, Tally
@@ -226,7 +226,7 @@ class Flusher:
         settlement = decide(outcome, entry.batch, self.policy)
         _log_settlement(outcome, settlement)
         report.requests += outcome.requests
-        settled = self.buffer.settle(
+        settled, change = self.buffer.settle(
             claim.id,
             retries=settlement.retry_items(),
             dead=settlement.dead_entries(),
@@ -236,6 +236,7 @@ class Flusher:
             reason=settlement.reason,
             counts=outcome.tally,
         )
+        signals.send_breaker_change(self.buffer.prefix, change, settlement.reason)
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
         elif settlement.verdict:
@@ -252,6 +253,7 @@ class Flusher:
         report.add(settlement)
         if settlement.verdict == "auth":
             report.breaker = "open"
+        signals.send_dead_lettered(settlement.dead_entries())
 
     def _finish(self, run: _Run) -> FlushReport:
         report = run.report
@@ -271,6 +273,7 @@ class Flusher:
                 report.requests,
                 report.seconds,
             )
+        signals.flush_completed.send(sender=self.buffer.prefix, **report.as_result())
         return report
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -25,6 +25,7 @@ __all__ = [
     "DeadLetterSource",
     "backoff_delay",
     "dead_letter_entry",
+    "direct_dead_letter",
     "failure_reason",
     "parse_dead_letter",
     "should_retry",
@@ -135,4 +136,19 @@ def parse_dead_letter(raw: bytes) -> DeadLetter:
         source=str(meta.get("source", "")),
         record=record,
         raw=raw,
+    )
+
+
+def direct_dead_letter(
+    text: str, meta: dict[str, Any], reason: str, exc: DeliveryError, attempts: int
+) -> bytes:
+    """A direct-path dead letter, in the buffered path's format."""
+    return dead_letter_entry(
+        text.encode("utf-8"),
+        error=reason,
+        status_code=exc.status_code,
+        attempts=attempts,
+        source="direct",
+        idempotency_key=meta["idempotency_key"],
+        event=meta["event"],
     )

@@ -15,6 +15,7 @@ from .client import USER_AGENT
 from .config import get_settings, resolve_app
 from .events import AcceptedRecord, Event, accept, event_from_call
 from .exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
+from .hooks import Dropped, run_hook
 from .runtime import get_buffer
 
 __all__ = [
@@ -29,11 +30,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def accept_call(app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AcceptedRecord:
-    """Validate call arguments and fix the event's identifiers for this app's workspace."""
+def accept_call(
+    app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AcceptedRecord | Dropped:
+    """Validate call arguments, run ``suprsend_before_send`` once, and fix the event's
+    identifiers for this app's workspace (``Dropped`` if the hook dropped it)."""
     settings = get_settings(app)
+    event = event_from_call(args, kwargs)
+    if settings.before_send is not None:
+        hooked = run_hook(settings.before_send, event)
+        if isinstance(hooked, Dropped):
+            return hooked
+        event = hooked
     return accept(
-        event_from_call(args, kwargs),
+        event,
         sdk_version=USER_AGENT,
         max_event_bytes=settings.max_event_bytes,
         env_size=settings.env_size,
@@ -62,11 +72,12 @@ def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
     """
     app = resolve_app(app)
     record = accept_call(app, args, kwargs)
-    _push(app, [record])
+    if isinstance(record, AcceptedRecord):
+        _push(app, [record])
     return record.idempotency_key
 
 
-def accept_events(app: Any, events: Iterable[Event]) -> list[AcceptedRecord]:
+def accept_events(app: Any, events: Iterable[Event]) -> list[AcceptedRecord | Dropped]:
     """Accept every event of a batch, or raise for the first bad one (nothing accepted)."""
     records = []
     for index, event in enumerate(events):
@@ -82,8 +93,9 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
     """Append many events in one atomic round trip: all are buffered, or none."""
     app = resolve_app(app)
     records = accept_events(app, events)
-    if records:
-        _push(app, records)
+    accepted = [r for r in records if isinstance(r, AcceptedRecord)]
+    if accepted:
+        _push(app, accepted)
     return [r.idempotency_key for r in records]
 
 

@@ -43,6 +43,9 @@ def get_client(app: Any = None) -> SuprsendClient:
             base_url=s.base_url,
             timeout=s.request_timeout,
             max_event_bytes=s.max_event_bytes,
+            proxy_url=s.proxy_url,
+            ca_bundle=s.ca_bundle,
+            dry_run=s.dry_run,
         )
 
     return cached_on_app(app, "_suprsend_client", build)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, cast
 
 from . import defaults
 from .counters import COUNT_LUA, Tally
@@ -67,10 +67,12 @@ __all__ = [
     "SETTLE_JOURNAL_LUA",
     "SETTLE_LUA",
     "Breaker",
+    "BreakerChange",
     "BreakerState",
     "Call",
     "GateAction",
     "KeyNames",
+    "Settled",
     "Verdict",
     "breaker_state",
     "claim_call",
@@ -84,12 +86,31 @@ __all__ = [
     "requeue_call",
     "settle_call",
     "settle_journal_call",
+    "settled_reply",
 ]
 
 Verdict = Literal["ok", "fail", "auth", ""]
 """What a settled claim tells the breaker (``""``: nothing either way)."""
 
 BreakerState = Literal["closed", "open", "half_open"]
+
+BreakerChange = Literal["opened", "closed", ""]
+"""How one SETTLE moved the breaker: closed → open, open or half_open → closed, or not."""
+
+
+class Settled(NamedTuple):
+    """SETTLE's answer; true unless the lease had run out."""
+
+    settled: bool
+    change: BreakerChange
+
+    def __bool__(self) -> bool:
+        return self.settled
+
+
+def settled_reply(reply: Any) -> Settled:
+    status, change = reply
+    return Settled(int(status) == 1, cast(BreakerChange, change.decode()))
 
 
 class KeyNames(Protocol):

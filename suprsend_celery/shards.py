@@ -196,7 +196,7 @@ class ShardedBuffer(RedisBuffer):
         open_for: float = 0.0,
         reason: str = "",
         counts: Tally | None = None,
-    ) -> bool:
+    ) -> lua.Settled:
         """Settle on the claim's shard; its verdict feeds the breaker on shard 0.
 
         On shard 0 that is one step, as unsharded. Elsewhere it is a second, feed-only
@@ -216,8 +216,8 @@ class ShardedBuffer(RedisBuffer):
                 counts=counts,
             )
         settled = shard.settle(inner, retries=retries, dead=dead, back=back, counts=counts)
-        breaker.settle(uuid.uuid4().hex, verdict=verdict, open_for=open_for, reason=reason)
-        return settled
+        fed = breaker.settle(uuid.uuid4().hex, verdict=verdict, open_for=open_for, reason=reason)
+        return lua.Settled(settled.settled, fed.change)
 
     # -- direct path -------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .exceptions import (
     PublishError,
     TransientDeliveryError,
 )
+from .hooks import Dropped, dropped_result
 from .messages import (
     RECORD,
     RedactedRequest,
@@ -46,9 +47,10 @@ from .messages import (
     redacted,
     warn_if_no_broker,
 )
-from .policy import backoff_delay, dead_letter_entry, failure_reason, should_retry
+from .policy import backoff_delay, direct_dead_letter, failure_reason, should_retry
 from .producer import accept_call
 from .runtime import find_buffer, get_client, get_flusher
+from .signals import send_dead_lettered
 
 __all__ = [
     "FLUSH_TASK",
@@ -88,12 +90,14 @@ class TrackEventTask(Task):  # type: ignore[misc]
     #: The worker's request class: shows the event, never the record (``redaction``).
     Request = RedactedRequest
 
-    def _prepare(self, args: Any, kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare(self, args: Any, kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | Dropped:
         """``(message kwargs, options)`` for a call: validates and fixes the record."""
         if is_prepared(args, kwargs):
             meta = meta_of(kwargs[_RECORD])
             return kwargs, {"argsrepr": "()", "kwargsrepr": repr(meta)}
         record = accept_call(self.app, tuple(args or ()), dict(kwargs or {}))
+        if isinstance(record, Dropped):  # by suprsend_before_send
+            return record
         meta = redacted(record)
         return {_RECORD: record.payload.decode("utf-8")}, {
             "argsrepr": "()",
@@ -110,7 +114,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
         not be journaled or published within ``suprsend_accept_timeout``.
         """
         warn_if_no_broker(self.app)
-        message_kwargs, redaction = self._prepare(args, kwargs)
+        prepared = self._prepare(args, kwargs)
+        if isinstance(prepared, Dropped):
+            return dropped_result(prepared)
+        message_kwargs, redaction = prepared
         options.update(redaction)
         publish = super().apply_async
         # Task.retry publishes under the running task's id: that is a retry, not a call.
@@ -169,20 +176,6 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 raise PublishError.for_event(key, "could not be published", exc) from exc
             raise
 
-    def _dead_entry(
-        self, text: str, meta: dict[str, Any], reason: str, exc: DeliveryError, attempts: int
-    ) -> bytes:
-        """A direct-path dead letter, in the buffered path's format."""
-        return dead_letter_entry(
-            text.encode("utf-8"),
-            error=reason,
-            status_code=exc.status_code,
-            attempts=attempts,
-            source="direct",
-            idempotency_key=meta["idempotency_key"],
-            event=meta["event"],
-        )
-
     def _settle_journal(self, text: str) -> None:
         buffer = find_buffer(self.app)
         if buffer is not None:
@@ -201,7 +194,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
             from django.db import transaction  # type: ignore[import-untyped]
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError("delay_on_commit needs Django installed") from None
-        message_kwargs, options = self._prepare(args, kwargs)
+        prepared = self._prepare(args, kwargs)
+        if isinstance(prepared, Dropped):
+            return prepared.idempotency_key
+        message_kwargs, options = prepared
         key = meta_of(message_kwargs[_RECORD])["idempotency_key"]
         publish = super().apply_async
         transaction.on_commit(
@@ -216,7 +212,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
         if is_prepared(args, kwargs):
             text: str = kwargs[_RECORD]
         else:  # published by name (app.send_task), or called directly in a shell
-            text = self._accept_in_worker(args, kwargs)
+            accepted = self._accept_in_worker(args, kwargs)
+            if isinstance(accepted, Dropped):  # by suprsend_before_send
+                return dropped_result(accepted).result  # type: ignore[no-any-return]
+            text = accepted
         meta = meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
@@ -235,7 +234,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             _TALLY.reset(token)
         return result
 
-    def _accept_in_worker(self, args: Any, kwargs: Any) -> str:
+    def _accept_in_worker(self, args: Any, kwargs: Any) -> str | Dropped:
         """The record of a call published by name (``app.send_task``) or made directly.
 
         Unless the caller gave one, its idempotency key is the task id, which every
@@ -246,7 +245,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
         is_event = len(args) == 1 and isinstance(args[0], Event)
         if self.request.id is not None and not is_event and not kwargs.get("idempotency_key"):
             kwargs["idempotency_key"] = self.request.id
-        return accept_call(self.app, args, kwargs).payload.decode("utf-8")
+        record = accept_call(self.app, args, kwargs)
+        return record if isinstance(record, Dropped) else record.payload.decode("utf-8")
 
     def _post(self, text: str) -> dict[str, Any]:
         """One request to the event API, its status class and duration tallied."""
@@ -313,8 +313,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
         key = meta["idempotency_key"]
         where = "not dead-lettered (no suprsend_redis_url)"
         buffer = find_buffer(self.app)
+        entry = direct_dead_letter(text, meta, reason, exc, attempts)
         if buffer is not None:
-            entry = self._dead_entry(text, meta, reason, exc, attempts)
             try:
                 buffer.dead_letter(entry)
             except redis.RedisError as redis_exc:
@@ -324,6 +324,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         logger.error(
             "event %s (task %s) not delivered: %s; %s", key, self.request.id, reason, where
         )
+        send_dead_lettered([entry], stored=buffer is not None)
         raise type(exc)(
             f"event {key} not delivered: {reason}; {where}",
             status_code=exc.status_code,
@@ -386,7 +387,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         buffer = find_buffer(self.app)
         where = "the event could not be kept (no suprsend_redis_url)"
         if buffer is not None:
-            entry = self._dead_entry(text, meta, str(exc), exc, attempts)
+            entry = direct_dead_letter(text, meta, str(exc), exc, attempts)
             try:
                 kept = buffer.rehome(text.encode("utf-8"), entry)
             except redis.RedisError as redis_exc:
@@ -398,6 +399,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
             else:
                 where = "the buffer is full, so the event was dead-lettered"
             _count("direct:kept" if kept else "direct:dead_lettered")
+            if not kept:
+                send_dead_lettered([entry])
         logger.error("event %s (task %s): %s; %s", key, self.request.id, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
 
@@ -457,4 +460,5 @@ def flush_buffer(
             exc,
         )
         raise
-    return report.as_result()
+    dry = {"dry_run": True} if get_settings(self.app).dry_run else {}  # "sent": would-be
+    return {**report.as_result(), **dry}

@@ -22,6 +22,7 @@ from conftest import in_process_worker, wait_for
 
 from suprsend_celery import (
     BufferFullError,
+    BufferUnavailableError,
     Event,
     InvalidEventError,
     abuffer_event,
@@ -125,6 +126,19 @@ class TestSameAsSync:
         with pytest.raises(BufferFullError):
             run(app, lambda: abuffer_event("u", "ev_f"))
         assert len(pending(app)) == 3
+
+    def test_same_error_when_redis_is_down(self, app_factory: Callable[..., Celery]) -> None:
+        """Nobody listening: BufferUnavailableError naming the key, within the timeout."""
+        app = app_factory(suprsend_redis_url="redis://127.0.0.1:1/0", suprsend_accept_timeout=1)
+        with pytest.raises(BufferUnavailableError) as sync_error:
+            buffer_event("u1", "ev_down", idempotency_key="k-sync", app=app)
+        started = time.monotonic()
+        with pytest.raises(BufferUnavailableError) as async_error:
+            run(app, lambda: abuffer_event("u1", "ev_down", idempotency_key="k-async", app=app))
+        assert time.monotonic() - started < 3
+        assert async_error.value.idempotency_keys == ("k-async",)
+        assert sync_error.value.idempotency_keys == ("k-sync",)
+        assert isinstance(async_error.value.__cause__, (redis.RedisError, OSError))
 
     def test_each_loop_gets_its_own_connection(self, celery_app: Celery) -> None:
         """Successive ``asyncio.run`` loops (as in a test suite) each work."""

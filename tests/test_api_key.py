@@ -236,6 +236,7 @@ class TestSandboxBearer:
         client = SuprsendClient.with_workspace_api_key(UID, "SSAPIKEY_wrong_one", base_url=sb.url)
         with pytest.raises(Exception) as info:
             client.send_event(Event("u1", "signed_up"))
+        client.close()
         message = str(info.value)
         assert "suprsend_workspace_uid and suprsend_api_key" in message
         assert "SSAPIKEY_wrong_one" not in message

@@ -424,11 +424,13 @@ class TestSandboxCommand:
             "ws_uid_cli_test_0123456789", "SSAPIKEY_cli_test", base_url=url, timeout=5
         )
         assert api.send_event(Event("u1", "signed_up"))["status_code"] == 202
+        api.close()
         wrong = SuprsendClient.with_workspace_api_key(
             "ws_uid_cli_test_0123456789", "SSAPIKEY_other", base_url=url, timeout=5
         )
         with pytest.raises(PermanentDeliveryError, match="HTTP 401"):
             wrong.send_event(Event("u1", "signed_up"))
+        wrong.close()
         assert requests.get(url + "_sandbox/stats", timeout=5).json()["events_processed"] == 1
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=15)

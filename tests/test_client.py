@@ -880,6 +880,25 @@ class TestSessions:
         assert client.session is not first
         assert client.send_event(Event("u", "ev"))["status_code"] == 202
 
+    def test_close_all_closes_every_threads_session(self, client: SuprsendClient) -> None:
+        """``close_all`` closes other threads' sessions too; every thread then gets a new
+        one and the client keeps working."""
+        seen: list[Any] = []
+
+        def in_thread() -> None:
+            seen.append(client.session)
+            client.send_event(Event("u", "ev_thread"))
+
+        worker = threading.Thread(target=in_thread)
+        worker.start()
+        worker.join()
+        mine = client.session
+        client.close_all()
+        adapter = seen[0].get_adapter("http://x/")
+        assert not adapter.poolmanager.pools  # the other thread's connections are closed
+        assert client.session is not mine
+        assert client.send_event(Event("u", "ev_after"))["status_code"] == 202
+
     # Python 3.12+ warns about fork() in a process with threads (the sandbox's); the
     # child here only makes one request, which is exactly what the test is about.
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

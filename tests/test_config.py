@@ -41,7 +41,17 @@ KEYS: dict[str, tuple[Any, Any, str, Any, Any]] = {
     "request_timeout": (1.5, 1.5, "2", 2.0, 10.0),
     "max_event_bytes": (1024, 1024, "2048", 2048, 102_400),
 }
-ALL_NAMES = ["workspace_key", "workspace_secret", "workspace_uid", "api_key", *KEYS]
+ALL_NAMES = [
+    "workspace_key",
+    "workspace_secret",
+    "workspace_uid",
+    "api_key",
+    "before_send",
+    "dry_run",
+    "proxy_url",
+    "ca_bundle",
+    *KEYS,
+]
 UID = "ws_uid_config_0123456789"
 API_KEY = "SSAPIKEY_config_do_not_print"
 
@@ -503,3 +513,96 @@ class TestCredentialModes:
         for text in (repr(loaded), str(loaded), repr(loaded.credentials)):
             assert API_KEY not in text
         assert "api_key='<hidden>'" in repr(loaded)
+
+
+def refused(app: Celery) -> str:
+    """The ConfigurationError message loading this app's settings gives."""
+    return str(config_error(lambda: load_settings(app.conf)))
+
+
+class TestFeatureSettings:
+    """before_send, dry_run, proxy_url and ca_bundle: parsed, or refused naming the key."""
+
+    def test_defaults(self, make_app: Any) -> None:
+        loaded = load_settings(make_app().conf)
+        assert (loaded.before_send, loaded.dry_run) == (None, False)
+        assert (loaded.proxy_url, loaded.ca_bundle) == (None, None)
+
+    @pytest.mark.parametrize("path", ["_hooks.scrub", "_hooks:scrub"])
+    def test_before_send_path(self, make_app: Any, path: str) -> None:
+        """A dotted (or colon) path names the hook; it is imported once, at load."""
+        import _hooks
+
+        assert load_settings(make_app(suprsend_before_send=path).conf).before_send is _hooks.scrub
+
+    def test_before_send_from_env(self, make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        import _hooks
+
+        monkeypatch.setenv("SUPRSEND_BEFORE_SEND", "_hooks.drop_internal")
+        assert load_settings(make_app().conf).before_send is _hooks.drop_internal
+
+    @pytest.mark.parametrize(
+        ("value", "why"),
+        [
+            ("no_such_module_xyz.scrub", "cannot import"),
+            ("_hooks.no_such_function", "has no attribute"),
+            ("_hooks.NOT_CALLABLE", "not a callable"),
+            ("scrub", "must look like"),
+            ("", "dotted path"),
+            (5, "dotted path"),
+        ],
+    )
+    def test_before_send_refused(self, make_app: Any, value: Any, why: str) -> None:
+        message = str(
+            config_error(lambda: load_settings(make_app(suprsend_before_send=value).conf))
+        )
+        assert "suprsend_before_send" in message
+        assert why in message
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("true", True), ("TRUE", True), ("1", True), ("false", False), ("0", False)],
+    )
+    def test_dry_run_from_env(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, value: str, expected: bool
+    ) -> None:
+        """SUPRSEND_DRY_RUN takes true/false/1/0."""
+        monkeypatch.setenv("SUPRSEND_DRY_RUN", value)
+        assert load_settings(make_app().conf).dry_run is expected
+
+    @pytest.mark.parametrize("value", ["yes", "on", "2", "", 2.5, [True]])
+    def test_dry_run_refused(self, make_app: Any, value: Any) -> None:
+        message = refused(make_app(suprsend_dry_run=value))
+        assert "suprsend_dry_run" in message
+
+    def test_dry_run_conf_bool(self, make_app: Any) -> None:
+        assert load_settings(make_app(suprsend_dry_run=True).conf).dry_run is True
+
+    def test_proxy_url(self, make_app: Any) -> None:
+        """An http(s) proxy URL; its password never shows in repr."""
+        url = "http://user:pr0xyPW@proxy.internal:3128"
+        loaded = load_settings(make_app(suprsend_proxy_url=url).conf)
+        assert loaded.proxy_url == url
+        assert "pr0xyPW" not in repr(loaded)
+
+    @pytest.mark.parametrize(
+        "value", ["proxy.internal:3128", "socks5://proxy:1080", "http://", "http://u:pr0xyPW@"]
+    )
+    def test_proxy_url_refused(self, make_app: Any, value: str) -> None:
+        message = refused(make_app(suprsend_proxy_url=value))
+        assert "suprsend_proxy_url" in message
+        assert "pr0xyPW" not in message
+
+    def test_ca_bundle(self, make_app: Any, tmp_path: Any) -> None:
+        bundle = tmp_path / "ca.pem"
+        bundle.write_text("not checked here")
+        loaded = load_settings(make_app(suprsend_ca_bundle=str(bundle)).conf)
+        assert loaded.ca_bundle == str(bundle)
+
+    def test_ca_bundle_missing(self, make_app: Any, tmp_path: Any) -> None:
+        missing = str(tmp_path / "nope.pem")
+        message = str(
+            config_error(lambda: load_settings(make_app(suprsend_ca_bundle=missing).conf))
+        )
+        assert "suprsend_ca_bundle" in message
+        assert "not found" in message

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import resolve_app
+from ..events import AcceptedRecord
 from ..exceptions import ConfigurationError
 from ..producer import accept_call
 from ..runtime import get_buffer
@@ -43,6 +44,8 @@ def buffer_event_on_commit(*args: Any, using: str | None = None, **kwargs: Any) 
     """``buffer_event`` after commit; validates now and returns the idempotency key."""
     app = resolve_app()
     record = accept_call(app, args, kwargs)
-    buffer = get_buffer(app)
-    _on_commit(lambda: buffer.push([record.payload]), using=using)
+    if isinstance(record, AcceptedRecord):
+        buffer = get_buffer(app)
+        payload = record.payload
+        _on_commit(lambda: buffer.push([payload]), using=using)
     return record.idempotency_key

@@ -1,8 +1,10 @@
 -- Called only through scripts.settle_call(); prelude: now, count.
 -- Finish a claim in one step: drop its records, schedule retries, dead-letter, return
 -- records to pending untouched, feed the breaker, count the outcomes (metrics).
--- Returns -1 if the lease was lost (the records are already back in pending, counted
--- as lease_expired by CLAIM), else 1. Either way the claim leaves a short-lived
+-- Returns {status, change}: status -1 if the lease was lost (the records are already
+-- back in pending, counted as lease_expired by CLAIM), else 1; change is how this call
+-- moved the breaker: 'opened' (closed -> open), 'closed' (open or half_open -> closed)
+-- or '' (a re-sent call answers ''), so exactly one flusher announces a transition. Either way the claim leaves a short-lived
 -- tombstone holding that answer, so a re-sent SETTLE (redis-py retries after a
 -- connection error) answers the same without feeding the breaker or counting twice.
 local claims, claim, inflight, retry, dead, pending, breaker_key, settled, metrics =
@@ -22,6 +24,8 @@ local first_item = 12  -- then n_retry pairs (delay, item), n_dead entries, n_ba
 -- then the metric increments of this claim's requests (field, amount pairs)
 local first_count = first_item + 2 * n_retry + n_dead + n_back
 
+local change = ''
+
 local function open(until_, cooldown)
     redis.call('HSET', breaker_key, 'state', 'open', 'until', until_, 'cooldown', cooldown,
         'reason', reason, 'opened_at', now)
@@ -39,6 +43,7 @@ local function feed_breaker()
             redis.call('HSET', breaker_key, 'state', 'closed', 'failures', 0,
                 'cooldown', cooldown_base, 'until', 0, 'reason', '')
             redis.call('HDEL', breaker_key, 'open_since')
+            if state and state ~= 'closed' then change = 'closed' end
         end
         return
     end
@@ -59,6 +64,7 @@ local function feed_breaker()
         -- since when it has been open, kept through failed probes (health checks)
         if redis.call('HGET', breaker_key, 'state') == 'open' then
             redis.call('HSET', breaker_key, 'open_since', now)
+            change = 'opened'
         end
     else
         -- already open: a longer Retry-After pushes the next probe out, never in
@@ -70,11 +76,11 @@ end
 
 if redis.call('ZREM', claims, claim_id) == 0 then
     local answered = redis.call('GET', settled)
-    if answered then return tonumber(answered) end
+    if answered then return {tonumber(answered), ''} end
     feed_breaker()
     count(metrics, first_count)  -- the requests were made, whatever became of the lease
     redis.call('SET', settled, '-1', 'EX', tombstone_seconds)
-    return -1
+    return {-1, change}
 end
 local claimed = redis.call('LLEN', claim)
 redis.call('DECRBY', inflight, claimed)
@@ -98,4 +104,4 @@ for outcome, n in pairs(outcomes) do
     if n > 0 then redis.call('HINCRBY', metrics, 'records:' .. outcome, n) end
 end
 count(metrics, first_count)
-return 1
+return {1, change}

@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -110,6 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT
 
     def setup(self) -> None:
+        tls = cast(Server, self.server).state.ssl_context
+        if tls is not None:  # the handshake runs here, in the connection's own thread
+            self.request = tls.wrap_socket(self.request, server_side=True)
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server = cast(Server, self.server)
@@ -122,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
         finally:
             self._server.untrack(self.connection)
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.close()  # the server closes only the plain socket it accepted
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("sandbox: " + format, *args)

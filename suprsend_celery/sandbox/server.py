@@ -20,6 +20,7 @@ Routes (event routes need a valid signature; ``/_sandbox/*`` control routes do n
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +73,9 @@ class Sandbox:
     ``workspace_secret`` (records' ``env`` the key) and ``Authorization: Bearer
     <api_key>`` (records' ``env`` the ``workspace_uid``).
 
+    ``ssl_context`` (a server-side ``ssl.SSLContext`` holding a certificate) serves it
+    over HTTPS, e.g. to test a private CA.
+
     ``port=0`` picks a free port (read it back from ``url``/``port``). Memory stays
     bounded: only the newest ``max_events`` events and ``max_requests_logged`` log
     entries are kept (the counters always count everything), idempotency keys are
@@ -93,6 +97,7 @@ class Sandbox:
         max_requests_logged: int = 10_000,
         faults: FaultPlan | Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.workspace_key = workspace_key
         self.workspace_secret = workspace_secret
@@ -110,6 +115,7 @@ class Sandbox:
             max_events=max_events,
             max_requests_logged=max_requests_logged,
             clock=clock,
+            ssl_context=ssl_context,
         )
         if faults is not None:
             self.set_faults(faults)
@@ -176,7 +182,8 @@ class Sandbox:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self._state.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     # -- inspection -------------------------------------------------------------------
 

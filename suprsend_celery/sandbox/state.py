@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import ssl
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -146,6 +147,7 @@ class State:
         max_events: int | None,
         max_requests_logged: int,
         clock: Callable[[], float],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.workspace_key = workspace_key
         self.workspace_secret = workspace_secret
@@ -154,6 +156,7 @@ class State:
         self.idempotency_ttl = idempotency_ttl
         self.max_clock_skew = max_clock_skew
         self.clock = clock
+        self.ssl_context = ssl_context
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
