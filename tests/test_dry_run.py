@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
+from conftest import in_process_worker
 
 from suprsend_celery import InvalidEventError, buffer_event, buffer_stats, flush_buffer, track_event
 from suprsend_celery.sandbox import Sandbox
@@ -39,7 +39,7 @@ def test_direct_path_result_says_dry_run(
     """The task succeeds with status ``dry_run``; the sandbox hears nothing."""
     app = app_factory(suprsend_dry_run=True)
     caplog.set_level(logging.DEBUG, logger="suprsend_celery")
-    with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+    with in_process_worker(app, close_results_after_tasks=True):
         result = track_event.delay("u1", "dry_direct", {"secret": SECRET_PROPERTY}).get(timeout=15)
     assert result["status"] == "dry_run"
     assert (result["status_code"], result["message_id"], result["attempts"]) == (None, None, 1)

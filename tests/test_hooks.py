@@ -9,7 +9,7 @@ import _hooks
 import pytest
 from celery import Celery
 from celery.result import EagerResult
-from conftest import wait_for
+from conftest import in_process_worker, wait_for
 
 from suprsend_celery import (
     ConfigurationError,
@@ -89,11 +89,9 @@ class TestChanges:
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
         """``track_event.delay`` runs the hook before publishing; the worker's retry does not."""
-        from celery.contrib.testing.worker import start_worker
-
         app = app_factory(suprsend_before_send="_hooks.scrub")
         sandbox.set_faults([{"status": 503, "count": 1}])
-        with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+        with in_process_worker(app, close_results_after_tasks=True):
             result = track_event.delay("u1", "signed_up", {"ssn": "x"}).get(timeout=30)
         assert result["attempts"] == 2
         assert _hooks.CALLS == ["signed_up"]

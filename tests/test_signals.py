@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from _buffer_helpers import make_events
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from celery.utils.dispatch import Signal
-from conftest import wait_for
+from conftest import in_process_worker, wait_for
 
 from suprsend_celery import PermanentDeliveryError, buffer_event, buffer_events, track_event
 from suprsend_celery.runtime import get_flusher
@@ -95,9 +94,7 @@ class TestDeadLettered:
         """A direct-path event refused for good is announced by the worker, as ``direct``."""
         dead = record(event_dead_lettered)
         sandbox.set_faults([{"status": 400, "count": 1}])
-        with start_worker(
-            celery_app, pool="threads", perform_ping_check=False, loglevel="CRITICAL"
-        ):
+        with in_process_worker(celery_app, close_results_after_tasks=True):
             result = track_event.delay("u1", "evt_direct", {"secret": SECRET_PROPERTY})
             with pytest.raises(PermanentDeliveryError):
                 result.get(timeout=15)
