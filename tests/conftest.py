@@ -7,6 +7,7 @@ that kill or restart Redis start their own ``RedisServer``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -56,6 +57,22 @@ def close_result_consumer(app: Celery) -> None:
     if consumer is not None:
         consumer.subscribed_to.clear()
         consumer.stop()
+
+
+def run_async(app: Celery, coroutine: Callable[[], Any]) -> Any:
+    """Run ``coroutine()`` in a fresh event loop, then close what the loop opened: its
+    Redis client (``aclose``) and the result connection a publish made in its worker
+    thread (``atrack_event`` publishes through ``asyncio.to_thread``)."""
+    from suprsend_celery.aio import aclose
+
+    async def main() -> Any:
+        try:
+            return await coroutine()
+        finally:
+            await aclose(app)
+            await asyncio.to_thread(close_result_consumer, app)
+
+    return asyncio.run(main())
 
 
 @contextmanager

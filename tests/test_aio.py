@@ -18,7 +18,7 @@ import pytest
 import redis
 import uvicorn
 from celery import Celery
-from conftest import in_process_worker, wait_for
+from conftest import in_process_worker, run_async, wait_for
 
 from suprsend_celery import (
     BufferFullError,
@@ -33,18 +33,6 @@ from suprsend_celery import (
 from suprsend_celery.aio import aclose
 from suprsend_celery.runtime import get_buffer
 from suprsend_celery.sandbox import Sandbox
-
-
-def run(app: Celery, coroutine: Callable[[], Any]) -> Any:
-    """Run ``coroutine()`` in a fresh loop, closing that loop's Redis client after it."""
-
-    async def main() -> Any:
-        try:
-            return await coroutine()
-        finally:
-            await aclose(app)
-
-    return asyncio.run(main())
 
 
 def pending(app: Celery) -> list[bytes]:
@@ -68,7 +56,7 @@ class TestSameAsSync:
         call = ("u1", "order_placed", {"total": 12.5, "city": "Zürich"})
         scope = {"idempotency_key": "k-1", "tenant_id": "acme"}
         sync_key = buffer_event(*call, **scope)
-        async_key = run(celery_app, lambda: abuffer_event(*call, **scope))
+        async_key = run_async(celery_app, lambda: abuffer_event(*call, **scope))
         assert sync_key == async_key == "k-1"
         sync_record, async_record = pending(celery_app)
         assert list(json.loads(async_record)) == list(json.loads(sync_record))
@@ -77,14 +65,14 @@ class TestSameAsSync:
     def test_many_in_order(self, celery_app: Celery) -> None:
         """``abuffer_events`` pushes every event in order and returns their keys."""
         events = [Event(f"u{i}", "bulk_ev", {"i": i}) for i in range(5)]
-        keys = run(celery_app, lambda: abuffer_events(events))
+        keys = run_async(celery_app, lambda: abuffer_events(events))
         stored = [json.loads(r) for r in pending(celery_app)]
         assert [r["$idempotency_key"] for r in stored] == keys
         assert [r["properties"]["i"] for r in stored] == list(range(5))
 
     def test_empty_batch(self, celery_app: Celery) -> None:
         """No events: no round trip, an empty list."""
-        assert run(celery_app, lambda: abuffer_events([])) == []
+        assert run_async(celery_app, lambda: abuffer_events([])) == []
 
     @pytest.mark.parametrize(
         ("args", "kwargs", "field"),
@@ -102,7 +90,7 @@ class TestSameAsSync:
         with pytest.raises(InvalidEventError) as sync_error:
             buffer_event(*args, **kwargs)
         with pytest.raises(InvalidEventError) as async_error:
-            run(celery_app, lambda: abuffer_event(*args, **kwargs))
+            run_async(celery_app, lambda: abuffer_event(*args, **kwargs))
         assert str(async_error.value) == str(sync_error.value)
         assert async_error.value.field == field
         assert pending(celery_app) == []
@@ -111,20 +99,20 @@ class TestSameAsSync:
         """One bad item refuses the whole batch before any round trip."""
         events: list[Any] = [Event("u1", "ok_event"), "not an event"]
         with pytest.raises(InvalidEventError, match="item 1"):
-            run(celery_app, lambda: abuffer_events(events))
+            run_async(celery_app, lambda: abuffer_events(events))
         assert pending(celery_app) == []
 
     def test_same_bound(self, app_factory: Callable[..., Celery]) -> None:
         """Over ``suprsend_buffer_max_length`` nothing is added and BufferFullError says why."""
         app = app_factory(suprsend_buffer_max_length=3)
-        run(app, lambda: abuffer_events([Event("u", "ev_a"), Event("u", "ev_b")]))
+        run_async(app, lambda: abuffer_events([Event("u", "ev_a"), Event("u", "ev_b")]))
         with pytest.raises(BufferFullError, match="suprsend_buffer_max_length=3") as info:
-            run(app, lambda: abuffer_events([Event("u", "ev_c"), Event("u", "ev_d")]))
+            run_async(app, lambda: abuffer_events([Event("u", "ev_c"), Event("u", "ev_d")]))
         assert "2 event(s) were not accepted" in str(info.value)
         assert len(pending(app)) == 2
-        run(app, lambda: abuffer_event("u", "ev_e"))
+        run_async(app, lambda: abuffer_event("u", "ev_e"))
         with pytest.raises(BufferFullError):
-            run(app, lambda: abuffer_event("u", "ev_f"))
+            run_async(app, lambda: abuffer_event("u", "ev_f"))
         assert len(pending(app)) == 3
 
     def test_same_error_when_redis_is_down(self, app_factory: Callable[..., Celery]) -> None:
@@ -134,7 +122,9 @@ class TestSameAsSync:
             buffer_event("u1", "ev_down", idempotency_key="k-sync", app=app)
         started = time.monotonic()
         with pytest.raises(BufferUnavailableError) as async_error:
-            run(app, lambda: abuffer_event("u1", "ev_down", idempotency_key="k-async", app=app))
+            run_async(
+                app, lambda: abuffer_event("u1", "ev_down", idempotency_key="k-async", app=app)
+            )
         assert time.monotonic() - started < 3
         assert async_error.value.idempotency_keys == ("k-async",)
         assert sync_error.value.idempotency_keys == ("k-sync",)
@@ -143,7 +133,7 @@ class TestSameAsSync:
     def test_each_loop_gets_its_own_connection(self, celery_app: Celery) -> None:
         """Successive ``asyncio.run`` loops (as in a test suite) each work."""
         for i in range(3):
-            run(celery_app, lambda i=i: abuffer_event("u", f"loop_{i}"))
+            run_async(celery_app, lambda i=i: abuffer_event("u", f"loop_{i}"))
         assert len(pending(celery_app)) == 3
 
 
@@ -153,7 +143,9 @@ class TestAtrackEvent:
     def test_delivers(self, celery_app: Celery, sandbox: Sandbox) -> None:
         """The event is published and a worker sends it."""
         with in_process_worker(celery_app):
-            result = run(celery_app, lambda: atrack_event("u1", "signed_up", idempotency_key="a1"))
+            result = run_async(
+                celery_app, lambda: atrack_event("u1", "signed_up", idempotency_key="a1")
+            )
             assert result.get(timeout=15)["idempotency_key"] == "a1"
         (stored,) = sandbox.events()
         assert stored["event"] == "signed_up"
@@ -161,7 +153,7 @@ class TestAtrackEvent:
     def test_bad_input_raises_before_publishing(self, celery_app: Celery) -> None:
         """InvalidEventError comes from the caller; the broker queue stays empty."""
         with pytest.raises(InvalidEventError, match="event_name"):
-            run(celery_app, lambda: atrack_event("u1", "x"))
+            run_async(celery_app, lambda: atrack_event("u1", "x"))
         client = redis.Redis.from_url(celery_app.conf.broker_url)
         assert client.llen("suprsend-tests") == 0
         client.close()

@@ -9,7 +9,7 @@ import _hooks
 import pytest
 from celery import Celery
 from celery.result import EagerResult
-from conftest import in_process_worker, wait_for
+from conftest import in_process_worker, run_async, wait_for
 
 from suprsend_celery import (
     ConfigurationError,
@@ -23,7 +23,6 @@ from suprsend_celery import (
     buffer_events,
     track_event,
 )
-from suprsend_celery.aio import aclose
 from suprsend_celery.runtime import get_buffer, get_flusher
 from suprsend_celery.sandbox import Sandbox
 
@@ -45,18 +44,6 @@ def queued(app: Celery) -> int:
     buffer = get_buffer(app)
     assert buffer is not None
     return int(buffer.redis.llen("suprsend-tests"))
-
-
-def run_async(app: Celery, coroutine: Callable[[], object]) -> object:
-    import asyncio
-
-    async def main() -> object:
-        try:
-            return await coroutine()  # type: ignore[misc]
-        finally:
-            await aclose(app)
-
-    return asyncio.run(main())
 
 
 class TestChanges:
