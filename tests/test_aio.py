@@ -142,11 +142,15 @@ class TestAtrackEvent:
 
     def test_delivers(self, celery_app: Celery, sandbox: Sandbox) -> None:
         """The event is published and a worker sends it."""
+
+        async def publish_and_wait() -> Any:
+            result = await atrack_event("u1", "signed_up", idempotency_key="a1")
+            # The result belongs to the publishing thread's backend: wait there, so the
+            # connection it subscribes on is the one run_async closes.
+            return await asyncio.to_thread(result.get, timeout=15)
+
         with in_process_worker(celery_app):
-            result = run_async(
-                celery_app, lambda: atrack_event("u1", "signed_up", idempotency_key="a1")
-            )
-            assert result.get(timeout=15)["idempotency_key"] == "a1"
+            assert run_async(celery_app, publish_and_wait)["idempotency_key"] == "a1"
         (stored,) = sandbox.events()
         assert stored["event"] == "signed_up"
 
