@@ -64,15 +64,20 @@ class FlushReport:
     returned: int = 0
     #: "open" when this run stopped because the shared breaker is open.
     breaker: Literal["closed", "open"] = "closed"
+    #: ``suprsend_dry_run``: ``sent`` counts what would have been sent.
+    dry_run: bool = False
 
     def as_result(self) -> dict[str, float | int]:
-        return {
+        result: dict[str, float | int] = {
             "sent": self.sent,
             "retry_scheduled": self.retry_scheduled,
             "dead_lettered": self.dead_lettered,
             "remaining": self.remaining,
             "seconds": round(self.seconds, 3),
         }
+        if self.dry_run:
+            result["dry_run"] = True
+        return result
 
     def add(self, settlement: Settlement) -> None:
         self.sent += settlement.sent
@@ -257,6 +262,7 @@ class Flusher:
 
     def _finish(self, run: _Run) -> FlushReport:
         report = run.report
+        report.dry_run = self.client.dry_run
         report.seconds = time.monotonic() - run.started
         counts = Tally()
         counts.observe(FLUSH_SECONDS, report.seconds)

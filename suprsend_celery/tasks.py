@@ -114,8 +114,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         not be journaled or published within ``suprsend_accept_timeout``.
         """
         warn_if_no_broker(self.app)
-        prepared = self._prepare(args, kwargs)
-        if isinstance(prepared, Dropped):
+        if isinstance(prepared := self._prepare(args, kwargs), Dropped):
             return dropped_result(prepared)
         message_kwargs, redaction = prepared
         options.update(redaction)
@@ -194,8 +193,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             from django.db import transaction  # type: ignore[import-untyped]
         except ImportError:  # pragma: no cover - depends on the environment
             raise ConfigurationError("delay_on_commit needs Django installed") from None
-        prepared = self._prepare(args, kwargs)
-        if isinstance(prepared, Dropped):
+        if isinstance(prepared := self._prepare(args, kwargs), Dropped):
             return prepared.idempotency_key
         message_kwargs, options = prepared
         key = meta_of(message_kwargs[_RECORD])["idempotency_key"]
@@ -210,12 +208,11 @@ class TrackEventTask(Task):  # type: ignore[misc]
     def send_record(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The task body: send the prepared record (or build it, when called directly)."""
         if is_prepared(args, kwargs):
-            text: str = kwargs[_RECORD]
+            text: str | Dropped = kwargs[_RECORD]
         else:  # published by name (app.send_task), or called directly in a shell
-            accepted = self._accept_in_worker(args, kwargs)
-            if isinstance(accepted, Dropped):  # by suprsend_before_send
-                return dropped_result(accepted).result  # type: ignore[no-any-return]
-            text = accepted
+            text = self._accept_in_worker(args, kwargs)
+        if isinstance(text, Dropped):  # by suprsend_before_send
+            return dropped_result(text).result  # type: ignore[no-any-return]
         meta = meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
@@ -398,9 +395,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 where = "the event was moved to the buffer and is sent once this is fixed"
             else:
                 where = "the buffer is full, so the event was dead-lettered"
-            _count("direct:kept" if kept else "direct:dead_lettered")
-            if not kept:
                 send_dead_lettered([entry])
+            _count("direct:kept" if kept else "direct:dead_lettered")
         logger.error("event %s (task %s): %s; %s", key, self.request.id, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
 
@@ -460,5 +456,4 @@ def flush_buffer(
             exc,
         )
         raise
-    dry = {"dry_run": True} if get_settings(self.app).dry_run else {}  # "sent": would-be
-    return {**report.as_result(), **dry}
+    return report.as_result()
