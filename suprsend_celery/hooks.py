@@ -80,6 +80,8 @@ def run_hook(hook: BeforeSend, event: Event) -> Event | Dropped:
     """Run the hook on one event; its result, re-checked, or ``Dropped``."""
     try:
         result = hook(event)
+    except SuprsendCeleryError:
+        raise  # e.g. InvalidEventError from setting a bad value on the event
     except Exception as exc:
         raise SuprsendCeleryError(
             f"{_KEY} raised {type(exc).__name__} for event {event.event_name!r}; nothing was "
