@@ -326,10 +326,13 @@ class TestFlowerRedaction:
         workers = inspect("active") + inspect("conf")
         assert held.id in workers, workers
         assert "suprsend_redis_url" in workers, workers
+        # Flower's worker page (/api/workers) shows each worker's conf, URLs included.
+        _, worker_page = stack.api("/api/workers?refresh=1")
+        assert '"suprsend_redis_url": "redis://:***@' in worker_page, worker_page
         stack.wait(lambda: (stack.task(held.id) or {}).get("state") == "SUCCESS", 60, "SUCCESS")
         info, text = stack.api(f"/api/task/info/{held.id}")
         assert held.id in info["kwargs"]  # the key is the task id
-        everything = "\n".join([workers, text, stack.api("/api/tasks")[1]])
+        everything = "\n".join([workers, worker_page, text, stack.api("/api/tasks")[1]])
         for hidden in (MARKER, PASSWORD, WORKSPACE_SECRET):
             assert hidden not in everything
         assert sandbox.events()[0]["$idempotency_key"] == held.id
