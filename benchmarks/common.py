@@ -106,17 +106,19 @@ class Child:
         full_env.update(env or {})
         self.argv = list(argv)
         self.log = log
-        self._log_file = open(log, "ab") if log else None  # noqa: SIM115 - closed in stop()
+        log_file = open(log, "ab") if log else None  # noqa: SIM115 - closed below
         self.proc = subprocess.Popen(
             self.argv,
             cwd=REPO,
             env=full_env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout else (self._log_file or subprocess.DEVNULL),
-            stderr=self._log_file or subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else (log_file or subprocess.DEVNULL),
+            stderr=log_file or subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent(),
         )
+        if log_file is not None:
+            log_file.close()  # the child has its own copy; a killed one never reaches stop()
         self.pid = self.proc.pid
         _LIVE.add(self)
 
@@ -174,9 +176,6 @@ class Child:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         _LIVE.discard(self)
 
     def cpu_seconds(self) -> float:
