@@ -22,17 +22,20 @@ exposition, ``health.py`` reads ``last_flush_at``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Literal
 
 __all__ = [
     "BUCKETS",
     "COUNT_LUA",
+    "DIRECT_TALLY",
     "FLUSH_SECONDS",
     "LAST_FLUSH_AT",
     "PAST_WINDOW",
     "REQUEST_SECONDS",
     "Tally",
     "bucket_field",
+    "count_direct",
     "status_class",
 ]
 
@@ -128,3 +131,15 @@ class Tally:
 
     def __bool__(self) -> bool:
         return bool(self.counts)
+
+
+#: What the running ``track_event`` did (its request and outcome), counted in Redis by
+#: the call that settles it: the journal's settle, or the retry's publish (journal).
+DIRECT_TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
+
+
+def count_direct(field: str, amount: float = 1) -> None:
+    """Count ``field`` for the running ``track_event`` (nothing outside one)."""
+    tally = DIRECT_TALLY.get()
+    if tally is not None:
+        tally.add(field, amount)

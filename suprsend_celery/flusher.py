@@ -42,8 +42,7 @@ from . import defaults, signals
 from .buffer import Claim, RedisBuffer
 from .client import SuprsendClient, chunk_payloads
 from .counters import FLUSH_SECONDS, PAST_WINDOW, Tally
-from .events import accepted_before
-from .responses import key_of
+from .policy import past_dedup_window
 from .settlement import Batch, ClaimOutcome, RetryPolicy, Settlement, decide
 
 __all__ = ["FlushReport", "Flusher"]
@@ -348,17 +347,10 @@ class Flusher:
 
 
 def _note_past_window(payloads: Sequence[bytes], outcome: ClaimOutcome) -> None:
-    """Count (and say) records sent over 24 h after they were accepted: SuprSend no
-    longer deduplicates their keys, so one it processed before may be processed again."""
-    late = accepted_before(payloads, int((time.time() - defaults.DEDUP_WINDOW) * 1000))
+    """Count records sent over 24 h after they were accepted (``past_dedup_window``)."""
+    late = past_dedup_window(payloads)
     if late:
         outcome.tally.add(PAST_WINDOW, len(late))
-        logger.warning(
-            "%d record(s) sent more than 24 h after they were accepted (e.g. %s): SuprSend "
-            "deduplicates a key for 24 h only, so one it already processed may be again",
-            len(late),
-            key_of(payloads[late[0]]),
-        )
 
 
 def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:

@@ -230,7 +230,7 @@ class BufferCollector(Collector):
         yield requests
         yield CounterMetricFamily(
             _name("records_sent_past_dedup_window"),
-            "Buffered records sent more than 24 h after they were accepted: SuprSend no "
+            "Records sent more than 24 h after they were accepted: SuprSend no "
             "longer deduplicates their keys.",
             value=value(PAST_WINDOW),
         )

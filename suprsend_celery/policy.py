@@ -12,13 +12,17 @@ reorder keys).
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import defaults
+from .events import accepted_before
 from .exceptions import DeliveryError
+from .responses import key_of
 
 __all__ = [
     "DeadLetter",
@@ -28,10 +32,27 @@ __all__ = [
     "direct_dead_letter",
     "failure_reason",
     "parse_dead_letter",
+    "past_dedup_window",
     "should_retry",
 ]
 
+logger = logging.getLogger(__name__)
+
 DeadLetterSource = Literal["direct", "buffer"]
+
+
+def past_dedup_window(payloads: Sequence[bytes]) -> list[int]:
+    """Indices of records accepted over 24 h ago, said in a warning: SuprSend no longer
+    deduplicates their keys, so one it processed before may be processed again."""
+    late = accepted_before(payloads, int((time.time() - defaults.DEDUP_WINDOW) * 1000))
+    if late:
+        logger.warning(
+            "%d record(s) sent more than 24 h after they were accepted (e.g. %s): SuprSend "
+            "deduplicates a key for 24 h only, so one it already processed may be again",
+            len(late),
+            key_of(payloads[late[0]]),
+        )
+    return late
 
 
 def backoff_delay(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import redis
@@ -25,7 +24,7 @@ from celery.signals import task_revoked
 from . import defaults
 from .beat import schedule_on_bind
 from .config import get_settings
-from .counters import Tally
+from .counters import DIRECT_TALLY, PAST_WINDOW, Tally, count_direct
 from .defaults import FLUSH_TASK, TRACK_TASK
 from .events import Event
 from .exceptions import (
@@ -47,7 +46,13 @@ from .messages import (
     redacted,
     warn_if_no_broker,
 )
-from .policy import backoff_delay, direct_dead_letter, failure_reason, should_retry
+from .policy import (
+    backoff_delay,
+    direct_dead_letter,
+    failure_reason,
+    past_dedup_window,
+    should_retry,
+)
 from .producer import accept_call
 from .runtime import find_buffer, get_client, get_flusher
 from .signals import send_dead_lettered
@@ -64,16 +69,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _RECORD = RECORD
-
-#: What the running ``track_event`` did (its request and outcome), counted in Redis by
-#: the call that settles it: the journal's settle, or the retry's publish (journal).
-_TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
-
-
-def _count(field: str) -> None:
-    tally = _TALLY.get()
-    if tally is not None:
-        tally.add(field)
 
 
 class TrackEventTask(Task):  # type: ignore[misc]
@@ -153,8 +148,8 @@ class TrackEventTask(Task):  # type: ignore[misc]
         key = meta_of(text)["idempotency_key"]
         if buffer is not None:
             seconds = get_settings(self.app).visibility_timeout + delay_of(options)
-            counts = _TALLY.get()  # set when this publish is a retry of a running task
-            _TALLY.set(None)
+            counts = DIRECT_TALLY.get()  # set when this publish is a retry of a running task
+            DIRECT_TALLY.set(None)
             try:
                 buffer.journal(text.encode("utf-8"), seconds, counts, expires_in(options))
             except BufferUnavailableError as exc:
@@ -179,7 +174,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         buffer = find_buffer(self.app)
         if buffer is not None:
             try:
-                buffer.settle_journal(text.encode("utf-8"), _TALLY.get())
+                buffer.settle_journal(text.encode("utf-8"), DIRECT_TALLY.get())
             except redis.RedisError as exc:  # the flusher will re-send it: a duplicate, skipped
                 logger.warning("journal entry not settled (%s)", exc)
 
@@ -216,7 +211,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
         meta = meta_of(text)
         # Result backends with result_extended store request args: keep them redacted.
         self.request.args, self.request.kwargs = (), meta
-        token = _TALLY.set(Tally())
+        token = DIRECT_TALLY.set(Tally())
         try:
             try:
                 result = self._send(text, meta)
@@ -225,10 +220,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 raise
             # A Retry re-published the record (and pushed its journal entry out); any
             # other exception leaves the entry for the flusher to send.
-            _count("direct:sent")
+            count_direct("direct:sent")
             self._settle_journal(text)
         finally:
-            _TALLY.reset(token)
+            DIRECT_TALLY.reset(token)
         return result
 
     def _accept_in_worker(self, args: Any, kwargs: Any) -> str | Dropped:
@@ -249,14 +244,17 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """One request to the event API, its status class and duration tallied."""
         sent_at = time.monotonic()
         status: int | None = None
+        payload = text.encode("utf-8")
+        if past_dedup_window([payload]):  # after a long outage or a late redelivery
+            count_direct(PAST_WINDOW)
         try:
-            response = get_client(self.app).send_event(text.encode("utf-8"))
+            response = get_client(self.app).send_event(payload)
             status = response["status_code"]
         except DeliveryError as exc:
             status = exc.status_code
             raise
         finally:
-            tally = _TALLY.get()
+            tally = DIRECT_TALLY.get()
             if tally is not None:
                 tally.request("direct", status, time.monotonic() - sent_at)
         return response
@@ -288,7 +286,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
                     settings.max_retries,
                     countdown,
                 )
-                _count("direct:retried")
+                count_direct("direct:retried")
                 raise self._retry(text, key, reason, countdown) from None
             self._fail(text, meta, exc, attempt, failure_reason(exc, attempt))
         except PermanentDeliveryError as exc:
@@ -317,7 +315,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             except redis.RedisError as redis_exc:
                 raise self._retry_for_redis(text, key, exc, "dead-lettering", redis_exc) from None
             where = "moved to the dead-letter list"
-            _count("direct:dead_lettered")
+            count_direct("direct:dead_lettered")
         logger.error(
             "event %s (task %s) not delivered: %s; %s", key, self.request.id, reason, where
         )
@@ -396,7 +394,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             else:
                 where = "the buffer is full, so the event was dead-lettered"
                 send_dead_lettered([entry])
-            _count("direct:kept" if kept else "direct:dead_lettered")
+            count_direct("direct:kept" if kept else "direct:dead_lettered")
         logger.error("event %s (task %s): %s; %s", key, self.request.id, exc, where)
         raise ConfigurationError(f"event {key}: {exc}; {where}") from None
 

@@ -18,13 +18,14 @@ from _buffer_helpers import buffer_of
 from _metrics_helpers import parse, value
 from celery import Celery
 from click.testing import CliRunner
-from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker
 from prometheus_client import CollectorRegistry, generate_latest
 
 from suprsend_celery import Event
 from suprsend_celery.buffer import RedisBuffer
 from suprsend_celery.cli import cli
 from suprsend_celery.client import SuprsendClient
+from suprsend_celery.defaults import TRACK_TASK
 from suprsend_celery.events import accepted_before, record_time
 from suprsend_celery.flusher import Flusher
 from suprsend_celery.metrics import BufferCollector
@@ -88,6 +89,28 @@ class TestFlusher:
         registry.register(BufferCollector(buffer))
         samples = parse(generate_latest(registry).decode())
         assert value(samples, "suprsend_celery_records_sent_past_dedup_window_total") == 3
+
+
+class TestDirect:
+    def test_a_late_track_event_is_counted_and_logged(
+        self,
+        celery_app: Celery,
+        client: SuprsendClient,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A ``track_event`` message sent over 24 h after its accept (a long broker
+        outage) is counted like a buffered one; a fresh one is not."""
+        late, fresh = records(client, 1, hours=25)[0], records(client, 1)[0]
+        with (
+            caplog.at_level(logging.WARNING, logger="suprsend_celery"),
+            in_process_worker(celery_app, close_results_after_tasks=True),
+        ):
+            for record in (late, fresh):
+                result = celery_app.send_task(TRACK_TASK, kwargs={"record": record.decode()})
+                assert result.get(timeout=30)["status"] == "success"
+        assert buffer_of(celery_app).stats()["sent_past_dedup_window"] == 1
+        [line] = [r.getMessage() for r in caplog.records if "24 h" in r.getMessage()]
+        assert json.loads(late)["$idempotency_key"] in line
 
 
 class TestCli:
