@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import api_latency, latency, memory, report, throughput
 from benchmarks.common import REPO, SandboxProcess, log, stop_all
-from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.dev.redis_server import RedisServer
 
 SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency")
 

@@ -21,9 +21,9 @@ import time
 from celery import Celery
 
 from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET, process_cpu
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.events import Event
-from suprsend_celery.runtime import get_client, get_flusher
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.events.model import Event
+from suprsend_celery.pipeline.runtime import get_client, get_flusher
 
 
 def main() -> int:

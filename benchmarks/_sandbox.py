@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
 
 
 def main() -> int:

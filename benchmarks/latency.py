@@ -39,8 +39,8 @@ from benchmarks.common import (
     run_id,
 )
 from suprsend_celery import abuffer_event, atrack_event, buffer_event, track_event
-from suprsend_celery.aio import aclose
-from suprsend_celery.config import reset_settings
+from suprsend_celery.pipeline.async_producers import aclose
+from suprsend_celery.pipeline.settings import reset_settings
 
 QUEUE = "bench-latency"
 #: Not a way to send an event: one Redis round trip, the floor under every Redis call.

@@ -17,8 +17,8 @@ import redis
 
 from benchmarks.common import PREFIX, SandboxProcess, log, properties, run_id
 from benchmarks.throughput import clear_buffer, flushers
-from suprsend_celery.client import USER_AGENT
-from suprsend_celery.events import Event, accept
+from suprsend_celery.delivery.client import USER_AGENT
+from suprsend_celery.events.model import Event, accept
 
 _PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from benchmarks.common import SandboxProcess, process_cpu, producer_app, run_id, stop_all
 from benchmarks.throughput import clear_buffer, prefill_buffer
-from suprsend_celery.config import reset_settings
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_flusher
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.pipeline.runtime import get_flusher
+from suprsend_celery.pipeline.settings import reset_settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from suprsend_celery.app import app
-from suprsend_celery.runtime import get_flusher
+from suprsend_celery.pipeline.runtime import get_flusher
 
 __all__ = ["app"]
 

@@ -132,7 +132,7 @@ def main() -> int:
     server: subprocess.Popen[str] | None = None
     sandbox = None
     if args.in_process:
-        from suprsend_celery.sandbox import Sandbox
+        from suprsend_celery.dev.sandbox import Sandbox
 
         sandbox = Sandbox(workspace_key=KEY, workspace_secret=SECRET).start()
         url = sandbox.url

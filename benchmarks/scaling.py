@@ -40,10 +40,10 @@ from benchmarks.common import (
 )
 from benchmarks.topology import MASTER_NAME, LocalCluster, SentinelGroup
 from suprsend_celery import Event, buffer_event, buffer_events
-from suprsend_celery.config import reset_settings
+from suprsend_celery.dev.redis_server import RedisServer
 from suprsend_celery.exceptions import ReplicationError
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer
+from suprsend_celery.pipeline.runtime import get_buffer
+from suprsend_celery.pipeline.settings import reset_settings
 
 
 @contextlib.contextmanager

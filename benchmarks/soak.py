@@ -58,10 +58,10 @@ from benchmarks.common import (
 )
 from benchmarks.topology import LocalCluster
 from suprsend_celery import buffer_event
-from suprsend_celery.config import reset_settings
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer
-from suprsend_celery.tasks import TRACK_TASK
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.pipeline.runtime import get_buffer
+from suprsend_celery.pipeline.settings import reset_settings
+from suprsend_celery.tasks.direct import TRACK_TASK
 
 QUEUE = "soak"
 SOAK_PREFIX = "suprsend_soak"

@@ -39,7 +39,7 @@ from benchmarks.common import (
     start_worker,
 )
 from suprsend_celery import Event, buffer_events, track_event
-from suprsend_celery.config import reset_settings
+from suprsend_celery.pipeline.settings import reset_settings
 
 
 def _result(name: str, events: int, wall: float, cpu: float, **extra: Any) -> dict[str, Any]:

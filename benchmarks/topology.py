@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from suprsend_celery.redis_server import RedisServer, RedisServerError, _free_port
+from suprsend_celery.dev.redis_server import RedisServer, RedisServerError, _free_port
 
 __all__ = ["MASTER_NAME", "LocalCluster", "SentinelGroup", "wait_until"]
 

@@ -31,10 +31,10 @@ import requests
 from celery import Celery
 
 from suprsend_celery import Event, buffer_events
-from suprsend_celery.metrics import wsgi_app
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer, get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.ops.exporter import wsgi_app
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 
 KEY, SECRET = "WSKEY_picture_0123456789", "WSSECRET_picture"
 #: Seconds from the start: the outage begins, SuprSend recovers, producers stop, the end.

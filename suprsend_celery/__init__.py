@@ -9,9 +9,9 @@ stable idempotency key when it is accepted, so SuprSend processes it at most onc
 """
 
 from .__about__ import __version__
-from .aio import abuffer_event, abuffer_events, atrack_event
-from .client import SuprsendClient
-from .events import Event
+from .delivery.client import SuprsendClient
+from .delivery.responses import BulkResult, RecordResult
+from .events.model import Event
 from .exceptions import (
     BufferFullError,
     BufferUnavailableError,
@@ -23,9 +23,9 @@ from .exceptions import (
     SuprsendCeleryError,
     TransientDeliveryError,
 )
-from .producer import buffer_event, buffer_events, buffer_stats
-from .responses import BulkResult, RecordResult
-from .tasks import flush_buffer, track_event
+from .pipeline.async_producers import abuffer_event, abuffer_events, aclose
+from .pipeline.producers import buffer_event, buffer_events, buffer_stats
+from .tasks import atrack_event, flush_buffer, track_event
 
 __all__ = [
     "BufferFullError",
@@ -44,6 +44,7 @@ __all__ = [
     "__version__",
     "abuffer_event",
     "abuffer_events",
+    "aclose",
     "atrack_event",
     "buffer_event",
     "buffer_events",

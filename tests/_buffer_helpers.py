@@ -16,9 +16,9 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import Event
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.tasks import FLUSH_TASK
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.tasks.flush import FLUSH_TASK
 
 TESTS = Path(__file__).resolve().parent
 MAX_BULK_BODY = 800 * 1024
@@ -26,7 +26,7 @@ MAX_BULK_BODY = 800 * 1024
 
 def buffer_of(app: Celery) -> RedisBuffer:
     """The app's Redis buffer (tests always configure one)."""
-    from suprsend_celery.runtime import get_buffer
+    from suprsend_celery.pipeline.runtime import get_buffer
 
     return get_buffer(app)
 

@@ -13,10 +13,10 @@ import os
 import sys
 import time
 
-from suprsend_celery.client import SuprsendClient
-from suprsend_celery.connect import connect
-from suprsend_celery.flusher import Flusher
-from suprsend_celery.shards import open_buffer, shards_in_use
+from suprsend_celery.buffer.connection import connect
+from suprsend_celery.buffer.sharded import open_buffer, shards_in_use
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.pipeline.flusher import Flusher
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import requests
 from conftest import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from suprsend_celery.counters import status_class
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.tally import status_class
+from suprsend_celery.dev.sandbox import Sandbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -68,7 +68,7 @@ def start_exporter(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[byt
     """``suprsend-celery metrics --port 0`` in a subprocess; returns it and its URL."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "suprsend_celery.cli", "metrics", "--port", "0"],
+            [sys.executable, "-m", "suprsend_celery.ops.cli", "metrics", "--port", "0"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

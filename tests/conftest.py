@@ -21,9 +21,9 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 
-from suprsend_celery.config import reset_settings
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.settings import reset_settings
 
 #: For tests that SIGKILL a Redis server under open client connections: redis-py and
 #: kombu can drop such a socket without closing it, and the GC then reports it. Only
@@ -63,7 +63,7 @@ def run_async(app: Celery, coroutine: Callable[[], Any]) -> Any:
     """Run ``coroutine()`` in a fresh event loop, then close what the loop opened: its
     Redis client (``aclose``) and the result connection a publish made in its worker
     thread (``atrack_event`` publishes through ``asyncio.to_thread``)."""
-    from suprsend_celery.aio import aclose
+    from suprsend_celery.pipeline.async_producers import aclose
 
     async def main() -> Any:
         try:

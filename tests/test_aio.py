@@ -30,9 +30,9 @@ from suprsend_celery import (
     atrack_event,
     buffer_event,
 )
-from suprsend_celery.aio import aclose
-from suprsend_celery.runtime import get_buffer
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.async_producers import aclose
+from suprsend_celery.pipeline.runtime import get_buffer
 
 
 def pending(app: Celery) -> list[bytes]:

@@ -28,10 +28,10 @@ from suprsend_celery import (
     flush_buffer,
     track_event,
 )
-from suprsend_celery.client import CLIENT_USER_AGENT, USER_AGENT
-from suprsend_celery.credentials import CONTENT_TYPE, sign
-from suprsend_celery.events import env_field, with_env
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.client import CLIENT_USER_AGENT, USER_AGENT
+from suprsend_celery.delivery.credentials import CONTENT_TYPE, sign
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.records import env_field, with_env
 
 UID = "ws_uid_apikey_0123456789"
 API_KEY = "SSAPIKEY_test_do_not_print_0123"

@@ -18,13 +18,14 @@ import redis
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import BufferFullError, Event, InvalidEventError
-from suprsend_celery.buffer import RedisBuffer, join_item, split_item
-from suprsend_celery.events import accept
-from suprsend_celery.policy import dead_letter_entry, parse_dead_letter
-from suprsend_celery.producer import buffer_event, buffer_events, buffer_stats
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer
-from suprsend_celery.scripts import breaker_state, claim_call
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.buffer.scripts import breaker_state, claim_call
+from suprsend_celery.delivery.dead_letters import dead_letter_entry, parse_dead_letter
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.events.model import accept
+from suprsend_celery.events.records import join_item, split_item
+from suprsend_celery.pipeline.producers import buffer_event, buffer_events, buffer_stats
+from suprsend_celery.pipeline.runtime import get_buffer
 
 
 def make_record(i: int, event: str = "order_placed", **properties: Any) -> bytes:

@@ -34,10 +34,10 @@ from celery import Celery
 from conftest import REDIS_KILLED, in_process_worker, wait_for
 
 from suprsend_celery import buffer_events
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_flusher
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.tasks import FLUSH_TASK
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_flusher
+from suprsend_celery.tasks.flush import FLUSH_TASK
 
 
 def wait_until_sending(

@@ -32,8 +32,8 @@ from suprsend_celery import (
     buffer_event,
     buffer_events,
 )
-from suprsend_celery.cli import cli
-from suprsend_celery.runtime import get_flusher
+from suprsend_celery.ops.cli import cli
+from suprsend_celery.pipeline.runtime import get_flusher
 
 MARKER = "marker-7f3a-properties-must-stay-hidden"
 
@@ -47,7 +47,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).parent / "suprsend-celery"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "suprsend_celery.cli"]
+    return [sys.executable, "-m", "suprsend_celery.ops.cli"]
 
 
 def relay_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:

@@ -39,10 +39,10 @@ from suprsend_celery import (
     SuprsendClient,
     TransientDeliveryError,
 )
-from suprsend_celery.client import USER_AGENT, chunk_payloads
-from suprsend_celery.credentials import CONTENT_TYPE, sign
-from suprsend_celery.responses import classify_status, parse_retry_after
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.client import USER_AGENT, chunk_payloads
+from suprsend_celery.delivery.credentials import CONTENT_TYPE, sign
+from suprsend_celery.delivery.responses import classify_status, parse_retry_after
+from suprsend_celery.dev.sandbox import Sandbox
 
 VECTOR_KEY = "WSKEY_abcdefghij0123456789"
 VECTOR_SECRET = "WSSECRET_0123456789abcdef"

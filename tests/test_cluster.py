@@ -30,11 +30,11 @@ from celery import Celery
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import buffer_event, buffer_events, buffer_stats, defaults
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.policy import dead_letter_entry
-from suprsend_celery.runtime import get_buffer
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.shards import ShardedBuffer
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.buffer.sharded import ShardedBuffer
+from suprsend_celery.delivery.dead_letters import dead_letter_entry
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_buffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 
@@ -258,8 +258,8 @@ class TestOperatingAShardedBuffer:
         cluster's masters, the metrics add up every shard's counters."""
         from click.testing import CliRunner
 
-        from suprsend_celery.cli import cli
-        from suprsend_celery.metrics import read_snapshot
+        from suprsend_celery.ops.cli import cli
+        from suprsend_celery.ops.exporter import read_snapshot
 
         app = cluster_app(suprsend_buffer_shards=3)
         keys = buffer_events(make_events(90), app=app)
@@ -278,7 +278,7 @@ class TestOperatingAShardedBuffer:
     def test_async_producers(self, cluster_app: Callable[..., Celery], sandbox: Sandbox) -> None:
         """``await abuffer_event``/``abuffer_events`` on a sharded cluster buffer (pushed in
         a thread through the cluster client) reach every shard and are delivered once."""
-        from suprsend_celery.aio import abuffer_event, abuffer_events
+        from suprsend_celery.pipeline.async_producers import abuffer_event, abuffer_events
 
         app = cluster_app(suprsend_buffer_shards=3)
 

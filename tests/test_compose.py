@@ -25,7 +25,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from suprsend_celery.cli import cli
+from suprsend_celery.ops.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -238,7 +238,7 @@ class TestCommands:
         scripts = {
             ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
         }
-        assert scripts["suprsend-celery"] == "suprsend_celery.cli:main"
+        assert scripts["suprsend-celery"] == "suprsend_celery.ops.cli:main"
         found = [name for name in OURS if command(name)[0] == "suprsend-celery"]
         assert found == ["sandbox", "metrics"]
         commands = [(name, command(name)[1:]) for name in found]
@@ -331,7 +331,7 @@ class TestReadme:
 
     def test_configuration_table_lists_every_key(self) -> None:
         """Each ``suprsend_*`` setting appears in the table with its environment variable."""
-        from suprsend_celery.config import Settings
+        from suprsend_celery.pipeline.settings import Settings
 
         for field in Settings.__dataclass_fields__:
             if field in ("visibility_timeout", "sentinel_kwargs"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from suprsend_celery import ConfigurationError
-from suprsend_celery.config import Settings, get_settings, load_settings, reset_settings
+from suprsend_celery.pipeline.settings import Settings, get_settings, load_settings, reset_settings
 
 KEY = "WSKEY_config_0123456789"
 SECRET = "WSSECRET_config_do_not_print"
@@ -413,7 +413,7 @@ class TestRedisUrlMasking:
 
     def test_repr_masks_the_password(self) -> None:
         """``repr(Settings)`` shows the Redis host but not its password."""
-        from suprsend_celery.config import load_settings
+        from suprsend_celery.pipeline.settings import load_settings
 
         settings = load_settings(
             {
@@ -429,8 +429,8 @@ class TestRedisUrlMasking:
         """A refused URL is named without its password."""
         import pytest
 
-        from suprsend_celery.config import load_settings
         from suprsend_celery.exceptions import ConfigurationError
+        from suprsend_celery.pipeline.settings import load_settings
 
         with pytest.raises(ConfigurationError) as caught:
             load_settings(

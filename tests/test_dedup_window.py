@@ -22,15 +22,15 @@ from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker
 from prometheus_client import CollectorRegistry, generate_latest
 
 from suprsend_celery import Event
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.cli import cli
-from suprsend_celery.client import SuprsendClient
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.defaults import TRACK_TASK
-from suprsend_celery.events import accepted_before, record_time
-from suprsend_celery.flusher import Flusher
-from suprsend_celery.metrics import BufferCollector
-from suprsend_celery.policy import dead_letter_entry
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.delivery.dead_letters import dead_letter_entry
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.records import accepted_before, record_time
+from suprsend_celery.ops.cli import cli
+from suprsend_celery.ops.exporter import BufferCollector
+from suprsend_celery.pipeline.flusher import Flusher
 
 DAY_MS = 24 * 3600 * 1000
 

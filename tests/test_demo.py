@@ -32,7 +32,7 @@ else:
 
 def demo_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "suprsend-celery"
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "suprsend_celery.cli"]
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "suprsend_celery.ops.cli"]
     return [*base, "demo", *args]
 
 

@@ -45,11 +45,11 @@ from suprsend_celery import (
     buffer_event,
     track_event,
 )
-from suprsend_celery.events import BUILTIN_EVENT_NAMES
-from suprsend_celery.policy import parse_dead_letter
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer, get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.dead_letters import parse_dead_letter
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.validation import BUILTIN_EVENT_NAMES
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 
 QUEUE = "suprsend-tests"  # conftest's task_default_queue
 RESULT_KEYS = {"status", "status_code", "message_id", "idempotency_key", "attempts"}

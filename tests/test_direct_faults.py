@@ -29,10 +29,10 @@ from suprsend_celery import (
     buffer_events,
     track_event,
 )
-from suprsend_celery.aio import aclose
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.runtime import get_buffer, get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.async_producers import aclose
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 
 QUEUE = "suprsend-tests"  # conftest's task_default_queue
 

@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import track_event
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from celery import Celery
 from conftest import in_process_worker
 
 from suprsend_celery import InvalidEventError, buffer_event, buffer_stats, flush_buffer, track_event
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
 
 SECRET_PROPERTY = "dry-run-secret-7731"
 

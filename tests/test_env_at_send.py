@@ -26,11 +26,12 @@ from conftest import (
 )
 
 from suprsend_celery import buffer_event, track_event
-from suprsend_celery.cli import cli
-from suprsend_celery.config import reset_settings
-from suprsend_celery.events import Event, accept, env_field, with_env
-from suprsend_celery.policy import dead_letter_entry
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.dead_letters import dead_letter_entry
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.model import Event, accept
+from suprsend_celery.events.records import env_field, with_env
+from suprsend_celery.ops.cli import cli
+from suprsend_celery.pipeline.settings import reset_settings
 
 OLD_KEY = "WSKEY_old_rotated_away_0123"
 WRONG_KEY = "WSKEY_wrong_copy_paste_0123"

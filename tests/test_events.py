@@ -21,14 +21,9 @@ from hypothesis import strategies as st
 from suprsend.request_schema import _get_schema_validator
 
 from suprsend_celery import Event, InvalidEventError, SuprsendCeleryError
-from suprsend_celery.events import (
-    BUILTIN_EVENT_NAMES,
-    AcceptedRecord,
-    accept,
-    env_field,
-    event_from_call,
-    with_env,
-)
+from suprsend_celery.events.model import AcceptedRecord, accept, event_from_call
+from suprsend_celery.events.records import env_field, with_env
+from suprsend_celery.events.validation import BUILTIN_EVENT_NAMES
 
 KEY = "WSKEY_abcdefghij0123456789"
 SECRET = "WSSECRET_0123456789abcdef"

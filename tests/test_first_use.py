@@ -22,10 +22,10 @@ from conftest import (
 )
 
 from suprsend_celery import ConfigurationError, buffer_event, track_event
-from suprsend_celery.beat import register_beat_entry
-from suprsend_celery.config import reset_settings
 from suprsend_celery.defaults import FLUSH_TASK
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.settings import reset_settings
+from suprsend_celery.tasks.beat import register_beat_entry
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import Event, buffer_events, flush_buffer, track_event
-from suprsend_celery.redis_server import RedisServer
+from suprsend_celery.dev.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -36,12 +36,13 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker, wait_for
 
 from suprsend_celery import Event, buffer_events, buffer_stats
-from suprsend_celery.beat import BEAT_ENTRY
-from suprsend_celery.buffer import RedisBuffer, join_item, split_item
-from suprsend_celery.client import SuprsendClient
-from suprsend_celery.flusher import Flusher, FlushReport
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.tasks import FLUSH_TASK
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.records import join_item, split_item
+from suprsend_celery.pipeline.flusher import Flusher, FlushReport
+from suprsend_celery.tasks.beat import BEAT_ENTRY
+from suprsend_celery.tasks.flush import FLUSH_TASK
 
 
 class TestDelivery:

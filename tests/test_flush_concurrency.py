@@ -30,11 +30,11 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, in_process_worker, wait_for
 
 from suprsend_celery import Event, track_event
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.client import SuprsendClient
-from suprsend_celery.flusher import Flusher, FlushReport
-from suprsend_celery.runtime import get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.flusher import Flusher, FlushReport
+from suprsend_celery.pipeline.runtime import get_flusher
 
 
 def fill(buffer: RedisBuffer, client: SuprsendClient, count: int) -> list[str]:

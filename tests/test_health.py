@@ -23,9 +23,9 @@ from click.testing import CliRunner, Result
 from conftest import wait_for
 
 from suprsend_celery import buffer_events
-from suprsend_celery.cli import cli
-from suprsend_celery.policy import dead_letter_entry
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.delivery.dead_letters import dead_letter_entry
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.ops.cli import cli
 
 QUEUE = "suprsend-health-test"
 
@@ -42,7 +42,7 @@ def run_check(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProc
     """The real console script, timed."""
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "suprsend_celery.cli", "check", *args],
+        [sys.executable, "-m", "suprsend_celery.ops.cli", "check", *args],
         env=env,
         capture_output=True,
         text=True,

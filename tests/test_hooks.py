@@ -23,8 +23,8 @@ from suprsend_celery import (
     buffer_events,
     track_event,
 )
-from suprsend_celery.runtime import get_buffer, get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from celery.signals import task_revoked
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import track_event
-from suprsend_celery.runtime import get_buffer, get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 
 QUEUE = "suprsend-tests"
 

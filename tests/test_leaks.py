@@ -13,9 +13,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from suprsend_celery import Event, InvalidEventError, buffer_event
-from suprsend_celery.config import load_settings, mask_url
-from suprsend_celery.events import accept
+from suprsend_celery.delivery.routing import mask_url
+from suprsend_celery.events.model import accept
 from suprsend_celery.exceptions import ConfigurationError
+from suprsend_celery.pipeline.settings import load_settings
 
 # Passwords as people type them: symbols included, ``@`` and ``/`` unescaped.
 PASSWORDS = st.text(

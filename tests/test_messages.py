@@ -16,9 +16,9 @@ from celery import Celery
 from conftest import WORKSPACE_SECRET, current_app, in_process_worker, wait_for
 
 from suprsend_celery import track_event
-from suprsend_celery.messages import RedactedRequest, redacted_call
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.tasks.redaction import RedactedRequest, redacted_call
 
 MARKER = "prop-marker-7c2e-never-shown"
 PASSWORD = "pw-marker-93ab-never-shown"

@@ -33,11 +33,11 @@ from celery import Celery
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import Event, buffer_events, track_event
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.counters import BUCKETS, REQUEST_SECONDS, Tally, bucket_field
-from suprsend_celery.metrics import SCRAPE_TIMEOUT, wsgi_app
-from suprsend_celery.runtime import get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.tally import BUCKETS, REQUEST_SECONDS, Tally, bucket_field
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.ops.exporter import SCRAPE_TIMEOUT, wsgi_app
+from suprsend_celery.pipeline.runtime import get_flusher
 
 TESTS = Path(__file__).resolve().parent
 
@@ -197,8 +197,8 @@ class TestExporter:
 
     def test_redis_down_is_redis_up_zero(self, celery_app: Celery) -> None:
         """A scrape while Redis does not answer still succeeds, with redis_up 0 only."""
-        from suprsend_celery.metrics import BufferCollector, CollectorRegistry
-        from suprsend_celery.metrics import make_wsgi_app as prometheus_wsgi
+        from suprsend_celery.ops.exporter import BufferCollector, CollectorRegistry
+        from suprsend_celery.ops.exporter import make_wsgi_app as prometheus_wsgi
 
         dead = RedisBuffer(redis.Redis(port=1, socket_connect_timeout=1))
         registry = CollectorRegistry(auto_describe=False)

@@ -20,8 +20,8 @@ from celery import Celery
 from conftest import wait_for
 
 from suprsend_celery import buffer_events
-from suprsend_celery.runtime import get_flusher
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_flusher
 
 PROMETHEUS = shutil.which("prometheus")
 

@@ -33,6 +33,7 @@ EXPECTED_ALL = {
     "abuffer_event",
     "abuffer_events",
     "atrack_event",
+    "aclose",
     "flush_buffer",
     "buffer_stats",
     "SuprsendClient",

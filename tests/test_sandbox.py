@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from suprsend_celery.sandbox import (
+from suprsend_celery.dev.sandbox import (
     BULK_PATH,
     EVENT_PATH,
     LEGACY_EVENT_PATH,

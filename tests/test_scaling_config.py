@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from suprsend_celery.config import load_settings, mask_url
-from suprsend_celery.connect import connect
+from suprsend_celery.buffer.connection import connect
+from suprsend_celery.buffer.sharded import registry_key, shard_prefix
+from suprsend_celery.delivery.routing import mask_url
 from suprsend_celery.exceptions import ConfigurationError
-from suprsend_celery.shards import registry_key, shard_prefix
+from suprsend_celery.pipeline.settings import load_settings
 
 CREDENTIALS = {"suprsend_workspace_key": "WSKEY_x", "suprsend_workspace_secret": "WSSECRET_x"}
 SENTINELS = "sentinel://:pw@127.0.0.1:26379/2;sentinel://127.0.0.1:26380"

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from suprsend import Event, Suprsend
 
-from suprsend_celery.sandbox import (
+from suprsend_celery.dev.sandbox import (
     Sandbox,
     signature_for,
     string_to_sign,

@@ -26,11 +26,11 @@ from click.testing import CliRunner
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import buffer_event, buffer_stats
-from suprsend_celery.cli import cli
+from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.exceptions import ReplicationError
-from suprsend_celery.flusher import Flusher
-from suprsend_celery.runtime import get_buffer, get_client
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.ops.cli import cli
+from suprsend_celery.pipeline.flusher import Flusher
+from suprsend_celery.pipeline.runtime import get_buffer, get_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 

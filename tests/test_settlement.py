@@ -10,13 +10,10 @@ import json
 
 import pytest
 
-from suprsend_celery.exceptions import (
-    DeliveryError,
-    PermanentDeliveryError,
-    TransientDeliveryError,
-)
-from suprsend_celery.policy import parse_dead_letter
-from suprsend_celery.settlement import Batch, ClaimOutcome, RetryPolicy, decide
+from suprsend_celery.delivery.dead_letters import parse_dead_letter
+from suprsend_celery.delivery.decisions import Batch, ClaimOutcome, decide
+from suprsend_celery.delivery.retry import RetryPolicy
+from suprsend_celery.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 POLICY = RetryPolicy(max_retries=3, backoff_base=1.0, backoff_max=60.0)
 

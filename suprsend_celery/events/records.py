@@ -1,0 +1,120 @@
+"""A record's bytes: the few fields read or written without parsing its JSON.
+
+A record is the event's JSON exactly as it will be sent, minus ``env`` (spliced in
+when it is sent, ``with_env``). A record that has failed before is stored with its
+attempt count as a prefix, ``b"3|{...}"``: records start with ``{``, so the prefix is
+unambiguous and is stripped without parsing JSON (``split_item``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from .validation import json_default
+
+__all__ = [
+    "accepted_before",
+    "encode_json",
+    "env_field",
+    "join_item",
+    "key_of",
+    "record_time",
+    "split_item",
+    "with_env",
+]
+
+# One encoder, built once: the spelling is exactly suprsend-py-sdk's
+# json.dumps(obj, ensure_ascii=False), so our bytes and its bytes match.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=json_default)
+encode_json = _ENCODER.encode
+
+_DISTINCT_ID = b', "distinct_id": '
+_ENV = b', "env": '
+
+
+def env_field(env: str) -> bytes:
+    """``, "env": "<env>"``, the bytes ``with_env`` splices into a stored record."""
+    return _ENV + encode_json(env).encode("utf-8")
+
+
+def with_env(record: bytes, field: bytes) -> bytes:
+    """A stored record as sent: ``field`` (from ``env_field``) just before ``distinct_id``.
+
+    No JSON parsing: inside a JSON string every ``"`` is escaped, so the first
+    ``, "distinct_id": `` of a record is its key, and an ``, "env": `` before it is an
+    ``env`` the record was stored with, which is replaced. Anything else (not one of
+    our records) is sent as it is, for the server to judge.
+    """
+    at = record.find(_DISTINCT_ID)
+    if at < 0:
+        return record
+    old = record.find(_ENV, 0, at)
+    return b"".join((record[: at if old < 0 else old], field, record[at:]))
+
+
+_TIME_MARKER = b'"$time": '
+#: Where ``$time``'s 13 digits sit in every record ``accept`` builds (a uuid4 before).
+_TIME_AT = len(b'{"$insert_id": "') + 36 + len(b'", ') + len(_TIME_MARKER)
+
+
+def record_time(record: bytes) -> int | None:
+    """``$time`` (epoch ms, when the event was accepted) of a record, without parsing it."""
+    start = record.find(_TIME_MARKER)
+    if start < 0:
+        return None
+    start += len(_TIME_MARKER)
+    end = start
+    while end < len(record) and 48 <= record[end] <= 57:
+        end += 1
+    return int(record[start:end]) if end > start else None
+
+
+def accepted_before(records: Sequence[bytes], cutoff_ms: int) -> list[int]:
+    """Indexes of the records accepted before ``cutoff_ms`` (epoch ms).
+
+    Cheap enough for every batch: ``$time`` is read at its fixed offset (13 digits
+    compare as bytes), falling back to a search for records of another layout.
+    """
+    cutoff = b"%013d" % cutoff_ms
+    start = _TIME_AT - len(_TIME_MARKER)
+    heads = [r[start : _TIME_AT + 13] for r in records]
+    if not heads:
+        return []
+    lo, hi = min(heads), max(heads)
+    # Every head lies between lo and hi, so when both start with the marker all do:
+    # then the oldest is lo, and usually nothing is past the cutoff (one pass in C).
+    if lo.startswith(_TIME_MARKER) and hi.startswith(_TIME_MARKER) and lo[-13:] >= cutoff:
+        return []
+    found = []
+    for index, record in enumerate(records):
+        digits = record[_TIME_AT : _TIME_AT + 13]
+        if record[_TIME_AT - len(_TIME_MARKER) : _TIME_AT] == _TIME_MARKER and digits.isdigit():
+            if digits < cutoff:
+                found.append(index)
+        else:
+            ms = record_time(record)
+            if ms is not None and ms < cutoff_ms:
+                found.append(index)
+    return found
+
+
+def split_item(item: bytes) -> tuple[int, bytes]:
+    """``(attempts, record)`` of a stored item: ``b"3|{...}"`` or a bare ``b"{...}"``."""
+    if item[:1] == b"{":
+        return 0, item
+    head, _, record = item.partition(b"|")
+    return int(head), record
+
+
+def join_item(attempts: int, record: bytes) -> bytes:
+    return record if attempts <= 0 else b"%d|%s" % (attempts, record)
+
+
+def key_of(payload: bytes) -> str | None:
+    """The idempotency key of a serialised record (only parsed on the failure path)."""
+    try:
+        value = json.loads(payload).get("$idempotency_key")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,384 @@
+"""Drain the buffer: claim batches, send them in bulk, settle each record. No Celery here.
+
+The loop the ``flush_buffer`` task and ``suprsend-celery flush`` both run::
+
+    claim (lease) ─► post_bulk ─► decide ─► settle: ack successes, schedule transient
+                     (a thread)   (pure)              failures, dead-letter permanent
+                                                      ones, feed the breaker
+
+A batch is acknowledged only after SuprSend answered for it, in the same Lua step
+that schedules its retries, so a flusher killed at any instant leaves its claims to
+expire and return to the buffer; re-sent records carry their idempotency keys and
+SuprSend skips them.
+
+Concurrency: one run keeps up to ``concurrency`` claims in flight, each its own claim
+under its own lease. Only the HTTP requests run in a small thread pool (one per
+Flusher, kept across runs, rebuilt after a fork); claims, lease renewals and settles
+all happen in the calling thread, which waits for whichever request finishes first and
+settles that claim at once. So Redis sees one flusher's writes in order, the decisions
+(``settlement.decide``) need no lock, and a settle that opens the breaker (a 429's
+``Retry-After``, too many failures, refused credentials) is seen by the very next
+claim: new requests stop at once while those in flight finish and settle. Each pool
+thread has its own HTTP session and keep-alive connection (the client's sessions are
+per thread), so threads never wait for each other's connections. Threads cost little
+CPU here: the calling thread does what it did before, the pool threads do exactly the
+request a sequential flusher would have done, and the hand-off is one future per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+from .. import defaults
+from ..buffer.redis_buffer import Claim, RedisBuffer
+from ..delivery.client import SuprsendClient, chunk_payloads
+from ..delivery.decisions import Batch, ClaimOutcome, Settlement, decide
+from ..delivery.retry import RetryPolicy, past_dedup_window
+from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
+from . import signals
+
+__all__ = ["FlushReport", "Flusher"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FlushReport:
+    """What one flush run did; ``as_result()`` is the task's result."""
+
+    sent: int = 0
+    retry_scheduled: int = 0
+    dead_lettered: int = 0
+    remaining: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    returned: int = 0
+    #: "open" when this run stopped because the shared breaker is open.
+    breaker: Literal["closed", "open"] = "closed"
+    #: ``suprsend_dry_run``: ``sent`` counts what would have been sent.
+    dry_run: bool = False
+
+    def as_result(self) -> dict[str, float | int]:
+        result: dict[str, float | int] = {
+            "sent": self.sent,
+            "retry_scheduled": self.retry_scheduled,
+            "dead_lettered": self.dead_lettered,
+            "remaining": self.remaining,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.dry_run:
+            result["dry_run"] = True
+        return result
+
+    def add(self, settlement: Settlement) -> None:
+        self.sent += settlement.sent
+        self.retry_scheduled += len(settlement.retries)
+        self.dead_lettered += len(settlement.dead)
+        self.returned += len(settlement.back)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A claim whose requests are out, and when its lease was last renewed."""
+
+    claim: Claim
+    batch: Batch
+    renewed: float
+
+
+class _Run:
+    """One run's limits and whether it may still claim."""
+
+    def __init__(self, time_budget: float, max_batches: int | None, window: int) -> None:
+        #: Claims allowed in flight: the concurrency, or 1 after a request failed as a
+        #: whole until one succeeds again, so an outage costs the API no more requests
+        #: than the breaker's threshold (or those already out) before it opens.
+        self.window = window
+        self.started = time.monotonic()
+        self.deadline = self.started + time_budget
+        self.max_batches = max_batches
+        self.batches = 0
+        self.stopped = False
+        self.report = FlushReport()
+
+    def may_claim(self) -> bool:
+        return (
+            not self.stopped
+            and time.monotonic() < self.deadline
+            and (self.max_batches is None or self.batches < self.max_batches)
+        )
+
+
+class Flusher:
+    """Sends buffered records to the bulk API; safe to run in many processes at once."""
+
+    def __init__(
+        self,
+        buffer: RedisBuffer,
+        client: SuprsendClient,
+        *,
+        batch_size: int = defaults.FLUSH_BATCH_SIZE,
+        max_retries: int = defaults.MAX_RETRIES,
+        backoff_max: float = defaults.RETRY_BACKOFF_MAX,
+        backoff_base: float = defaults.RETRY_BACKOFF_BASE,
+        concurrency: int = defaults.FLUSH_CONCURRENCY,
+        lease: float | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.client = client
+        self.batch_size = max(1, min(batch_size, defaults.MAX_BULK_RECORDS))
+        self.policy = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.concurrency = max(1, min(concurrency, defaults.FLUSH_CONCURRENCY_MAX))
+        # A lease must outlast one request's worst case by a wide margin; crash tests
+        # pass a short one so a killed flusher's records come back quickly.
+        self.lease = lease or max(defaults.CLAIM_LEASE, 3 * sum(client.timeout))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+
+    def run(
+        self,
+        time_budget: float = defaults.FLUSH_TIME_BUDGET,
+        *,
+        max_batches: int | None = None,
+        progress: Callable[[FlushReport], None] | None = None,
+    ) -> FlushReport:
+        """Send and settle batches until the buffer is empty, the breaker opens or time is up.
+
+        Up to ``concurrency`` claims are in flight; each is settled as its requests end.
+        """
+        run = _Run(time_budget, max_batches, self.concurrency)
+        recovered = self.buffer.recover_journal()
+        if recovered:
+            logger.warning(
+                "%d direct-path record(s) were never settled by their task (a lost broker "
+                "message); sending them from the buffer",
+                recovered,
+            )
+        in_flight: dict[Future[ClaimOutcome], _InFlight] = {}
+        try:
+            while True:
+                self._fill(in_flight, run)
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle(in_flight.pop(future), future.result(), run)
+                    if progress is not None:
+                        progress(run.report)
+                self._renew(in_flight.values())
+        finally:
+            # Only on an error (Redis failing): claims still out return after their lease.
+            for future in in_flight:
+                future.cancel()
+        return self._finish(run)
+
+    def close(self) -> None:
+        """Stop the request threads (they are started again by the next run)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    # -- the calling thread: claims, leases, settles -------------------------------------
+
+    def _fill(self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run) -> None:
+        """Claim batches and start their requests until ``concurrency`` are in flight."""
+        while len(in_flight) < run.window and run.may_claim():
+            if any(entry.claim.mode == "probe" for entry in in_flight.values()):
+                return  # the breaker's probe decides whether more may go
+            claim = self.buffer.claim(self.batch_size, self.lease)
+            if claim.mode == "open":
+                run.report.breaker = "open"
+                run.stopped = True
+                logger.info("breaker open: not sending for %.1fs more", claim.wait)
+                return
+            if not claim.items:
+                run.stopped = True
+                return
+            run.batches += 1
+            batch = Batch.of(claim.items)
+            future = self._executor().submit(self._send, claim.id, batch.payloads)
+            in_flight[future] = _InFlight(claim, batch, time.monotonic())
+
+    def _renew(self, in_flight: Iterable[_InFlight]) -> None:
+        """Extend the leases of claims in flight for a third of a lease or more."""
+        now = time.monotonic()
+        for entry in in_flight:
+            if now - entry.renewed >= self.lease / 3:
+                # A lost lease needs nothing here: the settle finds out and says so.
+                try:
+                    self.buffer.extend(entry.claim.id, self.lease)
+                except redis.RedisError as exc:  # the settle will fail the run if Redis is gone
+                    logger.warning(
+                        "could not extend the lease of claim %s: %s", entry.claim.id, exc
+                    )
+                    continue
+                entry.renewed = now
+
+    def _settle(self, entry: _InFlight, outcome: ClaimOutcome, run: _Run) -> None:
+        """Apply ``decide``'s settlement to Redis in one step, log it, count it."""
+        claim, report = entry.claim, run.report
+        settlement = decide(outcome, entry.batch, self.policy)
+        _log_settlement(outcome, settlement)
+        report.requests += outcome.requests
+        settled, change = self.buffer.settle(
+            claim.id,
+            retries=settlement.retry_items(),
+            dead=settlement.dead_entries(),
+            back=settlement.back,
+            verdict=settlement.verdict,
+            open_for=settlement.open_for,
+            reason=settlement.reason,
+            counts=outcome.tally,
+        )
+        signals.send_breaker_change(self.buffer.prefix, change, settlement.reason)
+        if settlement.verdict == "auth":
+            run.stopped = True  # in-flight claims still finish and keep their records
+        elif settlement.verdict:
+            run.window = 1 if settlement.verdict == "fail" else self.concurrency
+        if not settled:
+            logger.warning(
+                "lease of claim %s ran out before it was settled; its %d record(s) went back "
+                "to the buffer and will be re-sent (SuprSend skips repeated idempotency keys)",
+                claim.id,
+                len(claim.items),
+            )
+            report.returned += len(claim.items)
+            return
+        report.add(settlement)
+        if settlement.verdict == "auth":
+            report.breaker = "open"
+        signals.send_dead_lettered(settlement.dead_entries())
+
+    def _finish(self, run: _Run) -> FlushReport:
+        report = run.report
+        report.dry_run = self.client.dry_run
+        report.seconds = time.monotonic() - run.started
+        counts = Tally()
+        counts.observe(FLUSH_SECONDS, report.seconds)
+        report.remaining = self.buffer.finish_run(counts)  # also notes the run for `check`
+        if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
+            logger.info(
+                "flush: sent=%d retry_scheduled=%d dead_lettered=%d returned=%d "
+                "remaining=%d requests=%d in %.2fs",
+                report.sent,
+                report.retry_scheduled,
+                report.dead_lettered,
+                report.returned,
+                report.remaining,
+                report.requests,
+                report.seconds,
+            )
+        signals.flush_completed.send(sender=self.buffer.prefix, **report.as_result())
+        return report
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """The request threads: one pool per process (a forked child builds its own)."""
+        pool = self._pool
+        if pool is None or self._pool_pid != os.getpid():
+            with self._pool_lock:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = ThreadPoolExecutor(
+                        self.concurrency, thread_name_prefix="suprsend-flush"
+                    )
+                    self._pool_pid = os.getpid()
+                pool = self._pool
+        return pool
+
+    # -- a request thread: one claim's requests ------------------------------------------
+
+    def _send(self, claim_id: str, payloads: Sequence[bytes]) -> ClaimOutcome:
+        outcome = ClaimOutcome()
+        _note_past_window(payloads, outcome)
+        first = True
+        for offset, chunk in chunk_payloads(payloads):
+            if not first and not self.buffer.extend(claim_id, self.lease):
+                # Lost the lease: the claim is back in the buffer; send no more of it.
+                outcome.unsent_from = offset
+                break
+            first = False
+            self._send_chunk(offset, chunk, outcome)
+            if outcome.unsent_from is not None:
+                # Credentials refused, or the API failing as a whole: sending the rest
+                # of this claim now would only add load (and breaker failures).
+                break
+        return outcome
+
+    def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
+        sent_at = time.monotonic()
+        response = self.client.post_bulk(chunk)
+        outcome.requests += 1
+        error = response.request_error
+        status = 200 if error is None else error.status_code  # None: no answer at all
+        outcome.tally.request("bulk", status, time.monotonic() - sent_at)
+        if error is None:
+            outcome.answered = True
+            for index, record_error in response.failures or ():
+                outcome.failures.append((offset + index, record_error))
+            return
+        if error.is_config_error:  # refused credentials, a wrong URL: keep the records
+            outcome.auth_error = error
+            outcome.unsent_from = offset
+            return
+        if error.retryable:
+            outcome.request_error = error
+            outcome.failures.extend((offset + i, error) for i in range(len(chunk)))
+            outcome.unsent_from = offset + len(chunk)
+            return
+        outcome.answered = True
+        if len(chunk) > 1:
+            # A whole bulk request refused for good: find the culprit by halves
+            # rather than dead-letter the records that were fine.
+            half = len(chunk) // 2
+            self._send_chunk(offset, chunk[:half], outcome)
+            if outcome.unsent_from is None:
+                self._send_chunk(offset + half, chunk[half:], outcome)
+            return
+        outcome.failures.append((offset, error))
+
+
+def _note_past_window(payloads: Sequence[bytes], outcome: ClaimOutcome) -> None:
+    """Count records sent over 24 h after they were accepted (``past_dedup_window``)."""
+    late = past_dedup_window(payloads)
+    if late:
+        outcome.tally.add(PAST_WINDOW, len(late))
+
+
+def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
+    """Say what a settlement does, naming keys, never records."""
+    shared = outcome.request_error  # one error for a whole request's records
+    if outcome.auth_error is not None:
+        logger.error(
+            "%s; %d record(s) stay buffered and the breaker is open until the "
+            "configuration is fixed",
+            outcome.auth_error,
+            len(settlement.back),
+        )
+    for retry in settlement.retries:
+        if retry.error is not shared:
+            logger.warning(
+                "record %s will be retried in %.1fs (attempt %d): %s",
+                retry.key,
+                retry.delay,
+                retry.attempt,
+                retry.error,
+            )
+    for dead in settlement.dead:
+        logger.error("record %s dead-lettered: %s", dead.key, dead.reason)
+    if shared is not None:
+        logger.warning(
+            "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
+            shared,
+            len(settlement.retries),
+            len(settlement.back),
+        )

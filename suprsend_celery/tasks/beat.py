@@ -1,0 +1,119 @@
+"""``flush_buffer`` on the beat schedule, without anyone asking.
+
+Two documented Celery hooks, no private API:
+
+- ``Task.on_bound(app)``, which Celery calls when it binds a task class to an app
+  (every app that finalizes, since ``flush_buffer`` is a shared task; Celery's own
+  ``PeriodicTask`` schedules itself the same way). ``FlushBufferTask`` in ``tasks``
+  calls ``schedule_on_bind`` from there, so ``app.conf.beat_schedule`` has the entry.
+- ``beat_init`` / ``beat_embedded_init``: the running scheduler read ``beat_schedule``
+  before these signals, so an entry added now is handed to it directly.
+
+Without a buffer (a broker that is not Redis and no ``suprsend_redis_url``) there is
+nothing to flush: no entry, and the worker says so once, at start (``worker_ready``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import beat_embedded_init, beat_init, worker_ready
+
+from ..defaults import FLUSH_TASK
+from ..delivery.routing import mask_url
+from ..exceptions import ConfigurationError
+from ..pipeline.settings import Settings, get_settings, load_settings
+
+__all__ = ["BEAT_ENTRY", "beat_entry", "register_beat_entry", "schedule_on_bind"]
+
+logger = logging.getLogger(__name__)
+
+BEAT_ENTRY = "suprsend-celery-flush-buffer"
+"""The name of our entry in ``app.conf.beat_schedule``."""
+
+
+def beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
+    """The beat schedule entry for ``flush_buffer``, or None when the interval is 0 or
+    there is no buffer to flush."""
+    settings = settings or get_settings(app)
+    interval = settings.flush_interval
+    if interval <= 0 or not settings.redis_url:
+        return None
+    # Expiring after one interval keeps a backlog of runs from piling up behind a
+    # slow worker: the next run will drain what the skipped one would have.
+    return {"task": FLUSH_TASK, "schedule": interval, "options": {"expires": interval}}
+
+
+def register_beat_entry(app: Any, settings: Settings | None = None) -> dict[str, Any] | None:
+    """Add the flush schedule to ``app.conf.beat_schedule`` unless the user set one.
+
+    Returns the flush entry now in the schedule (the user's own, if any), or None.
+    """
+    entry = beat_entry(app, settings)
+    if entry is None:
+        return None
+    schedule = app.conf.beat_schedule
+    if schedule is None:
+        app.conf.beat_schedule = schedule = {}
+    for existing in schedule.values():
+        if existing.get("task") == FLUSH_TASK:
+            return dict(existing)
+    schedule[BEAT_ENTRY] = entry
+    return entry
+
+
+def schedule_on_bind(app: Any) -> None:
+    """Register the schedule on an app as Celery binds our task to it, silently
+    skipping apps that do not use SuprSend (no credentials configured)."""
+    try:
+        register_beat_entry(app, load_settings(app.conf))
+    except ConfigurationError as exc:
+        logger.debug("flush_buffer not scheduled on %r: %s", app, exc)
+    except Exception:  # finalizing the user's app must never fail because of us
+        logger.debug("flush_buffer not scheduled on %r", app, exc_info=True)
+
+
+@beat_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_init(sender: Any = None, **_: Any) -> None:
+    """Make sure the running scheduler has the entry: it read ``beat_schedule`` before
+    this signal, so an entry added to the config now would never run."""
+    app = sender.app
+    try:
+        entry = register_beat_entry(app)
+    except ConfigurationError as exc:
+        logger.error("flush_buffer not scheduled: %s", exc)
+        return
+    if entry is None:
+        return
+    scheduler = sender.scheduler
+    if not any(getattr(e, "task", None) == FLUSH_TASK for e in scheduler.schedule.values()):
+        scheduler.update_from_dict({BEAT_ENTRY: entry})
+        logger.info("flush_buffer scheduled every %ss", entry["schedule"])
+
+
+@beat_embedded_init.connect  # type: ignore[untyped-decorator]
+def _on_beat_embedded_init(sender: Any = None, **_: Any) -> None:
+    _on_beat_init(sender)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Say once, as the worker starts, that the buffered path is off and why."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    try:
+        settings = load_settings(app.conf)
+    except ConfigurationError:
+        return  # an app that does not use SuprSend (or says what is wrong when it does)
+    if settings.redis_url:
+        return
+    broker = app.conf.broker_url
+    logger.warning(
+        "suprsend-celery: the buffered path is off: the broker (%s) is not Redis and "
+        "suprsend_redis_url is not set, so flush_buffer is not scheduled, buffer_event "
+        "raises ConfigurationError and track_event keeps no journal or dead letters. "
+        "Set suprsend_redis_url (SUPRSEND_REDIS_URL) to a Redis to turn it on.",
+        mask_url(broker) if isinstance(broker, str) else broker,
+    )
