@@ -6,7 +6,7 @@
 
 What runs, all on loopback: a private Redis, the sandbox as SuprSend, a flusher run
 every second (what beat does), a producer buffering about 100 events a second, the
-exporter (``suprsend_celery.metrics.wsgi_app``) and a Prometheus server scraping it
+exporter (``suprsend_celery.ops.exporter.wsgi_app``) and a Prometheus server scraping it
 every second. The story: normal traffic with a few events SuprSend refuses (dead
 letters); then an outage (every bulk request answered 503: retries, the breaker opens,
 records pile up); then SuprSend recovers and the backlog drains. The picture plots what

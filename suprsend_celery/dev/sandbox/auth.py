@@ -1,6 +1,6 @@
 """Server-side check of SuprSend's HMAC request signature.
 
-Written independently of :mod:`suprsend_celery.client` on purpose: the sandbox is the
+Written independently of :mod:`suprsend_celery.delivery.client` on purpose: the sandbox is the
 referee for our client, so it must not share (and silently agree with) its signing
 code. The scheme is the one suprsend-py-sdk 0.20.0 uses::
 

@@ -1,4 +1,4 @@
-"""``python -m suprsend_celery.cli``."""
+"""``python -m suprsend_celery.ops.cli``."""
 
 from . import main
 
