@@ -210,8 +210,9 @@ class TestBreaker:
         ``test_concurrency`` bounds an outage with eight in flight.)"""
         app = app_factory(suprsend_flush_concurrency=1)
         buffer = buffer_of(app)
-        buffer.breaker_cooldown = 1.0  # the default 10 s would only make this test slower
-        threshold = buffer.breaker_threshold
+        queue = buffer.queue
+        queue.breaker = queue.breaker._replace(cooldown=1.0)  # not 10 s: only slower
+        threshold = queue.breaker.threshold
         keys = buffer_events(make_events(1500), app=app)
         sandbox.set_faults([{"status": 503}])
         seen: set[str] = set()
