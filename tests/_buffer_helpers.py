@@ -16,19 +16,48 @@ from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import Event
+from suprsend_celery.buffer.protocol import Buffer
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.decisions import DeadDecision, RetryDecision, Settlement, Verdict
 from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.records import split_item
+from suprsend_celery.exceptions import TransientDeliveryError
 from suprsend_celery.tasks.flush import FLUSH_TASK
 
 TESTS = Path(__file__).resolve().parent
 MAX_BULK_BODY = 800 * 1024
 
 
-def buffer_of(app: Celery) -> RedisBuffer:
+def buffer_of(app: Celery) -> Buffer:
     """The app's Redis buffer (tests always configure one)."""
     from suprsend_celery.pipeline.runtime import get_buffer
 
     return get_buffer(app)
+
+
+def settlement(
+    *,
+    retries: Sequence[tuple[float, bytes]] = (),
+    dead: Sequence[bytes] = (),
+    back: Sequence[bytes] = (),
+    verdict: Verdict = "",
+    open_for: float = 0.0,
+    reason: str = "",
+) -> Settlement:
+    """A ``Settlement`` as ``decide`` makes them, of the bytes a test names: ``retries``
+    as ``(delay, stored item)`` pairs, ``dead`` as dead-letter entries."""
+    error = TransientDeliveryError("a test's settlement")
+    return Settlement(
+        retries=[
+            RetryDecision(index, split_item(item)[0], delay, item, error)
+            for index, (delay, item) in enumerate(retries)
+        ],
+        dead=[DeadDecision(index, 1, "test", entry, error) for index, entry in enumerate(dead)],
+        back=list(back),
+        verdict=verdict,
+        open_for=open_for,
+        reason=reason,
+    )
 
 
 def make_events(count: int, name: str = "order_placed", blob: int = 0) -> list[Event]:
@@ -84,17 +113,18 @@ def assert_bulk_limits(sandbox: Sandbox) -> None:
         assert r.body_bytes <= MAX_BULK_BODY, r
 
 
-def redis_state(buffer: RedisBuffer) -> dict[str, int]:
+def redis_state(buffer: Buffer) -> dict[str, int]:
     """Every part of the buffer, counted from Redis."""
-    r = buffer.redis
-    live_claims = r.zrange(buffer.claims_key, 0, -1)
+    assert isinstance(buffer, RedisBuffer), "one shard"
+    r, keys = buffer.redis, buffer.keys
+    live_claims = r.zrange(keys.claims, 0, -1)
     return {
-        "pending": int(r.llen(buffer.pending_key)),
-        "in_flight": int(r.get(buffer.inflight_key) or 0),
+        "pending": int(r.llen(keys.pending)),
+        "in_flight": int(r.get(keys.inflight) or 0),
         "claims": len(live_claims),
-        "claimed_records": sum(int(r.llen(buffer.claim_prefix + c.decode())) for c in live_claims),
-        "retry": int(r.zcard(buffer.retry_key)),
-        "dead": int(r.llen(buffer.dead_key)),
+        "claimed_records": sum(int(r.llen(keys.claim(c.decode()))) for c in live_claims),
+        "retry": int(r.zcard(keys.retry)),
+        "dead": int(r.llen(keys.dead)),
     }
 
 

@@ -13,8 +13,7 @@ import os
 import sys
 import time
 
-from suprsend_celery.buffer.connection import connect
-from suprsend_celery.buffer.sharded import open_buffer, shards_in_use
+from suprsend_celery.buffer.opening import BufferConfig, open_buffer
 from suprsend_celery.delivery.client import SuprsendClient
 from suprsend_celery.pipeline.flusher import Flusher
 
@@ -24,9 +23,7 @@ def main() -> None:
     prefix = sys.argv[5] if len(sys.argv) > 5 else "suprsend_celery"
     parent = os.getppid()
     shards = int(os.environ.get("SUPRSEND_BUFFER_SHARDS") or 1)
-    client = connect(redis_url)
-    used = shards_in_use(client, prefix, shards)
-    buffer = open_buffer(client, prefix=prefix, shards=shards, used=used)
+    buffer = open_buffer(BufferConfig(redis_url, prefix=prefix, shards=shards))
     client = SuprsendClient(
         os.environ["SUPRSEND_WORKSPACE_KEY"],
         os.environ["SUPRSEND_WORKSPACE_SECRET"],

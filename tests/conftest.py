@@ -199,9 +199,11 @@ def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Cele
         client = app.__dict__.get("_suprsend_client")
         if client is not None:  # flushes run in this process leave sessions in threads
             client.close_all()
-        lane = getattr(app.__dict__.get("_suprsend_buffer"), "_lane", None)
-        while lane is not None and lane._idle:  # the producers' own connections
-            lane._idle.pop().disconnect()
+        buffer = app.__dict__.get("_suprsend_buffer")
+        shards = getattr(buffer, "shards", {0: buffer}).values()
+        for shard in shards:
+            if shard is not None:  # the producers' own connections
+                shard.slot.producers.close()
         reset_settings(app)
         # The Redis result backend keeps a pubsub connection for .get(); close it, or a
         # later GC reports the socket as an unraisable ResourceWarning in another test.

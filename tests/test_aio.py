@@ -38,7 +38,7 @@ from suprsend_celery.pipeline.runtime import get_buffer
 def pending(app: Celery) -> list[bytes]:
     buffer = get_buffer(app)
     assert buffer is not None
-    return list(buffer.redis.lrange(buffer.pending_key, 0, -1))
+    return list(buffer.redis.lrange(buffer.keys.pending, 0, -1))
 
 
 def without_ids(record: bytes) -> dict[str, Any]:

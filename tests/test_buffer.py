@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 import redis
+from _buffer_helpers import settlement
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import BufferFullError, Event, InvalidEventError
+from suprsend_celery.buffer.breaker import breaker_state
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
-from suprsend_celery.buffer.scripts import breaker_state, claim_call
+from suprsend_celery.buffer.scripts import claim_call
 from suprsend_celery.delivery.dead_letters import dead_letter_entry, parse_dead_letter
 from suprsend_celery.dev.redis_server import RedisServer
 from suprsend_celery.events.model import accept
@@ -55,8 +57,8 @@ def buf(make_buffer: Callable[..., RedisBuffer]) -> RedisBuffer:
 
 def claim_key_lengths(buffer: RedisBuffer) -> int:
     """How many records sit in live claims, counted the slow way."""
-    ids = buffer.redis.zrange(buffer.claims_key, 0, -1)
-    return sum(int(buffer.redis.llen(buffer.claim_prefix + i.decode())) for i in ids)
+    ids = buffer.redis.zrange(buffer.keys.claims, 0, -1)
+    return sum(int(buffer.redis.llen(buffer.keys.claim_prefix + i.decode())) for i in ids)
 
 
 class TestItems:
@@ -79,18 +81,18 @@ class TestPush:
         records = [make_record(i) for i in range(5)]
         assert buf.push(records[:2]) == 2
         assert buf.push(records[2:]) == 5
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
 
     def test_many_records_in_one_call(self, buf: RedisBuffer) -> None:
         """More records than Lua's unpack takes at once still arrive, in order."""
         records = [b'{"n": %d}' % i for i in range(2500)]
         assert buf.push(records) == 2500
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
 
     def test_empty_push_is_a_no_op(self, buf: RedisBuffer) -> None:
         """Nothing to push means no round trip and no key."""
         assert buf.push([]) == 0
-        assert not buf.redis.exists(buf.pending_key)
+        assert not buf.redis.exists(buf.keys.pending)
 
     def test_full_buffer_refuses_the_whole_batch(
         self, make_buffer: Callable[..., RedisBuffer]
@@ -101,7 +103,7 @@ class TestPush:
         buf.push(accepted)
         with pytest.raises(BufferFullError, match="suprsend_buffer_max_length=10"):
             buf.push([make_record(100 + i) for i in range(3)])
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == accepted
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == accepted
         buf.push([make_record(200), make_record(201)])  # exactly fills it
         with pytest.raises(BufferFullError):
             buf.push([make_record(300)])
@@ -114,7 +116,7 @@ class TestPush:
         buf = make_buffer(max_length=4)
         buf.push([make_record(i) for i in range(4)])
         claim = buf.claim(2, lease=30)
-        buf.settle(claim.id, retries=[(60, join_item(1, claim.items[0]))])
+        buf.settle(claim.id, settlement(retries=[(60, join_item(1, claim.items[0]))]))
         assert buf.stats()["pending"] == 2
         assert buf.stats()["scheduled_retries"] == 1
         with pytest.raises(BufferFullError):
@@ -133,7 +135,7 @@ class TestProducerConnection:
         buf.redis.script_flush()
         buf.push(records[1:2])
         buf.push(records[2:])
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
 
     @REDIS_KILLED
     def test_connection_broken_by_a_restart_reconnects(self) -> None:
@@ -146,7 +148,7 @@ class TestProducerConnection:
                 buf.push(records[:1])
                 server.restart(kill=True)
                 buf.push(records[1:])
-                assert client.lrange(buf.pending_key, 0, -1) == records
+                assert client.lrange(buf.keys.pending, 0, -1) == records
             finally:
                 client.close()
 
@@ -154,7 +156,7 @@ class TestProducerConnection:
         """Sequential pushes share one connection; eight threads use at most eight."""
         for i in range(20):
             buf.push([make_record(i)])
-        assert len(buf._lane._idle) == 1
+        assert len(buf.slot.producers._idle) == 1
 
         def producer(n: int) -> None:
             for i in range(50):
@@ -165,7 +167,7 @@ class TestProducerConnection:
             thread.start()
         for thread in threads:
             thread.join()
-        assert 1 <= len(buf._lane._idle) <= 8
+        assert 1 <= len(buf.slot.producers._idle) <= 8
         assert buf.pending_count() == 20 + 8 * 50
 
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -178,14 +180,14 @@ class TestProducerConnection:
             code = 0
             try:
                 buf.push(records[1:2])
-                code = 0 if len(buf._lane._idle) == 1 else 3
+                code = 0 if len(buf.slot.producers._idle) == 1 else 3
             except BaseException:
                 code = 4
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         buf.push(records[2:])
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
 
 
 class TestProducer:
@@ -198,8 +200,8 @@ class TestProducer:
         generated = buffer_event(Event("u2", "signed_up"), app=app)
         buf = get_buffer(app)
         assert buf is not None
-        assert buf.pending_key == "{prod}:pending"
-        stored = [json.loads(r) for r in buf.redis.lrange(buf.pending_key, 0, -1)]
+        assert buf.keys.pending == "{prod}:pending"
+        stored = [json.loads(r) for r in buf.redis.lrange(buf.keys.pending, 0, -1)]
         assert given == "k-1"
         assert [r["$idempotency_key"] for r in stored] == ["k-1", generated]
         assert stored[0]["properties"]["plan"] == "pro"
@@ -272,15 +274,15 @@ class TestClaim:
 
         def expired() -> bool:
             seconds, micros = buf.redis.time()
-            deadline = buf.redis.zscore(buf.claims_key, lost.id)
+            deadline = buf.redis.zscore(buf.keys.claims, lost.id)
             return deadline is not None and deadline < seconds + micros / 1e6
 
         wait_for(expired, timeout=10, message="the lease to run out")
         claim = buf.claim(10, lease=30)
         assert claim.items == [*first, newer]
-        assert not buf.settle(lost.id), "the old owner lost its lease"
+        assert not buf.settle(lost.id, settlement()), "the old owner lost its lease"
         assert buf.stats()["in_flight"] == 4
-        assert buf.settle(claim.id)
+        assert buf.settle(claim.id, settlement())
         assert buf.stats()["in_flight"] == 0
         assert buf.remaining() == 0
 
@@ -289,20 +291,20 @@ class TestClaim:
         buf.push([make_record(1)])
         claim = buf.claim(1, lease=30)
         assert buf.extend(claim.id, 30)
-        assert buf.settle(claim.id)
+        assert buf.settle(claim.id, settlement())
         assert not buf.extend(claim.id, 30)
 
     def test_rerun_claim_returns_the_same_records(self, buf: RedisBuffer) -> None:
         """A CLAIM re-sent by redis-py after a lost reply hands back the same records."""
         records = [make_record(i) for i in range(6)]
         buf.push(records)
-        keys, args = claim_call(buf, "fixed", count=3, lease=30, probe_lease=30)
-        first = buf._claim(keys=keys, args=args)
-        again = buf._claim(keys=keys, args=args)
+        keys, args = claim_call(buf.keys, "fixed", count=3, lease=30, probe_lease=30)
+        first = buf.queue._claim(keys=keys, args=args)
+        again = buf.queue._claim(keys=keys, args=args)
         assert first[2:] == again[2:] == records[:3]
         assert buf.stats()["in_flight"] == 3
         assert buf.pending_count() == 3
-        assert buf.settle("fixed")
+        assert buf.settle("fixed", settlement())
         assert buf.remaining() == 3
 
     def test_due_retries_rejoin_pending(self, buf: RedisBuffer) -> None:
@@ -312,7 +314,7 @@ class TestClaim:
         claim = buf.claim(2, lease=30)
         assert buf.settle(
             claim.id,
-            retries=[(0.3, join_item(1, records[0])), (3600, join_item(4, records[1]))],
+            settlement(retries=[(0.3, join_item(1, records[0])), (3600, join_item(4, records[1]))]),
         )
         assert buf.claim(10, lease=30).items == []
         items = wait_for(lambda: buf.claim(10, lease=30).items, timeout=10, message="the due retry")
@@ -333,13 +335,15 @@ class TestSettle:
         )
         assert buf.settle(
             claim.id,
-            retries=[(60, join_item(1, records[1]))],
-            dead=[entry],
-            back=[records[3], records[4]],
+            settlement(
+                retries=[(60, join_item(1, records[1]))],
+                dead=[entry],
+                back=[records[3], records[4]],
+            ),
         )
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == [records[3], records[4]]
-        assert buf.redis.zrange(buf.retry_key, 0, -1) == [join_item(1, records[1])]
-        assert buf.redis.lrange(buf.dead_key, 0, -1) == [entry]
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == [records[3], records[4]]
+        assert buf.redis.zrange(buf.keys.retry, 0, -1) == [join_item(1, records[1])]
+        assert buf.redis.lrange(buf.keys.dead, 0, -1) == [entry]
         stats = buf.stats()
         assert (stats["pending"], stats["in_flight"], stats["scheduled_retries"]) == (2, 0, 1)
         assert stats["dead"] == 1
@@ -349,8 +353,8 @@ class TestSettle:
         and feeds the breaker once."""
         buf.push([make_record(1)])
         claim = buf.claim(1, lease=30)
-        assert buf.settle(claim.id, verdict="fail")
-        assert buf.settle(claim.id, verdict="fail")
+        assert buf.settle(claim.id, settlement(verdict="fail"))
+        assert buf.settle(claim.id, settlement(verdict="fail"))
         assert buf.breaker()["failures"] == 1
         assert buf.stats()["in_flight"] == 0
 
@@ -367,16 +371,16 @@ class TestSettle:
                     live.append(claim.id)
             elif live:
                 claim_id = live.pop(rng.randrange(len(live)))
-                items = buf.redis.lrange(buf.claim_prefix + claim_id, 0, -1)
+                items = buf.redis.lrange(buf.keys.claim_prefix + claim_id, 0, -1)
                 retries = [(0.001, join_item(1, i)) for i in items[: rng.randint(0, len(items))]]
-                buf.settle(claim_id, retries=retries)
+                buf.settle(claim_id, settlement(retries=retries))
             assert buf.stats()["in_flight"] == claim_key_lengths(buf)
         for claim_id in live:
-            buf.settle(claim_id)
+            buf.settle(claim_id, settlement())
         while buf.claim(100, lease=30).items:
             pass
-        for claim_id in buf.redis.zrange(buf.claims_key, 0, -1):
-            buf.settle(claim_id.decode())
+        for claim_id in buf.redis.zrange(buf.keys.claims, 0, -1):
+            buf.settle(claim_id.decode(), settlement())
         assert buf.stats()["in_flight"] == 0
         assert buf.remaining() == 0
 
@@ -395,7 +399,7 @@ class TestSettle:
 def test_breaker_state_reads_the_hash_as_the_scripts_write_it(
     stored: dict[bytes, bytes], now: float, reported: str
 ) -> None:
-    """The reported state follows the table in ``scripts``: an open breaker whose time
+    """The reported state follows the table in ``breaker``: an open breaker whose time
     is up reads half_open (the next claim probes); a missing hash is closed."""
     assert breaker_state(stored, now) == reported
 
@@ -417,7 +421,7 @@ class TestBreaker:
     def raw(buf: RedisBuffer) -> dict[str, float | str]:
         """The breaker hash as stored (no clock involved)."""
         out: dict[str, float | str] = {}
-        for k, v in buf.redis.hgetall(buf.breaker_key).items():
+        for k, v in buf.redis.hgetall(buf.keys.breaker).items():
             text = v.decode()
             try:
                 out[k.decode()] = float(text)
@@ -429,7 +433,9 @@ class TestBreaker:
         buf.push([make_record(0)])
         claim = buf.claim(1, lease=30)
         assert claim.items, claim
-        buf.settle(claim.id, back=claim.items, verdict=verdict, reason="HTTP 503", **kwargs)
+        buf.settle(
+            claim.id, settlement(back=claim.items, verdict=verdict, reason="HTTP 503", **kwargs)
+        )
 
     def test_opens_after_threshold_and_refuses_claims(self, slow: RedisBuffer) -> None:
         """Consecutive failures open it; while open no one claims, records stay put."""
@@ -452,7 +458,7 @@ class TestBreaker:
         self.fail_once(fast)
         fast.push([make_record(1)])
         claim = fast.claim(100, lease=30)
-        fast.settle(claim.id, verdict="ok")
+        fast.settle(claim.id, settlement(verdict="ok"))
         self.fail_once(fast)
         self.fail_once(fast)
         assert fast.stats()["breaker"] == "closed"
@@ -470,7 +476,7 @@ class TestBreaker:
         other = fast.claim(100, lease=30)
         assert other.mode == "open"
         assert fast.stats()["breaker"] == "half_open"
-        fast.settle(probe.id, verdict="ok")
+        fast.settle(probe.id, settlement(verdict="ok"))
         assert fast.breaker() == {"state": "closed", "failures": 0, "reason": "", "retry_in": 0}
         assert fast.claim(100, lease=30).mode == "ok"
 
@@ -481,7 +487,7 @@ class TestBreaker:
         wait_for(lambda: fast.stats()["breaker"] == "half_open", timeout=10)
         probe = fast.claim(100, lease=30)
         assert probe.mode == "probe"
-        fast.settle(probe.id, back=probe.items, verdict="fail", reason="HTTP 502")
+        fast.settle(probe.id, settlement(back=probe.items, verdict="fail", reason="HTTP 502"))
         raw = self.raw(fast)
         assert (raw["state"], raw["reason"]) == ("open", "HTTP 502")
         assert raw["cooldown"] == pytest.approx(0.6)
@@ -491,7 +497,7 @@ class TestBreaker:
         """With nothing to send, the next claim with records becomes the probe."""
         for _ in range(3):
             self.fail_once(fast)
-        fast.redis.delete(fast.pending_key)
+        fast.redis.delete(fast.keys.pending)
         wait_for(lambda: fast.stats()["breaker"] == "half_open", timeout=10)
         assert fast.claim(100, lease=30).items == []
         fast.push([make_record(5)])
@@ -501,7 +507,7 @@ class TestBreaker:
         """401/403 open the breaker on the first failure, records go back untouched."""
         self.fail_once(slow, verdict="auth")
         assert slow.breaker()["state"] == "open"
-        assert slow.redis.lrange(slow.pending_key, 0, -1)[0][:1] == b"{"
+        assert slow.redis.lrange(slow.keys.pending, 0, -1)[0][:1] == b"{"
 
     def test_retry_after_pauses_exactly_that_long(
         self, make_buffer: Callable[..., RedisBuffer]
@@ -521,10 +527,10 @@ class TestBreaker:
         for _ in range(3):
             self.fail_once(fast)
         opened = self.raw(fast)
-        fast.settle(early.id, back=early.items, verdict="fail", open_for=5.0)
+        fast.settle(early.id, settlement(back=early.items, verdict="fail", open_for=5.0))
         extended = self.raw(fast)
         assert float(extended["until"]) - float(opened["until"]) > 4.5
-        fast.settle(late.id, back=late.items, verdict="fail", open_for=1.0)
+        fast.settle(late.id, settlement(back=late.items, verdict="fail", open_for=1.0))
         assert self.raw(fast)["until"] == extended["until"]
         assert self.raw(fast)["state"] == "open"
 
@@ -551,7 +557,7 @@ class TestRehome:
         first, second = make_record(0), make_record(1)
         buf.push([first])
         assert buf.rehome(second, self.entry(second))
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == [first, second]
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == [first, second]
         assert buf.stats()["dead"] == 0
 
     def test_a_full_buffer_dead_letters_instead(
@@ -563,11 +569,11 @@ class TestRehome:
         records = [make_record(i) for i in range(3)]
         buf.push(records)
         claim = buf.claim(1, lease=30)
-        assert buf.settle(claim.id, retries=[(3600, join_item(1, claim.items[0]))])
+        assert buf.settle(claim.id, settlement(retries=[(3600, join_item(1, claim.items[0]))]))
         buf.claim(1, lease=30)  # one pending, one claimed, one scheduled: full
         record = make_record(9)
         assert not buf.rehome(record, self.entry(record))
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == [records[2]]
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == [records[2]]
         (letter,) = buf.dead_letters()
         assert (letter.record, letter.status_code, letter.source) == (record, 401, "direct")
 
@@ -588,7 +594,7 @@ class TestDeadLetters:
             )
             for item in claim.items
         ]
-        assert buf.settle(claim.id, dead=entries)
+        assert buf.settle(claim.id, settlement(dead=entries))
 
     def test_list_shows_metadata_never_properties(self, buf: RedisBuffer) -> None:
         """Each letter has key, event, error, attempts and age; repr hides the record."""
@@ -621,7 +627,7 @@ class TestDeadLetters:
         records = [make_record(i) for i in range(3)]
         self.kill(buf, [join_item(3, r) for r in records])
         assert buf.requeue_dead_letters() == 3
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == records
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
         assert buf.stats()["dead"] == 0
 
     def test_requeue_and_purge_by_key(self, buf: RedisBuffer) -> None:
@@ -630,7 +636,7 @@ class TestDeadLetters:
         self.kill(buf, records)
         assert buf.requeue_dead_letters([key_of(records[1]), "no-such-key"]) == 1
         assert buf.requeue_dead_letters([]) == 0
-        assert buf.redis.lrange(buf.pending_key, 0, -1) == [records[1]]
+        assert buf.redis.lrange(buf.keys.pending, 0, -1) == [records[1]]
         assert buf.purge_dead_letters([key_of(records[0])]) == 1
         assert {d.idempotency_key for d in buf.dead_letters()} == {
             key_of(records[2]),
@@ -697,7 +703,7 @@ class TestStats:
         entry = dead_letter_entry(
             claim.items[1], error="x", status_code=400, attempts=1, source="t"
         )
-        buf.settle(claim.id, retries=[(60, join_item(1, claim.items[0]))], dead=[entry])
+        buf.settle(claim.id, settlement(retries=[(60, join_item(1, claim.items[0]))], dead=[entry]))
         stats = buf.stats()
         assert stats == {
             "pending": 6,
@@ -709,7 +715,7 @@ class TestStats:
             "breaker": "closed",
         }
         assert 29 < stats["oldest_age_seconds"] < 90, "the oldest record waits for a retry"
-        buf.redis.delete(buf.pending_key, buf.retry_key)
+        buf.redis.delete(buf.keys.pending, buf.keys.retry)
         assert buf.stats()["oldest_age_seconds"] == 0.0
 
     def test_prefixes_keep_buffers_apart(self, make_buffer: Callable[..., RedisBuffer]) -> None:
@@ -727,7 +733,7 @@ def test_time_comes_from_redis(buf: RedisBuffer) -> None:
     """Leases use Redis TIME: a claim's deadline is Redis now + lease."""
     buf.push([make_record(1)])
     buf.claim(1, lease=100)
-    (member, deadline), *_ = buf.redis.zrange(buf.claims_key, 0, 0, withscores=True)
+    (member, deadline), *_ = buf.redis.zrange(buf.keys.claims, 0, 0, withscores=True)
     seconds, micros = buf.redis.time()
     assert abs(deadline - (seconds + micros / 1e6 + 100)) < 5
     assert member

@@ -239,8 +239,8 @@ class TestRedisFailures:
                 try:
                     wait_for(
                         lambda: (
-                            int(probe.get(buffer.inflight_key) or 0) > 0
-                            and probe.llen(buffer.pending_key) > 0
+                            int(probe.get(buffer.keys.inflight) or 0) > 0
+                            and probe.llen(buffer.keys.pending) > 0
                             and sandbox.stats()["events_processed"] >= 300
                         ),
                         timeout=60,

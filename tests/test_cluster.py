@@ -23,6 +23,7 @@ from _buffer_helpers import (
     kill_group,
     make_events,
     processed_keys,
+    settlement,
     spawn,
     subprocess_env,
 )
@@ -177,7 +178,7 @@ class TestOneBuffer:
         claims = [buffer.claim(3, 30) for _ in range(3)]
         assert sorted(c.id.partition(":")[0] for c in claims) == ["0", "1", "2"]
         away = next(c for c in claims if not c.id.startswith("0:"))
-        buffer.settle(away.id, back=away.items, verdict="auth", reason="HTTP 401")
+        buffer.settle(away.id, settlement(back=away.items, verdict="auth", reason="HTTP 401"))
         assert buffer.breaker()["state"] == "open"
         assert buffer_stats(app=app)["breaker"] == "open"
         refused = buffer.claim(3, 30)
@@ -194,7 +195,9 @@ class TestOneBuffer:
         assert isinstance(buffer, ShardedBuffer)
         first = buffer.claim(10, 30)
         assert (first.mode, first.items) == ("ok", [])
-        buffer.settle(f"1:{uuid.uuid4().hex}", verdict="fail", open_for=0.2, reason="HTTP 429")
+        buffer.settle(
+            f"1:{uuid.uuid4().hex}", settlement(verdict="fail", open_for=0.2, reason="HTTP 429")
+        )
         assert buffer.claim(10, 30).mode == "open"
         wait_for(lambda: buffer.breaker()["retry_in"] == 0, timeout=5, message="the pause")
         empty = buffer.claim(10, 30)
@@ -205,7 +208,7 @@ class TestOneBuffer:
         assert probe.mode == "probe" and probe.id.startswith("2:")
         assert len(probe.items) == defaults.PROBE_RECORDS
         assert buffer.claim(100, 30).mode == "open", "one probe at a time"
-        assert buffer.settle(probe.id, verdict="ok")
+        assert buffer.settle(probe.id, settlement(verdict="ok"))
         assert buffer.breaker()["state"] == "closed"
         assert len(buffer.claim(100, 30).items) == 20
 
@@ -225,7 +228,7 @@ class TestOneBuffer:
                 )
                 for item in claim.items
             ]
-            assert buffer.settle(claim.id, dead=entries)
+            assert buffer.settle(claim.id, settlement(dead=entries))
         stats = buffer_stats(app=app)
         assert (stats["pending"], stats["in_flight"], stats["dead"]) == (0, 0, 6)
         assert len(buffer.dead_letters(limit=100)) == 6
@@ -259,7 +262,6 @@ class TestOperatingAShardedBuffer:
         from click.testing import CliRunner
 
         from suprsend_celery.ops.cli import cli
-        from suprsend_celery.ops.exporter import read_snapshot
 
         app = cluster_app(suprsend_buffer_shards=3)
         keys = buffer_events(make_events(90), app=app)
@@ -272,7 +274,7 @@ class TestOperatingAShardedBuffer:
         health = CliRunner().invoke(cli, ["check"], obj=app)
         assert health.exit_code == 0, health.output
         assert "cluster of" in health.output and str(cluster.nodes[0].port) in health.output
-        counters = read_snapshot(get_buffer(app)).counters
+        counters = get_buffer(app).snapshot().counters
         assert float(counters["records:sent"]) == 120, counters
 
     def test_async_producers(self, cluster_app: Callable[..., Celery], sandbox: Sandbox) -> None:

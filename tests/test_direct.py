@@ -67,7 +67,7 @@ def finished(result: AsyncResult, timeout: float = 30.0) -> AsyncResult:
 def dead_letters(app: Celery) -> list[Any]:
     buffer = get_buffer(app)
     assert buffer is not None
-    return [parse_dead_letter(raw) for raw in buffer.redis.lrange(buffer.dead_key, 0, -1)]
+    return [parse_dead_letter(raw) for raw in buffer.redis.lrange(buffer.keys.dead, 0, -1)]
 
 
 class RecordingProxy:
@@ -347,7 +347,7 @@ class TestFailures:
         assert dead_letters(app) == []
         buffer = get_buffer(app)
         assert buffer is not None
-        pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
+        pending = buffer.redis.lrange(buffer.keys.pending, 0, -1)
         assert [json.loads(p)["$idempotency_key"] for p in pending] == ["k-401"]
 
         fixed = app_factory()
@@ -370,7 +370,7 @@ class TestFailures:
         assert [d.idempotency_key for d in dead_letters(app)] == ["k-full"]
         buffer = get_buffer(app)
         assert buffer is not None
-        pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
+        pending = buffer.redis.lrange(buffer.keys.pending, 0, -1)
         assert [json.loads(p)["$idempotency_key"] for p in pending] == [held]
 
     @pytest.mark.slow
@@ -406,7 +406,7 @@ class TestFailures:
             assert sandbox.stats()["requests"] >= 2
             buffer = get_buffer(app)
             assert buffer is not None
-            pending = buffer.redis.lrange(buffer.pending_key, 0, -1)
+            pending = buffer.redis.lrange(buffer.keys.pending, 0, -1)
             if status == 400:
                 assert isinstance(result.result, PermanentDeliveryError)
                 assert [d.idempotency_key for d in dead_letters(app)] == ["k-down"]

@@ -119,7 +119,7 @@ class TestRetryNotPublished:
                     message="the journaled event to be flushed",
                 )
                 assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-ref"]
-                assert buffer.redis.zcard(buffer.journal_key) == 0
+                assert buffer.redis.zcard(buffer.keys.journal) == 0
                 assert buffer.dead_letters() == []
                 admin.close()
                 buffer.redis.close()
@@ -220,7 +220,7 @@ class TestRedisDownAtCallTime:
             assert error.__cause__ is not None
             assert took < self.BOUND + 0.5
             buffer = get_buffer(app)
-            assert buffer.redis.zcard(buffer.journal_key) == 0
+            assert buffer.redis.zcard(buffer.keys.journal) == 0
             assert get_flusher(app).run(time_budget=2).sent == 0
             assert sandbox.stats()["requests"] == 0
             buffer.redis.close()

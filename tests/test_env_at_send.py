@@ -74,7 +74,7 @@ class TestStoredForm:
     ) -> None:
         app = an_app(apps, redis_url, sandbox.url, WORKSPACE_KEY)
         buffer_event("u1", "signed_up", {"plan": "pro"}, app=app)
-        [stored] = buffer_of(app).redis.lrange(buffer_of(app).pending_key, 0, -1)
+        [stored] = buffer_of(app).redis.lrange(buffer_of(app).keys.pending, 0, -1)
         assert "env" not in json.loads(stored)
         with in_process_worker(app):
             flush(app)

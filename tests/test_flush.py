@@ -155,8 +155,8 @@ class TestRecordFailures:
         )
 
         def attempts() -> list[int]:
-            items = buffer.redis.zrange(buffer.retry_key, 0, -1)
-            items += buffer.redis.lrange(buffer.pending_key, 0, -1)
+            items = buffer.redis.zrange(buffer.keys.retry, 0, -1)
+            items += buffer.redis.lrange(buffer.keys.pending, 0, -1)
             return sorted(split_item(i)[0] for i in items)
 
         with in_process_worker(app):
@@ -210,8 +210,9 @@ class TestBreaker:
         ``test_concurrency`` bounds an outage with eight in flight.)"""
         app = app_factory(suprsend_flush_concurrency=1)
         buffer = buffer_of(app)
-        buffer.breaker_cooldown = 1.0  # the default 10 s would only make this test slower
-        threshold = buffer.breaker_threshold
+        queue = buffer.queue
+        queue.breaker = queue.breaker._replace(cooldown=1.0)  # not 10 s: only slower
+        threshold = queue.breaker.threshold
         keys = buffer_events(make_events(1500), app=app)
         sandbox.set_faults([{"status": 503}])
         seen: set[str] = set()
@@ -284,10 +285,10 @@ class TestBreaker:
         assert flusher.run(5).requests == 0, "the open breaker stops every flusher"
         wait_for(lambda: buffer.stats()["breaker"] == "half_open", timeout=10)
         assert flusher.run(5).requests == 1, "one probe"
-        cooldown = float(buffer.redis.hget(buffer.breaker_key, "cooldown") or 0)
+        cooldown = float(buffer.redis.hget(buffer.keys.breaker, "cooldown") or 0)
         assert cooldown == pytest.approx(2.0), "a failed probe doubles the cool-down"
         assert sandbox.stats()["auth_failures"] == 2
-        assert buffer.redis.lrange(buffer.pending_key, 0, -1) == records, "untouched, in order"
+        assert buffer.redis.lrange(buffer.keys.pending, 0, -1) == records, "untouched, in order"
         assert buffer.stats()["dead"] == 0
 
         fixed = Flusher(
@@ -318,7 +319,7 @@ class TestBreaker:
         assert report.requests == 2
         assert (report.sent, report.returned) == (first.records, 30 - (first.records or 0))
         assert buffer.stats()["pending"] == report.returned
-        assert buffer.redis.hget(buffer.breaker_key, "state") == b"open"
+        assert buffer.redis.hget(buffer.keys.breaker, "state") == b"open"
         wait_for(lambda: flusher.run(5).remaining == 0, timeout=30, interval=0.1)
         assert sandbox.stats()["events_processed"] == 30
         assert sandbox.stats()["duplicates_skipped"] == 0
@@ -337,8 +338,8 @@ class TestBreaker:
         sent = sandbox.requests()[0].records or 0
         assert report.requests == 1
         assert (report.retry_scheduled, report.returned) == (sent, 30 - sent)
-        assert buffer.redis.lrange(buffer.pending_key, 0, -1) == records[sent:]
-        retrying = buffer.redis.zrange(buffer.retry_key, 0, -1)
+        assert buffer.redis.lrange(buffer.keys.pending, 0, -1) == records[sent:]
+        retrying = buffer.redis.zrange(buffer.keys.retry, 0, -1)
         assert sorted(retrying) == sorted(join_item(1, r) for r in records[:sent])
         wait_for(lambda: Flusher(buffer, client).run(5).remaining == 0, timeout=30, interval=0.1)
         assert sandbox.stats()["events_processed"] == 30
@@ -373,10 +374,12 @@ class TestBreaker:
         flushers = [Flusher(buffer, client, concurrency=1) for _ in range(2)]
         report = flushers[0].run(5)
         assert (report.requests, report.retry_scheduled, report.breaker) == (1, 100, "open")
-        until, opened_at = buffer.redis.hmget(buffer.breaker_key, "until", "opened_at")
+        until, opened_at = buffer.redis.hmget(buffer.keys.breaker, "until", "opened_at")
         assert float(until or 0) - float(opened_at or 0) == pytest.approx(2.0)
         assert flushers[1].run(5).requests == 0
-        retry_due = min(s for _, s in buffer.redis.zrange(buffer.retry_key, 0, -1, withscores=True))
+        retry_due = min(
+            s for _, s in buffer.redis.zrange(buffer.keys.retry, 0, -1, withscores=True)
+        )
         assert retry_due >= float(opened_at or 0) + 2.0 - 0.01, "retries honour Retry-After too"
 
         def delivered() -> bool:
@@ -444,11 +447,11 @@ class TestClaimEdges:
         thread.start()
         try:
             [claim_id] = wait_for(
-                lambda: redis_client.zrange(buffer.claims_key, 0, -1),
+                lambda: redis_client.zrange(buffer.keys.claims, 0, -1),
                 timeout=10,
                 message="the slow flusher's claim",
             )
-            redis_client.zadd(buffer.claims_key, {claim_id: 0})  # its lease ran out
+            redis_client.zadd(buffer.keys.claims, {claim_id: 0})  # its lease ran out
             other = Flusher(buffer, client).run(10)
         finally:
             thread.join(timeout=30)

@@ -186,7 +186,7 @@ class TestSharedBreaker:
         log = sandbox.requests()
         assert [r.status for r in log].count(429) == 1
         opened_at, until = (
-            float(v or 0) for v in buffer.redis.hmget(buffer.breaker_key, "opened_at", "until")
+            float(v or 0) for v in buffer.redis.hmget(buffer.keys.breaker, "opened_at", "until")
         )
         assert until - opened_at == pytest.approx(2.0)
         # A request claimed just before the settle opened the breaker may still arrive a
@@ -234,8 +234,8 @@ class TestKilled:
         assert (state["claims"], state["in_flight"]) == (8, 400), "killed with eight claims out"
         out = [
             json.loads(item)["$idempotency_key"]
-            for claim_id in redis_client.zrange(buffer.claims_key, 0, -1)
-            for item in redis_client.lrange(buffer.claim_prefix + claim_id.decode(), 0, -1)
+            for claim_id in redis_client.zrange(buffer.keys.claims, 0, -1)
+            for item in redis_client.lrange(buffer.keys.claim_prefix + claim_id.decode(), 0, -1)
         ]
 
         sandbox.set_faults([{"delay": 0.02}])
@@ -260,7 +260,9 @@ def test_records_are_the_buffered_bytes(
     """Eight requests at once still send each record byte for byte as buffered (plus env)."""
     buffer = RedisBuffer(redis_client, prefix="bytes8")
     fill(buffer, client, 400)
-    stored = [json.loads(client.as_sent(r)) for r in buffer.redis.lrange(buffer.pending_key, 0, -1)]
+    stored = [
+        json.loads(client.as_sent(r)) for r in buffer.redis.lrange(buffer.keys.pending, 0, -1)
+    ]
     sandbox.set_faults([{"delay": 0.05}])
     report = Flusher(buffer, client, batch_size=25).run(10)
     assert report.sent == 400 and report.requests == 16

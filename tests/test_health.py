@@ -17,7 +17,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from _buffer_helpers import buffer_of, kill_group, make_events, spawn, subprocess_env
+from _buffer_helpers import (
+    buffer_of,
+    kill_group,
+    make_events,
+    settlement,
+    spawn,
+    subprocess_env,
+)
 from celery import Celery
 from click.testing import CliRunner, Result
 from conftest import wait_for
@@ -96,7 +103,9 @@ class TestProblems:
         buffer = buffer_of(celery_app)
         buffer.push([b'{"event": "e"}'])
         claim = buffer.claim(10, lease=30)
-        assert buffer.settle(claim.id, back=claim.items, verdict="auth", reason="HTTP 401: no")
+        assert buffer.settle(
+            claim.id, settlement(back=claim.items, verdict="auth", reason="HTTP 401: no")
+        )
         time.sleep(0.05)  # so that "open for" is measurably above 0 s (Redis TIME)
         result = check(celery_app, "--breaker-open", "0")
         assert result.exit_code == 1

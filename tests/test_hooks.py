@@ -37,7 +37,7 @@ def clear_calls() -> Iterator[None]:
 def pending(app: Celery) -> list[dict[str, object]]:
     buffer = get_buffer(app)
     assert buffer is not None
-    return [json.loads(r) for r in buffer.redis.lrange(buffer.pending_key, 0, -1)]
+    return [json.loads(r) for r in buffer.redis.lrange(buffer.keys.pending, 0, -1)]
 
 
 def queued(app: Celery) -> int:

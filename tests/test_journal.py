@@ -28,7 +28,7 @@ QUEUE = "suprsend-tests"
 def journal_size(app: Celery) -> int:
     buffer = get_buffer(app)
     assert buffer is not None
-    return int(buffer.redis.zcard(buffer.journal_key))
+    return int(buffer.redis.zcard(buffer.keys.journal))
 
 
 class TestJournal:
@@ -152,4 +152,4 @@ class TestDiscarded:
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["live"]
         assert journal_size(app) == 0
         buffer = get_buffer(app)
-        assert buffer.redis.zcard(buffer.journal_expires_key) == 0
+        assert buffer.redis.zcard(buffer.keys.journal_expires) == 0

@@ -117,7 +117,7 @@ class TestEventAttributes:
         with pytest.raises(InvalidEventError):
             event.event_name = "$sneaky"
         buffer_event(event, app=celery_app)
-        [stored] = buffer_of(celery_app).redis.lrange(buffer_of(celery_app).pending_key, 0, -1)
+        [stored] = buffer_of(celery_app).redis.lrange(buffer_of(celery_app).keys.pending, 0, -1)
         assert b'"event": "order_placed"' in stored
 
 

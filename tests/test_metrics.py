@@ -17,6 +17,7 @@ from _buffer_helpers import (
     buffer_of,
     kill_group,
     make_events,
+    settlement,
     spawn,
     subprocess_env,
 )
@@ -61,7 +62,7 @@ GOOD, BAD = 250, 4
 
 
 def metrics_hash(buffer: RedisBuffer) -> dict[str, float]:
-    raw = buffer.redis.hgetall(buffer.metrics_key)
+    raw = buffer.redis.hgetall(buffer.keys.metrics)
     return {k.decode(): float(v) for k, v in raw.items()}
 
 
@@ -81,10 +82,12 @@ class TestCountedBySettle:
         tally.request("bulk", 207, 0.04)
         assert buffer.settle(
             claim.id,
-            retries=[(5.0, claim.items[0]), (5.0, claim.items[1])],
-            dead=[b'{"error": "x"}\n' + claim.items[2]],
-            back=claim.items[7:],
-            counts=tally,
+            settlement(
+                retries=[(5.0, claim.items[0]), (5.0, claim.items[1])],
+                dead=[b'{"error": "x"}\n' + claim.items[2]],
+                back=claim.items[7:],
+            ),
+            tally,
         )
         assert metrics_hash(buffer) == {
             "records:sent": 4,
@@ -103,9 +106,9 @@ class TestCountedBySettle:
         claim = buffer.claim(3, lease=30)
         tally = Tally()
         tally.request("bulk", 200, 0.01)
-        assert buffer.settle(claim.id, counts=tally)
+        assert buffer.settle(claim.id, settlement(), tally)
         first = metrics_hash(buffer)
-        assert buffer.settle(claim.id, counts=tally)
+        assert buffer.settle(claim.id, settlement(), tally)
         assert metrics_hash(buffer) == first
         assert first["records:sent"] == 3
 
@@ -121,8 +124,10 @@ class TestCountedBySettle:
         assert len(fresh.items) == 5
         tally = Tally()
         tally.request("bulk", None, 0.2)
-        assert not buffer.settle(stale.id, counts=tally)
-        assert not buffer.settle(stale.id, counts=tally)  # re-sent: still lost, not recounted
+        assert not buffer.settle(stale.id, settlement(), tally)
+        assert not buffer.settle(
+            stale.id, settlement(), tally
+        )  # re-sent: still lost, not recounted
         counted = metrics_hash(buffer)
         assert counted["records:lease_expired"] == 5
         assert counted["requests:bulk:error"] == 1

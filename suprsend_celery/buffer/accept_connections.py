@@ -2,9 +2,9 @@
 
 ``buffer_event`` runs in the caller's request, where redis-py's per-command machinery
 (pool checkout, retry and observability wrappers) costs about as much as the round trip
-itself, so ``ProducerLane.call`` sends a script on a connection it keeps for itself:
-to the server, to Sentinel's current master (a Sentinel connection asks the sentinels
-when it connects), or to the cluster node that owns the slot.
+itself, so ``ProducerConnections.call`` sends a script on a connection it keeps for
+itself: to the server, to Sentinel's current master (a Sentinel connection asks the
+sentinels when it connects), or to the cluster node that owns the slot.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..exceptions import BufferUnavailableError
 from .eviction import full_error
 from .scripts import Call
 
-__all__ = ["ProducerLane"]
+__all__ = ["ProducerConnections"]
 
 
 #: A cluster node answering for a slot it no longer owns (resharding, a failover):
@@ -58,7 +58,7 @@ def _eval(
     raise AssertionError("unreachable")
 
 
-class ProducerLane:
+class ProducerConnections:
     """Idle connections (a deque: thread-safe pop/append, rebuilt after a fork) to the
     server, or the cluster node, that holds ``key``'s slot."""
 
@@ -126,6 +126,11 @@ class ProducerLane:
                 raise
             self._idle.append(conn)
             return reply
+
+    def close(self) -> None:
+        """Disconnect the idle connections (a call later opens a fresh one)."""
+        while self._idle:
+            self._idle.pop().disconnect()
 
     def node_client(self) -> Any:
         """The client for this slot: the client itself, or a cluster node's (a cluster

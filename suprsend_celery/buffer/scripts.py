@@ -3,79 +3,45 @@ function that builds its call.
 
 Every multi-step change to the buffer is one script, so a crash between two steps
 cannot lose or double a record. Each script starts by binding every ``KEYS``/``ARGV``
-entry to a named local; its builder here (``push_call``, ``claim_call``, ...) is the
-only place that orders them, so the two cannot drift. The limits a script applies come from
-``defaults.py`` as arguments. Time always comes from Redis (``TIME``), so flushers on
-hosts with skewed clocks agree on leases and due times.
-
-The circuit breaker
--------------------
-
-One Redis hash (``{p}:breaker``: ``state``, ``failures``, ``cooldown``, ``until``,
-``reason``, ``opened_at``) shared by every flusher. A missing hash is ``closed``.
-
-==========  ===================================  =====================================
-from        event (script)                       to
-==========  ===================================  =====================================
-closed      verdict ``fail``, failures reach     open for ``cooldown`` (at least the
-            the threshold, or verdict ``auth``   Retry-After), cooldown reset (SETTLE)
-closed      verdict ``fail`` with a Retry-After  open for exactly the Retry-After
-            (below the threshold)                (SETTLE)
-open        a claim after ``until`` (CLAIM)      half_open; that claim is the probe
-                                                 (at most ``PROBE_RECORDS``), leased
-                                                 for ``probe_lease``
-half_open   a claim after the probe's lease ran  half_open, a new probe (the first
-            out (CLAIM)                          prober died)
-half_open   the probe found nothing to send      open with ``until`` = now: the next
-            (CLAIM)                              claim probes again
-half_open   verdict ``fail`` or ``auth``         open for the doubled cooldown (at
-            (SETTLE)                             most ``cooldown_max``)
-open        verdict ``fail`` or ``auth``         open; a longer Retry-After pushes
-            (SETTLE, a straggler)                ``until`` out, never in
-open        verdict ``ok`` before ``until``      open (a straggler sent before the
-            (SETTLE, a straggler)                breaker opened: it cannot cut short
-                                                 a Retry-After or a cool-down)
-any other   verdict ``ok`` (SETTLE)              closed, failures and cooldown reset
-any         ``reset_breaker`` (CLI)              closed (the hash is deleted)
-==========  ===================================  =====================================
-
-Verdicts come from the flusher: ``ok`` (SuprSend judged a request), ``fail`` (a
-whole request failed transiently), ``auth`` (credentials refused), or none. As
-reported (``breaker_state``), a stored ``open`` whose ``until`` has passed reads
-``half_open``: the next claim will probe.
+entry to a named local; its ``Script`` here declares those names in the same order,
+and its builder (``push_call``, ``claim_call``, ...) fills them by name, so the order
+is written once per side and ``tests/test_scripts.py`` holds the two sides together.
+The limits a script applies come from ``defaults.py`` as arguments. Time always comes
+from Redis (``TIME``), so flushers on hosts with skewed clocks agree on leases and due
+times. The circuit breaker these scripts drive is described in ``breaker``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from .. import defaults
-from ..delivery.decisions import Verdict
+from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
+from .keys import Keys
 
 __all__ = [
-    "CLAIM_LUA",
-    "EXTEND_LUA",
-    "FINISH_RUN_LUA",
-    "GATE_LUA",
-    "JOURNAL_LUA",
-    "PUSH_LUA",
-    "RECOVER_JOURNAL_LUA",
-    "REHOME_LUA",
-    "REQUEUE_LUA",
-    "SETTLE_JOURNAL_LUA",
-    "SETTLE_LUA",
+    "CLAIM",
+    "EXTEND",
+    "FINISH_RUN",
+    "GATE",
+    "JOURNAL",
+    "PUSH",
+    "RECOVER_JOURNAL",
+    "REHOME",
+    "REQUEUE",
+    "SCRIPTS",
+    "SETTLE",
+    "SETTLE_JOURNAL",
     "Breaker",
     "BreakerChange",
-    "BreakerState",
     "Call",
     "GateAction",
-    "KeyNames",
+    "Script",
     "Settled",
-    "Verdict",
-    "breaker_state",
     "claim_call",
     "extend_call",
     "finish_run_call",
@@ -89,8 +55,6 @@ __all__ = [
     "settle_journal_call",
     "settled_reply",
 ]
-
-BreakerState = Literal["closed", "open", "half_open"]
 
 BreakerChange = Literal["opened", "closed", ""]
 """How one SETTLE moved the breaker: closed → open, open or half_open → closed, or not."""
@@ -111,22 +75,6 @@ def settled_reply(reply: Any) -> Settled:
     return Settled(int(status) == 1, cast(BreakerChange, change.decode()))
 
 
-class KeyNames(Protocol):
-    """The buffer's Redis key names (``RedisBuffer`` defines them)."""
-
-    pending_key: str
-    claims_key: str
-    claim_prefix: str
-    settled_prefix: str
-    inflight_key: str
-    retry_key: str
-    dead_key: str
-    breaker_key: str
-    journal_key: str
-    journal_expires_key: str
-    metrics_key: str
-
-
 class Call(NamedTuple):
     """One script invocation: its ``KEYS`` and its ``ARGV``, in the script's order."""
 
@@ -134,36 +82,144 @@ class Call(NamedTuple):
     args: list[Any]
 
 
-def breaker_state(raw: dict[bytes, bytes], now: float) -> BreakerState:
-    """The breaker as reported, from its stored hash (see the table above)."""
-    state = raw.get(b"state", b"closed").decode()
-    if state == "half_open":
-        return "half_open"
-    if state == "open":
-        until = float(raw.get(b"until", 0) or 0)
-        return "open" if now < until else "half_open"
-    return "closed"
-
-
-def _load(name: str, *preludes: str) -> str:
+def _load(name: str, preludes: Sequence[str]) -> str:
     """The source of ``lua/<name>.lua``, after the preludes it uses."""
     folder = resources.files(__package__) / "lua"
     parts = [(folder / "prelude" / f"{p}.lua").read_text("utf-8") for p in preludes]
     return "".join(parts) + (folder / f"{name}.lua").read_text("utf-8")
 
 
-PUSH_LUA = _load("push", "unpack", "held")
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One script: its file, and the names its header binds ``KEYS`` and ``ARGV`` to.
+
+    ``tail`` names what follows the named ``ARGV`` entries (records, metric
+    increments...), or is empty when nothing does.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    tail: str = ""
+    preludes: tuple[str, ...] = ()
+    source: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", _load(self.name, self.preludes))
+
+    def call(
+        self, keys: Mapping[str, str], args: Mapping[str, Any], tail: Sequence[Any] = ()
+    ) -> Call:
+        """``KEYS`` and ``ARGV`` ordered as declared; ``KeyError``/``ValueError`` when
+        the names given are not exactly the declared ones."""
+        if len(keys) != len(self.keys) or len(args) != len(self.args):
+            raise ValueError(f"{self.name}: wants {self.keys} and {self.args}")
+        if tail and not self.tail:
+            raise ValueError(f"{self.name} takes nothing after {self.args}")
+        return Call([keys[n] for n in self.keys], [*(args[n] for n in self.args), *tail])
 
 
-def push_call(k: KeyNames, max_length: int, records: Sequence[bytes]) -> Call:
-    return Call([k.pending_key, k.inflight_key, k.retry_key, k.dead_key], [max_length, *records])
+# The names below are the scripts' own locals, in their order (lua/<name>.lua).
+_HELD = ("pending", "inflight", "retry", "dead")
+_JOURNAL = ("journal", "metrics", "expiring")
+
+PUSH = Script("push", _HELD, ("max_length",), "records", ("unpack", "held"))
+CLAIM = Script(
+    "claim",
+    ("pending", "claims", "claim", "inflight", "retry", "breaker", "metrics"),
+    (
+        "count",
+        "lease",
+        "claim_id",
+        "claim_prefix",
+        "probe_lease",
+        "expired_limit",
+        "due_limit",
+        "probe_records",
+        "use_breaker",
+    ),
+    preludes=("now", "unpack", "gate"),
+)
+GATE = Script("gate", ("breaker",), ("action", "probe_lease"), preludes=("now", "gate"))
+SETTLE = Script(
+    "settle",
+    (
+        "claims",
+        "claim",
+        "inflight",
+        "retry",
+        "dead",
+        "pending",
+        "breaker_key",
+        "settled",
+        "metrics",
+    ),
+    (
+        "claim_id",
+        "n_retry",
+        "n_dead",
+        "n_back",
+        "verdict",
+        "threshold",
+        "cooldown_base",
+        "cooldown_max",
+        "floor",
+        "reason",
+        "tombstone_seconds",
+    ),
+    "retries, dead letters, returned records, metric increments",
+    ("now", "count"),
+)
+EXTEND = Script("extend", ("claims",), ("claim_id", "lease"), preludes=("now",))
+REQUEUE = Script("requeue", ("dead", "pending"), (), "dead-letter entries")
+REHOME = Script(
+    "rehome",
+    ("dead", "pending", "inflight", "retry"),
+    ("max_length", "record", "dead_entry"),
+    preludes=("held",),
+)
+JOURNAL = Script(
+    "journal", _JOURNAL, ("seconds", "record", "expires_in"), "metric increments", ("now", "count")
+)
+SETTLE_JOURNAL = Script("settle_journal", _JOURNAL, ("record",), "metric increments", ("count",))
+FINISH_RUN = Script(
+    "finish_run",
+    ("pending", "inflight", "retry", "metrics"),
+    (),
+    "metric increments",
+    ("now", "count"),
+)
+RECOVER_JOURNAL = Script(
+    "recover_journal", ("journal", "pending", "expiring"), ("limit",), preludes=("now",)
+)
+
+SCRIPTS = (
+    PUSH,
+    CLAIM,
+    GATE,
+    SETTLE,
+    EXTEND,
+    REQUEUE,
+    REHOME,
+    JOURNAL,
+    SETTLE_JOURNAL,
+    FINISH_RUN,
+    RECOVER_JOURNAL,
+)
+"""Every script, for the test that reads their headers."""
 
 
-CLAIM_LUA = _load("claim", "now", "unpack", "gate")
+def _held(k: Keys) -> dict[str, str]:
+    """The keys whose lengths make up the bound (``held`` in the prelude)."""
+    return {"pending": k.pending, "inflight": k.inflight, "retry": k.retry, "dead": k.dead}
+
+
+def push_call(k: Keys, max_length: int, records: Sequence[bytes]) -> Call:
+    return PUSH.call(_held(k), {"max_length": max_length}, records)
 
 
 def claim_call(
-    k: KeyNames,
+    k: Keys,
     claim_id: str,
     count: int,
     lease: float,
@@ -171,156 +227,132 @@ def claim_call(
     *,
     use_breaker: bool = True,
 ) -> Call:
-    return Call(
-        [
-            k.pending_key,
-            k.claims_key,
-            k.claim_prefix + claim_id,
-            k.inflight_key,
-            k.retry_key,
-            k.breaker_key,
-            k.metrics_key,
-        ],
-        [
-            count,
-            lease,
-            claim_id,
-            k.claim_prefix,
-            probe_lease,
-            defaults.CLAIM_EXPIRED_LIMIT,
-            defaults.CLAIM_DUE_RETRIES_LIMIT,
-            defaults.PROBE_RECORDS,
-            "1" if use_breaker else "0",
-        ],
-    )
+    keys = {
+        "pending": k.pending,
+        "claims": k.claims,
+        "claim": k.claim(claim_id),
+        "inflight": k.inflight,
+        "retry": k.retry,
+        "breaker": k.breaker,
+        "metrics": k.metrics,
+    }
+    args = {
+        "count": count,
+        "lease": lease,
+        "claim_id": claim_id,
+        "claim_prefix": k.claim_prefix,
+        "probe_lease": probe_lease,
+        "expired_limit": defaults.CLAIM_EXPIRED_LIMIT,
+        "due_limit": defaults.CLAIM_DUE_RETRIES_LIMIT,
+        "probe_records": defaults.PROBE_RECORDS,
+        "use_breaker": "1" if use_breaker else "0",
+    }
+    return CLAIM.call(keys, args)
 
-
-GATE_LUA = _load("gate", "now", "gate")
 
 GateAction = Literal["enter", "empty"]
 
 
-def gate_call(k: KeyNames, action: GateAction, probe_lease: float) -> Call:
-    return Call([k.breaker_key], [action, probe_lease])
-
-
-SETTLE_LUA = _load("settle", "now", "count")
+def gate_call(k: Keys, action: GateAction, probe_lease: float) -> Call:
+    return GATE.call({"breaker": k.breaker}, {"action": action, "probe_lease": probe_lease})
 
 
 class Breaker(NamedTuple):
     """The breaker's tunables, passed to SETTLE."""
 
-    threshold: int
-    cooldown: float
-    cooldown_max: float
+    threshold: int = defaults.BREAKER_THRESHOLD
+    cooldown: float = defaults.BREAKER_COOLDOWN
+    cooldown_max: float = defaults.BREAKER_COOLDOWN_MAX
 
 
 def settle_call(
-    k: KeyNames,
+    k: Keys,
     claim_id: str,
+    settlement: Settlement,
     *,
     breaker: Breaker,
-    retries: Sequence[tuple[float, bytes]],
-    dead: Sequence[bytes],
-    back: Sequence[bytes],
-    verdict: Verdict,
-    open_for: float,
-    reason: str,
     counts: Tally | None = None,
 ) -> Call:
-    args: list[Any] = [
-        claim_id,
-        len(retries),
-        len(dead),
-        len(back),
-        verdict,
-        breaker.threshold,
-        breaker.cooldown,
-        breaker.cooldown_max,
-        open_for,
-        reason,
-        defaults.SETTLED_TOMBSTONE_SECONDS,
-    ]
+    """SETTLE for ``decide``'s settlement of one claim, and the claim's request metrics."""
+    retries = settlement.retry_items()
+    dead = settlement.dead_entries()
+    tail: list[Any] = []
     for delay, item in retries:
-        args += (delay, item)
-    args += dead
-    args += back
+        tail += (delay, item)
+    tail += dead
+    tail += settlement.back
     if counts:
-        args += counts.args()
-    keys = [
-        k.claims_key,
-        k.claim_prefix + claim_id,
-        k.inflight_key,
-        k.retry_key,
-        k.dead_key,
-        k.pending_key,
-        k.breaker_key,
-        k.settled_prefix + claim_id,
-        k.metrics_key,
-    ]
-    return Call(keys, args)
+        tail += counts.args()
+    keys = {
+        "claims": k.claims,
+        "claim": k.claim(claim_id),
+        "inflight": k.inflight,
+        "retry": k.retry,
+        "dead": k.dead,
+        "pending": k.pending,
+        "breaker_key": k.breaker,
+        "settled": k.settled(claim_id),
+        "metrics": k.metrics,
+    }
+    args = {
+        "claim_id": claim_id,
+        "n_retry": len(retries),
+        "n_dead": len(dead),
+        "n_back": len(settlement.back),
+        "verdict": settlement.verdict,
+        "threshold": breaker.threshold,
+        "cooldown_base": breaker.cooldown,
+        "cooldown_max": breaker.cooldown_max,
+        "floor": settlement.open_for,
+        "reason": settlement.reason,
+        "tombstone_seconds": defaults.SETTLED_TOMBSTONE_SECONDS,
+    }
+    return SETTLE.call(keys, args, tail)
 
 
-EXTEND_LUA = _load("extend", "now")
+def extend_call(k: Keys, claim_id: str, lease: float) -> Call:
+    return EXTEND.call({"claims": k.claims}, {"claim_id": claim_id, "lease": lease})
 
 
-def extend_call(k: KeyNames, claim_id: str, lease: float) -> Call:
-    return Call([k.claims_key], [claim_id, lease])
-
-
-REQUEUE_LUA = _load("requeue")
-
-
-def requeue_call(k: KeyNames, entries: Sequence[bytes] | None) -> Call:
+def requeue_call(k: Keys, entries: Sequence[bytes] | None) -> Call:
     """``entries=None`` requeues every dead letter; an empty list would too, so refuse it."""
     if entries is not None and not entries:
         raise ValueError("requeue_call needs entries, or None for every dead letter")
-    return Call([k.dead_key, k.pending_key], list(entries or ()))
+    return REQUEUE.call({"dead": k.dead, "pending": k.pending}, {}, entries or ())
 
 
-REHOME_LUA = _load("rehome", "held")
+def rehome_call(k: Keys, max_length: int, record: bytes, dead_entry: bytes) -> Call:
+    keys = {"dead": k.dead, "pending": k.pending, "inflight": k.inflight, "retry": k.retry}
+    args = {"max_length": max_length, "record": record, "dead_entry": dead_entry}
+    return REHOME.call(keys, args)
 
 
-def rehome_call(k: KeyNames, max_length: int, record: bytes, dead_entry: bytes) -> Call:
-    return Call(
-        [k.dead_key, k.pending_key, k.inflight_key, k.retry_key], [max_length, record, dead_entry]
-    )
-
-
-JOURNAL_LUA = _load("journal", "now", "count")
+def _journal_keys(k: Keys) -> dict[str, str]:
+    return {"journal": k.journal, "metrics": k.metrics, "expiring": k.journal_expires}
 
 
 def journal_call(
-    k: KeyNames,
+    k: Keys,
     record: bytes,
     seconds: float,
     counts: Tally | None = None,
     expires_in: float | None = None,
 ) -> Call:
-    tail = counts.args() if counts else []
     expiry = "" if expires_in is None else expires_in
-    return Call(
-        [k.journal_key, k.metrics_key, k.journal_expires_key], [seconds, record, expiry, *tail]
-    )
+    args = {"seconds": seconds, "record": record, "expires_in": expiry}
+    return JOURNAL.call(_journal_keys(k), args, counts.args() if counts else ())
 
 
-SETTLE_JOURNAL_LUA = _load("settle_journal", "count")
+def settle_journal_call(k: Keys, record: bytes, counts: Tally | None) -> Call:
+    tail = counts.args() if counts else ()
+    return SETTLE_JOURNAL.call(_journal_keys(k), {"record": record}, tail)
 
 
-def settle_journal_call(k: KeyNames, record: bytes, counts: Tally | None) -> Call:
-    tail = counts.args() if counts else []
-    return Call([k.journal_key, k.metrics_key, k.journal_expires_key], [record, *tail])
+def finish_run_call(k: Keys, counts: Tally) -> Call:
+    keys = {"pending": k.pending, "inflight": k.inflight, "retry": k.retry, "metrics": k.metrics}
+    return FINISH_RUN.call(keys, {}, counts.args())
 
 
-FINISH_RUN_LUA = _load("finish_run", "now", "count")
-
-
-def finish_run_call(k: KeyNames, counts: Tally) -> Call:
-    return Call([k.pending_key, k.inflight_key, k.retry_key, k.metrics_key], counts.args())
-
-
-RECOVER_JOURNAL_LUA = _load("recover_journal", "now")
-
-
-def recover_journal_call(k: KeyNames, limit: int) -> Call:
-    return Call([k.journal_key, k.pending_key, k.journal_expires_key], [limit])
+def recover_journal_call(k: Keys, limit: int) -> Call:
+    keys = {"journal": k.journal, "pending": k.pending, "expiring": k.journal_expires}
+    return RECOVER_JOURNAL.call(keys, {"limit": limit})

@@ -3,15 +3,16 @@ masters share its load; it behaves as one buffer.
 
 Each shard is a complete ``RedisBuffer`` of its own hash tag: shard 0 is ``{prefix}``
 (so a buffer that was never sharded is shard 0 as it stands), shard ``i`` is
-``{prefix:i}``. Every script still touches one slot. Around them:
+``{prefix:i}``. ``ShardedBuffer`` holds them and routes each call (the ``Buffer``
+protocol); every script still touches one slot. Around them:
 
 - producers: each call goes to one shard, in a rotation (``buffer_events`` stays one
   atomic round trip); a full shard passes the call to the next;
-- flushers: each claim consults the one breaker (on shard 0, ``GATE_LUA``), then
+- flushers: each claim consults the one breaker (on shard 0, ``GATE``), then
   takes records from the shards in a rotation that starts at a random shard; a
   settle's verdict is fed to that breaker;
-- the direct path's journal: a record's shard is a hash of its bytes, so the task
-  settles the entry it made;
+- the direct path's journal: a record's shard is a hash of its bytes (crc32), so the
+  task settles the entry it made;
 - ``{prefix}:shards`` (SET, on shard 0) lists every shard ever used, so a flusher with
   fewer shards configured still drains the others: changing the count strands nothing.
 
@@ -21,6 +22,7 @@ the three masters of a cluster made by ``redis-cli --cluster create`` (see READM
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -31,23 +33,16 @@ from typing import Any
 
 from .. import defaults
 from ..delivery.dead_letters import DeadLetter, parse_dead_letter
-from ..delivery.decisions import Verdict
+from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from ..exceptions import BufferFullError
-from . import scripts as lua
-from .redis_buffer import Claim, ClaimMode, RedisBuffer
+from .keys import registry_key, shard_prefix
+from .queue import Claim, ClaimMode
+from .redis_buffer import RedisBuffer
+from .scripts import Settled
+from .snapshot import Snapshot
 
-__all__ = ["ShardedBuffer", "open_buffer", "registry_key", "shard_prefix", "shards_in_use"]
-
-
-def shard_prefix(prefix: str, index: int) -> str:
-    """The key prefix (hash tag) of shard ``index``: ``prefix`` itself for shard 0."""
-    return prefix if index == 0 else f"{prefix}:{index}"
-
-
-def registry_key(prefix: str) -> str:
-    """The SET of every shard index ever used, in shard 0's slot."""
-    return "{" + prefix + "}:shards"
+__all__ = ["ShardedBuffer", "registry_key", "shard_prefix", "shards_in_use"]
 
 
 def shards_in_use(client: Any, prefix: str, shards: int) -> set[int]:
@@ -59,23 +54,9 @@ def shards_in_use(client: Any, prefix: str, shards: int) -> set[int]:
     return {int(i) for i in client.smembers(key)} | {0}
 
 
-def open_buffer(
-    client: Any, *, prefix: str, shards: int = 1, used: Iterable[int] = (0,), **options: Any
-) -> RedisBuffer:
-    """The buffer for ``shards`` shards: a plain ``RedisBuffer`` when only shard 0 was
-    ever used (``used``, from ``shards_in_use``), else a ``ShardedBuffer`` that drains
-    every shard ever used."""
-    used = set(used)
-    if shards == 1 and used <= {0}:
-        return RedisBuffer(client, prefix=prefix, **options)
-    return ShardedBuffer(client, prefix=prefix, shards=shards, used=used, **options)
-
-
-class ShardedBuffer(RedisBuffer):
-    """``RedisBuffer``'s operations over several shards (see the module docstring).
-
-    The key names it inherits are shard 0's, where the breaker lives.
-    """
+class ShardedBuffer:
+    """Several ``RedisBuffer`` shards behind the ``Buffer`` protocol (see the module
+    docstring); ``shards[0]`` holds the breaker, the registry and the run's end."""
 
     def __init__(
         self,
@@ -87,14 +68,15 @@ class ShardedBuffer(RedisBuffer):
         max_length: int = defaults.BUFFER_MAX_LENGTH,
         **options: Any,
     ) -> None:
-        super().__init__(client, prefix=prefix, max_length=max_length, **options)
+        self.redis = client
+        self.prefix = prefix
         self.shard_count = shards
+        self.max_length = max_length
         self._options = dict(options, max_length=-(-max_length // shards))
         self.shards: dict[int, RedisBuffer] = {}
-        self._gate = client.register_script(lua.GATE_LUA)
         self._registry = registry_key(prefix)
         self._refreshed = time.monotonic()
-        self._add_shards(set(range(shards)) | set(used))
+        self._add_shards(set(range(shards)) | set(used) | {0})
         # Producers and flushers start at a random shard, so many processes spread out.
         self._producer_turn = itertools.count(random.randrange(shards))
         self._flusher_turn = random.randrange(len(self.shards))
@@ -113,6 +95,11 @@ class ShardedBuffer(RedisBuffer):
         self._refreshed = time.monotonic()
         self._add_shards(int(i) for i in self.redis.smembers(self._registry))
 
+    @property
+    def _first(self) -> RedisBuffer:
+        """Shard 0: the breaker, the registry and the end of each run live there."""
+        return self.shards[0]
+
     def _producer_order(self) -> list[RedisBuffer]:
         first = next(self._producer_turn)
         return [self.shards[(first + j) % self.shard_count] for j in range(self.shard_count)]
@@ -124,7 +111,7 @@ class ShardedBuffer(RedisBuffer):
     def _of_record(self, record: bytes) -> RedisBuffer:
         return self.shards[zlib.crc32(record) % self.shard_count]
 
-    # -- producers ---------------------------------------------------------------
+    # -- producers -------------------------------------------------------------------
 
     def push(self, records: Sequence[bytes]) -> int:
         """All records to one shard in one atomic step; the next shard when it is full."""
@@ -141,27 +128,19 @@ class ShardedBuffer(RedisBuffer):
             "(is flush_buffer running?)"
         )
 
-    # -- flushers ----------------------------------------------------------------
+    # -- flushers --------------------------------------------------------------------
 
     def claim(
-        self,
-        count: int,
-        lease: float,
-        *,
-        probe_lease: float = defaults.PROBE_LEASE,
-        use_breaker: bool = True,
+        self, count: int, lease: float, *, probe_lease: float = defaults.PROBE_LEASE
     ) -> Claim:
         """Pass the breaker, then claim from the first shard in the rotation that has records."""
         self._refresh()
-        mode, wait = "ok", 0.0
-        if use_breaker:
-            keys, args = lua.gate_call(self, "enter", probe_lease)
-            reply = self._gate(keys=keys, args=args)
-            mode, wait = reply[0].decode(), float(reply[1])
-            if mode == "open":
-                return Claim("", "open", wait, [])
-            if mode == "probe":
-                count = min(count, defaults.PROBE_RECORDS)
+        breaker = self._first.circuit_breaker
+        mode, wait = breaker.gate("enter", probe_lease)
+        if mode == "open":
+            return Claim("", "open", wait, [])
+        if mode == "probe":
+            count = min(count, defaults.PROBE_RECORDS)
         shown: ClaimMode = "probe" if mode == "probe" else "ok"
         indices = sorted(self.shards)
         for step in range(len(indices)):
@@ -172,60 +151,39 @@ class ShardedBuffer(RedisBuffer):
                 self._flusher_turn = position + 1
                 return Claim(f"{index}:{claim.id}", shown, 0.0, claim.items)
         if shown == "probe":
-            keys, args = lua.gate_call(self, "empty", probe_lease)
-            self._gate(keys=keys, args=args)
+            breaker.gate("empty", probe_lease)
         return Claim("", shown, 0.0, [])
-
-    def finish_run(self, counts: Tally) -> int:
-        """Note the run on shard 0 (where ``check`` looks); ``remaining()`` of them all."""
-        others = sum(shard.remaining() for index, shard in self.shards.items() if index)
-        return self.shards[0].finish_run(counts) + others
 
     def extend(self, claim_id: str, lease: float) -> bool:
         shard, inner = self._locate(claim_id)
         return shard.extend(inner, lease)
 
-    def settle(
-        self,
-        claim_id: str,
-        *,
-        retries: Sequence[tuple[float, bytes]] = (),
-        dead: Sequence[bytes] = (),
-        back: Sequence[bytes] = (),
-        verdict: Verdict = "",
-        open_for: float = 0.0,
-        reason: str = "",
-        counts: Tally | None = None,
-    ) -> lua.Settled:
+    def settle(self, claim_id: str, settlement: Settlement, counts: Tally | None = None) -> Settled:
         """Settle on the claim's shard; its verdict feeds the breaker on shard 0.
 
         On shard 0 that is one step, as unsharded. Elsewhere it is a second, feed-only
         SETTLE on shard 0 (a claim id never used: no records, only the breaker).
         """
         shard, inner = self._locate(claim_id)
-        breaker = self.shards[0]
-        if shard is breaker or not verdict:
-            return shard.settle(
-                inner,
-                retries=retries,
-                dead=dead,
-                back=back,
-                verdict=verdict,
-                open_for=open_for,
-                reason=reason,
-                counts=counts,
-            )
-        settled = shard.settle(inner, retries=retries, dead=dead, back=back, counts=counts)
-        fed = breaker.settle(uuid.uuid4().hex, verdict=verdict, open_for=open_for, reason=reason)
-        return lua.Settled(settled.settled, fed.change)
+        if shard is self._first or not settlement.verdict:
+            return shard.settle(inner, settlement, counts)
+        records_only = dataclasses.replace(settlement, verdict="", open_for=0.0, reason="")
+        settled = shard.settle(inner, records_only, counts)
+        verdict = Settlement(
+            verdict=settlement.verdict, open_for=settlement.open_for, reason=settlement.reason
+        )
+        fed = self._first.settle(uuid.uuid4().hex, verdict)
+        return Settled(settled.settled, fed.change)
 
-    # -- direct path -------------------------------------------------------------
+    def finish_run(self, counts: Tally) -> int:
+        """Note the run on shard 0 (where ``check`` looks); ``remaining()`` of them all."""
+        others = sum(shard.remaining() for index, shard in self.shards.items() if index)
+        return self._first.finish_run(counts) + others
 
-    def dead_letter(self, entry: bytes) -> None:
-        self._producer_order()[0].dead_letter(entry)
+    def recover_journal(self, limit: int = defaults.JOURNAL_RECOVER_LIMIT) -> int:
+        return sum(shard.recover_journal(limit) for shard in self.shards.values())
 
-    def rehome(self, record: bytes, entry: bytes) -> bool:
-        return self._producer_order()[0].rehome(record, entry)
+    # -- the direct path -------------------------------------------------------------
 
     def journal(
         self,
@@ -242,19 +200,24 @@ class ShardedBuffer(RedisBuffer):
     def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
         self._of_record(record).settle_journal(record, counts)
 
-    def recover_journal(self, limit: int = defaults.JOURNAL_RECOVER_LIMIT) -> int:
-        return sum(shard.recover_journal(limit) for shard in self.shards.values())
+    def dead_letter(self, entry: bytes) -> None:
+        self._producer_order()[0].dead_letter(entry)
 
-    # -- dead letters --------------------------------------------------------------
+    def rehome(self, record: bytes, entry: bytes) -> bool:
+        return self._producer_order()[0].rehome(record, entry)
 
-    def _dead_raw(self, start: int = 0, end: int = -1) -> list[bytes]:
-        """Every shard's dead letters merged newest first (by ``failed_at``)."""
-        entries = [raw for shard in self.shards.values() for raw in shard._dead_raw(0, end)]
-        entries.sort(key=lambda raw: parse_dead_letter(raw).failed_at, reverse=True)
-        return entries[start:] if end < 0 else entries[start : end + 1]
+    # -- operations ------------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        return [parse_dead_letter(r) for r in self._dead_raw(offset, offset + max(limit, 1) - 1)]
+        """Every shard's dead letters merged newest first (by ``failed_at``)."""
+        end = offset + max(limit, 1) - 1
+        letters = [
+            parse_dead_letter(raw)
+            for shard in self.shards.values()
+            for raw in shard.dead_letter_list.raw(0, end)
+        ]
+        letters.sort(key=lambda letter: letter.failed_at, reverse=True)
+        return letters[offset : end + 1]
 
     def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
         wanted = None if idempotency_keys is None else list(idempotency_keys)
@@ -264,10 +227,19 @@ class ShardedBuffer(RedisBuffer):
         wanted = None if idempotency_keys is None else list(idempotency_keys)
         return sum(shard.purge_dead_letters(wanted) for shard in self.shards.values())
 
-    # -- inspection ----------------------------------------------------------------
+    def snapshot(self, *, due: bool = False) -> Snapshot:
+        """The shards' figures added up; the oldest record's age, shard 0's breaker."""
+        self._refresh()
+        return Snapshot.combine([self.shards[i].snapshot(due=due) for i in sorted(self.shards)])
 
-    def parts(self) -> list[RedisBuffer]:
-        return list(self.shards.values())
+    def stats(self) -> dict[str, Any]:
+        return self.snapshot().stats()
+
+    def breaker(self) -> dict[str, Any]:
+        return self._first.breaker()
+
+    def reset_breaker(self) -> None:
+        self._first.reset_breaker()
 
     def pending_count(self) -> int:
         return sum(shard.pending_count() for shard in self.shards.values())
@@ -275,29 +247,8 @@ class ShardedBuffer(RedisBuffer):
     def remaining(self) -> int:
         return sum(shard.remaining() for shard in self.shards.values())
 
-    def stats(self) -> dict[str, Any]:
-        """The shards' figures added up; the oldest record's age and shard 0's breaker."""
-        self._refresh()
-        figures = [shard.stats() for shard in self.shards.values()]
-        total = {
-            name: sum(f[name] for f in figures)
-            for name in (
-                "pending",
-                "in_flight",
-                "scheduled_retries",
-                "sent_past_dedup_window",
-                "dead",
-            )
-        }
-        total["oldest_age_seconds"] = max(f["oldest_age_seconds"] for f in figures)
-        total["breaker"] = figures[0]["breaker"]
-        return total
-
-    def breaker(self) -> dict[str, Any]:
-        return self.shards[0].breaker()
-
-    def reset_breaker(self) -> None:
-        self.shards[0].reset_breaker()
+    def memory_info(self) -> dict[str, Any]:
+        return self._first.memory_info()
 
     def clear(self) -> None:
         for shard in self.shards.values():

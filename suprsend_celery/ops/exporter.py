@@ -35,7 +35,6 @@ import logging
 import signal
 import socketserver
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -55,15 +54,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the exporter needs prometheus_client: pip install 'suprsend-celery[prometheus]'"
     ) from exc
 
-from ..buffer.redis_buffer import RedisBuffer
-from ..delivery.tally import (
-    BUCKETS,
-    FLUSH_SECONDS,
-    LAST_FLUSH_AT,
-    PAST_WINDOW,
-    REQUEST_SECONDS,
-    bucket_field,
-)
+from ..buffer.protocol import Buffer
+from ..buffer.snapshot import Snapshot
+from ..delivery.tally import BUCKETS, FLUSH_SECONDS, PAST_WINDOW, REQUEST_SECONDS, bucket_field
 
 __all__ = ["SCRAPE_TIMEOUT", "BufferCollector", "make_registry", "serve", "wsgi_app"]
 
@@ -90,46 +83,12 @@ PATHS = ("bulk", "direct")
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 
 
-@dataclass(slots=True)
-class Snapshot:
-    """Everything one scrape reads from Redis."""
-
-    stats: dict[str, Any]
-    journal: int
-    counters: dict[str, str]
-    breaker_open_seconds: float
-
-
-def read_snapshot(buffer: RedisBuffer) -> Snapshot:
-    """The buffer's figures and its metrics hash (two round trips and a small third)."""
-    stats = buffer.stats()
-    pipe = buffer.pipeline()
-    pipe.hmget(buffer.breaker_key, "open_since")
-    pipe.time()
-    (open_since,), now_pair = pipe.execute()
-    now = float(now_pair[0]) + float(now_pair[1]) / 1e6
-    journal, counters = 0, dict[str, float]()
-    for part in buffer.parts():  # a sharded buffer's shards each count their own
-        pipe = part.pipeline()
-        pipe.zcard(part.journal_key)
-        pipe.hgetall(part.metrics_key)
-        size, raw = pipe.execute()
-        journal += int(size)
-        for field, value in raw.items():
-            name = field.decode()
-            counters[name] = counters.get(name, 0) + _number(value)
-    open_seconds = 0.0
-    if stats["breaker"] != "closed" and open_since:
-        open_seconds = max(0.0, now - float(open_since))
-    return Snapshot(stats, journal, {k: _text(v) for k, v in counters.items()}, open_seconds)
-
-
-def _number(raw: bytes) -> float:
-    return float(raw) if b"." in raw or b"e" in raw else int(raw)
-
-
-def _text(value: float) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+def _open_seconds(snap: Snapshot) -> float:
+    """How long the breaker has been open (0 while closed)."""
+    since = snap.breaker.open_since
+    if snap.breaker.state == "closed" or not since:
+        return 0.0
+    return max(0.0, snap.now - since)
 
 
 def _name(suffix: str) -> str:
@@ -147,7 +106,7 @@ class BufferCollector(Collector):
     clusters and shards, so it may fail too: it is tried again at the next scrape).
     """
 
-    def __init__(self, buffer: RedisBuffer | Callable[[], RedisBuffer]) -> None:
+    def __init__(self, buffer: Buffer | Callable[[], Buffer]) -> None:
         self._open = buffer if callable(buffer) else None
         self._buffer = None if callable(buffer) else buffer
 
@@ -159,7 +118,7 @@ class BufferCollector(Collector):
             if self._buffer is None:
                 assert self._open is not None
                 self._buffer = self._open()
-            snap = read_snapshot(self._buffer)
+            snap = self._buffer.snapshot()
         except redis.RedisError as exc:
             logger.warning("metrics: Redis did not answer (%s: %s)", type(exc).__name__, exc)
             yield _gauge("redis_up", "1 if Redis answered this scrape.", 0)
@@ -171,7 +130,7 @@ class BufferCollector(Collector):
 
     @staticmethod
     def _gauges(snap: Snapshot) -> Iterator[Metric]:
-        s = snap.stats
+        s = snap.stats()
         yield _gauge("pending_records", "Buffered records waiting to be claimed.", s["pending"])
         yield _gauge("in_flight_records", "Records claimed by a flusher.", s["in_flight"])
         yield _gauge(
@@ -197,17 +156,16 @@ class BufferCollector(Collector):
         yield _gauge(
             "breaker_open_seconds",
             "Seconds since the breaker opened (0 while closed).",
-            snap.breaker_open_seconds,
+            _open_seconds(snap),
         )
-        last = float(snap.counters.get(LAST_FLUSH_AT, 0) or 0)
         yield _gauge(
             "last_flush_timestamp_seconds",
             "Unix time at which the latest flush run ended (0: never).",
-            last,
+            snap.last_flush_at or 0.0,
         )
 
     @staticmethod
-    def _counters(counters: dict[str, str]) -> Iterator[Metric]:
+    def _counters(counters: dict[str, float]) -> Iterator[Metric]:
         def value(field: str) -> float:
             return float(counters.get(field, 0) or 0)
 
@@ -236,7 +194,7 @@ class BufferCollector(Collector):
         )
 
     @staticmethod
-    def _histograms(counters: dict[str, str]) -> Iterator[Metric]:
+    def _histograms(counters: dict[str, float]) -> Iterator[Metric]:
         request = HistogramMetricFamily(
             _name("request_duration_seconds"),
             "Duration of one HTTP request to SuprSend.",
@@ -255,7 +213,7 @@ class BufferCollector(Collector):
         )
 
 
-def _buckets(counters: dict[str, str], histogram: str) -> tuple[list[tuple[str, float]], float]:
+def _buckets(counters: dict[str, float], histogram: str) -> tuple[list[tuple[str, float]], float]:
     """Cumulative ``(le, count)`` pairs from the per-bucket fields, and the sum."""
     bounds = [*BUCKETS[histogram.partition(":")[0]], float("inf")]
     out: list[tuple[str, float]] = []

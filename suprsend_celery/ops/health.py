@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from ..buffer.connection import connect
-from ..buffer.redis_buffer import RedisBuffer
-from ..buffer.sharded import open_buffer, shards_in_use
-from ..delivery.tally import LAST_FLUSH_AT
+from ..buffer.opening import open_buffer
+from ..buffer.protocol import Buffer
+from ..pipeline.runtime import buffer_config
 from ..pipeline.settings import Settings
 
 __all__ = ["STALE_INTERVALS", "Thresholds", "check", "quick_buffer"]
@@ -39,55 +37,35 @@ class Thresholds:
     breaker_open: float | None = None
 
 
-def quick_buffer(settings: Settings, timeout: float = 2.0) -> RedisBuffer:
+def quick_buffer(settings: Settings, timeout: float = 2.0) -> Buffer:
     """The app's buffer on a client that fails within ``timeout`` seconds rather than
     retrying (Sentinel and clusters included)."""
-    client = connect(
-        settings.require_redis_url(),
-        master_name=settings.redis_master_name,
-        sentinel_kwargs=settings.sentinel_kwargs,
-        fail_fast=timeout,
-    )
-    prefix, shards = settings.key_prefix, settings.buffer_shards
-    used = shards_in_use(client, prefix, shards)
-    return open_buffer(client, prefix=prefix, shards=shards, used=used)
+    return open_buffer(buffer_config(settings), fail_fast=timeout)
 
 
 def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
+def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
-    stats = buffer.stats()
-    pipe = buffer.pipeline()
-    pipe.time()
-    pipe.hget(buffer.metrics_key, LAST_FLUSH_AT)
-    pipe.hmget(buffer.breaker_key, "open_since", "reason")
-    now_pair, last_flush, (open_since, reason) = pipe.execute()
-    now = float(now_pair[0]) + float(now_pair[1]) / 1e6
-    waiting = stats["pending"]
-    for part in buffer.parts():  # due retries and journal entries wait too
-        pipe = part.pipeline()
-        pipe.zcount(part.retry_key, "-inf", now)
-        pipe.zcount(part.journal_key, "-inf", now)
-        waiting += sum(int(n) for n in pipe.execute())
+    snap = buffer.snapshot(due=True)  # due retries and journal entries wait too
+    now, oldest_age, breaker = snap.now, snap.oldest_age_seconds, snap.breaker
     problems: list[str] = []
-    problems += _stale(limits, now, last_flush, waiting, stats["oldest_age_seconds"])
-    if limits.max_age is not None and stats["oldest_age_seconds"] > limits.max_age:
+    problems += _stale(limits, now, snap.last_flush_at, snap.waiting or 0, oldest_age)
+    if limits.max_age is not None and oldest_age > limits.max_age:
         problems.append(
-            f"the oldest record waited {_age(stats['oldest_age_seconds'])} "
-            f"(--max-age {limits.max_age:g}s)"
+            f"the oldest record waited {_age(oldest_age)} (--max-age {limits.max_age:g}s)"
         )
-    if limits.max_dead is not None and stats["dead"] > limits.max_dead:
+    if limits.max_dead is not None and snap.dead > limits.max_dead:
         problems.append(
-            f"{stats['dead']} dead letters (--max-dead {limits.max_dead}): "
+            f"{snap.dead} dead letters (--max-dead {limits.max_dead}): "
             "see `suprsend-celery dead-letters list`"
         )
-    if limits.breaker_open is not None and stats["breaker"] != "closed" and open_since:
-        open_for = now - float(open_since)
+    if limits.breaker_open is not None and breaker.state != "closed" and breaker.open_since:
+        open_for = now - breaker.open_since
         if open_for > limits.breaker_open:
-            why = (reason or b"").decode("utf-8", "replace") or "SuprSend failing"
+            why = breaker.reason or "SuprSend failing"
             problems.append(
                 f"the circuit breaker has been open for {_age(open_for)} "
                 f"(--breaker-open {limits.breaker_open:g}s): {why}"
@@ -96,7 +74,7 @@ def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
 
 
 def _stale(
-    limits: Thresholds, now: float, last_flush: Any, waiting: int, oldest_age: float
+    limits: Thresholds, now: float, last_flush: float | None, waiting: int, oldest_age: float
 ) -> Sequence[str]:
     """No flush run for ``STALE_INTERVALS`` intervals while records wait."""
     interval = limits.flush_interval
@@ -111,7 +89,7 @@ def _stale(
             f"no flush run has ever been recorded and {waiting} record(s) have waited "
             f"{_age(oldest_age)} (> {STALE_INTERVALS} x {interval:g}s flush interval): {hint}"
         ]
-    since = now - float(last_flush)
+    since = now - last_flush
     if since <= window:
         return []
     return [

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import redis
 from redis.asyncio import BlockingConnectionPool
@@ -33,13 +33,16 @@ from redis.sentinel import SentinelConnectionPool
 
 from .. import defaults
 from ..buffer import scripts as lua
-from ..buffer.connection import SENTINEL_SCHEME, connect
+from ..buffer.connection import SENTINEL_SCHEME
 from ..buffer.eviction import full_error
-from ..buffer.redis_buffer import RedisBuffer, check_push
+from ..buffer.opening import open_buffer
+from ..buffer.protocol import Buffer
+from ..buffer.queue import check_push
+from ..buffer.redis_buffer import RedisBuffer
 from ..events.model import AcceptedRecord, Event
 from ..exceptions import BufferUnavailableError
 from .producers import accept_call, accept_events, naming_keys
-from .runtime import built_buffer, get_buffer
+from .runtime import buffer_config, built_buffer, get_buffer
 from .settings import Settings, cached_on_app, get_settings, resolve_app
 
 __all__ = ["abuffer_event", "abuffer_events", "aclose"]
@@ -54,7 +57,7 @@ class AsyncBuffer:
     def __init__(self, buffer: RedisBuffer, client: AsyncRedis) -> None:
         self.buffer = buffer  # key names and bound, shared with the sync buffer
         self.redis = client
-        self._push = client.register_script(lua.PUSH_LUA)
+        self._push = client.register_script(lua.PUSH.source)
 
     async def push(self, records: list[bytes]) -> int:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,
@@ -81,7 +84,7 @@ class AsyncBuffer:
                 info = {}
             check.update(info)
         check.refuse()
-        keys, args = lua.push_call(self.buffer, self.buffer.max_length, records)
+        keys, args = lua.push_call(self.buffer.keys, self.buffer.max_length, records)
         try:
             result = await self._push(keys=keys, args=args)
         except redis.exceptions.OutOfMemoryError as exc:
@@ -111,7 +114,7 @@ def _async_buffer(app: Any, buffer: RedisBuffer) -> AsyncBuffer:
     return found
 
 
-def _on_one_server(buffer: RedisBuffer) -> bool:
+def _on_one_server(buffer: Buffer) -> TypeGuard[RedisBuffer]:
     """Whether a ``redis.asyncio`` push does what the sync one would: one server (no
     Sentinel, no cluster), one shard, no ``WAIT``."""
     return (
@@ -165,14 +168,10 @@ def _key_names(app: Any) -> RedisBuffer:
     settings = get_settings(app)
 
     def build() -> RedisBuffer:
-        client = connect(settings.require_redis_url(), cluster=False)  # no I/O yet
-        limit = settings.buffer_max_length
-        return RedisBuffer(
-            client,
-            prefix=settings.key_prefix,
-            max_length=limit,
-            accept_timeout=settings.accept_timeout,
-        )
+        buffer = open_buffer(buffer_config(settings), cluster=False, used={0})  # no I/O yet
+        if not isinstance(buffer, RedisBuffer):  # one shard, by _one_server_by_settings
+            raise TypeError("the async key names are those of one shard")
+        return buffer
 
     return cached_on_app(app, "_suprsend_async_key_names", build)
 

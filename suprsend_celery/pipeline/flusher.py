@@ -39,7 +39,8 @@ from typing import Literal
 import redis
 
 from .. import defaults
-from ..buffer.redis_buffer import Claim, RedisBuffer
+from ..buffer.protocol import Buffer
+from ..buffer.queue import Claim
 from ..delivery.client import SuprsendClient, chunk_payloads
 from ..delivery.decisions import Batch, ClaimOutcome, Settlement, decide
 from ..delivery.retry import RetryPolicy, past_dedup_window
@@ -123,7 +124,7 @@ class Flusher:
 
     def __init__(
         self,
-        buffer: RedisBuffer,
+        buffer: Buffer,
         client: SuprsendClient,
         *,
         batch_size: int = defaults.FLUSH_BATCH_SIZE,
@@ -231,16 +232,7 @@ class Flusher:
         settlement = decide(outcome, entry.batch, self.policy)
         _log_settlement(outcome, settlement)
         report.requests += outcome.requests
-        settled, change = self.buffer.settle(
-            claim.id,
-            retries=settlement.retry_items(),
-            dead=settlement.dead_entries(),
-            back=settlement.back,
-            verdict=settlement.verdict,
-            open_for=settlement.open_for,
-            reason=settlement.reason,
-            counts=outcome.tally,
-        )
+        settled, change = self.buffer.settle(claim.id, settlement, outcome.tally)
         signals.send_breaker_change(self.buffer.prefix, change, settlement.reason)
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records

@@ -14,14 +14,20 @@ from typing import Any
 
 import redis
 
-from ..buffer.connection import connect
-from ..buffer.redis_buffer import RedisBuffer
-from ..buffer.sharded import open_buffer, shards_in_use
+from ..buffer.opening import BufferConfig, first_look, open_buffer
+from ..buffer.protocol import Buffer
 from ..delivery.client import SuprsendClient
 from .flusher import Flusher
 from .settings import Settings, cached_on_app, get_settings, resolve_app
 
-__all__ = ["built_buffer", "find_buffer", "get_buffer", "get_client", "get_flusher"]
+__all__ = [
+    "buffer_config",
+    "built_buffer",
+    "find_buffer",
+    "get_buffer",
+    "get_client",
+    "get_flusher",
+]
 
 _BUFFER_ATTR = "_suprsend_buffer"
 _STAND_IN_ATTR = "_suprsend_buffer_stand_in"
@@ -51,7 +57,22 @@ def get_client(app: Any = None) -> SuprsendClient:
     return cached_on_app(app, "_suprsend_client", build)
 
 
-def get_buffer(app: Any = None) -> RedisBuffer:
+def buffer_config(settings: Settings) -> BufferConfig:
+    """What ``open_buffer`` needs from the app's settings (``ConfigurationError``
+    when no Redis is configured)."""
+    return BufferConfig(
+        redis_url=settings.require_redis_url(),
+        master_name=settings.redis_master_name,
+        sentinel_kwargs=settings.sentinel_kwargs,
+        prefix=settings.key_prefix,
+        shards=settings.buffer_shards,
+        max_length=settings.buffer_max_length,
+        accept_timeout=settings.accept_timeout,
+        min_replicas=settings.buffer_min_replicas,
+    )
+
+
+def get_buffer(app: Any = None) -> Buffer:
     """The app's Redis buffer; ``ConfigurationError`` when no Redis is configured.
 
     Built on first use, after a first look at Redis (bounded like any accept): is it a
@@ -70,49 +91,30 @@ def get_buffer(app: Any = None) -> RedisBuffer:
         if built is not None:
             return built
         if stand_in is not None and time.monotonic() - stand_in[1] < PROBE_AGAIN:
-            buffer: RedisBuffer = stand_in[0]
+            buffer: Buffer = stand_in[0]
             return buffer
         settings = get_settings(app)
-        url = settings.require_redis_url()
-        where: dict[str, Any] = {"master_name": settings.redis_master_name}
-        where["sentinel_kwargs"] = settings.sentinel_kwargs
+        config = buffer_config(settings)
         try:
-            probe = connect(url, fail_fast=settings.accept_timeout / 4, **where)
-            try:
-                used = shards_in_use(probe, settings.key_prefix, settings.buffer_shards)
-                cluster = isinstance(probe, redis.RedisCluster)
-            finally:
-                probe.close()
+            cluster, used = first_look(config, settings.accept_timeout / 4)
         except redis.RedisError:
-            buffer = _open(settings, connect(url, cluster=False, **where), {0})
+            buffer = open_buffer(config, cluster=False, used={0})
             app.__dict__[_STAND_IN_ATTR] = (buffer, time.monotonic())
             return buffer
         app.__dict__.pop(_STAND_IN_ATTR, None)
         return cached_on_app(
-            app, _BUFFER_ATTR, lambda: _open(settings, connect(url, cluster=cluster, **where), used)
+            app, _BUFFER_ATTR, lambda: open_buffer(config, cluster=cluster, used=used)
         )
 
 
-def _open(settings: Settings, client: Any, used: set[int]) -> RedisBuffer:
-    return open_buffer(
-        client,
-        prefix=settings.key_prefix,
-        shards=settings.buffer_shards,
-        used=used,
-        max_length=settings.buffer_max_length,
-        accept_timeout=settings.accept_timeout,
-        min_replicas=settings.buffer_min_replicas,
-    )
-
-
-def built_buffer(app: Any) -> RedisBuffer | None:
+def built_buffer(app: Any) -> Buffer | None:
     """The app's buffer if it was built already (building it asks Redis whether it runs
     a cluster and which shards were used, so async callers build it in a thread)."""
-    buffer: RedisBuffer | None = resolve_app(app).__dict__.get(_BUFFER_ATTR)
+    buffer: Buffer | None = resolve_app(app).__dict__.get(_BUFFER_ATTR)
     return buffer
 
 
-def find_buffer(app: Any = None) -> RedisBuffer | None:
+def find_buffer(app: Any = None) -> Buffer | None:
     """The app's Redis buffer, or None when no Redis is configured (the direct path's
     journal and dead letters are then best effort)."""
     app = resolve_app(app)

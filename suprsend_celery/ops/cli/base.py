@@ -12,7 +12,7 @@ import click
 import redis
 
 from ...buffer.eviction import describe_redis
-from ...buffer.redis_buffer import RedisBuffer
+from ...buffer.protocol import Buffer
 from ...exceptions import SuprsendCeleryError
 
 __all__ = [
@@ -86,23 +86,23 @@ def app_of(ctx: click.Context) -> Any:
     return ref.get()
 
 
-def buffer_of(ctx: click.Context) -> RedisBuffer:
+def buffer_of(ctx: click.Context) -> Buffer:
     from ...pipeline.runtime import get_buffer
 
     return get_buffer(app_of(ctx))
 
 
-def source_of(buffer: RedisBuffer) -> dict[str, str]:
+def source_of(buffer: Buffer) -> dict[str, str]:
     """Which Redis (password masked) and key prefix a verb read: every verb says so."""
     return {"redis": describe_redis(buffer.redis), "key_prefix": buffer.prefix}
 
 
-def _target(buffer: RedisBuffer) -> str:
+def _target(buffer: Buffer) -> str:
     source = source_of(buffer)
     return f"Redis {source['redis']}, key prefix {source['key_prefix']}"
 
 
-def say_target(ctx: click.Context, buffer: RedisBuffer, verb: str) -> None:
+def say_target(ctx: click.Context, buffer: Buffer, verb: str) -> None:
     """``<verb> Redis redis://host:port/db, key prefix P`` (and whether it is a guess)."""
     ref: AppRef = ctx.find_object(AppRef)  # type: ignore[assignment]
     click.echo(f"{verb} {_target(buffer)}{_default_note(ref)}")

@@ -23,10 +23,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     buffer = buffer_of(ctx)
     if not as_json:
         say_target(ctx, buffer, "read")
-    figures: dict[str, Any] = {**source_of(buffer), **buffer.stats()}
-    breaker = buffer.breaker()
-    figures["breaker_reason"] = breaker["reason"] if figures["breaker"] != "closed" else ""
-    figures["breaker_retry_in"] = breaker["retry_in"] if figures["breaker"] != "closed" else 0.0
+    snap = buffer.snapshot()
+    figures: dict[str, Any] = {**source_of(buffer), **snap.stats()}
+    is_open = snap.breaker.state != "closed"
+    figures["breaker_reason"] = snap.breaker.reason if is_open else ""
+    figures["breaker_retry_in"] = snap.breaker.retry_in if is_open else 0.0
     memory = buffer.memory_info()
     figures["maxmemory_policy"] = memory.get("maxmemory_policy")
     figures["maxmemory"] = memory.get("maxmemory")

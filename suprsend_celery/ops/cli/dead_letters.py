@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ... import defaults
-from ...buffer.redis_buffer import RedisBuffer
+from ...buffer.protocol import Buffer
 from ...delivery.dead_letters import DeadLetter
 from ...events.records import accepted_before
 from .base import age_text, buffer_of, clean_errors, cli, echo_json, say_target, source_of
@@ -87,7 +87,7 @@ def list_dead_letters(ctx: click.Context, limit: int, as_json: bool, show_proper
         click.echo(f"({len(rows)} of {total} shown; use --limit)")
 
 
-def _past_window(buffer: RedisBuffer, selection: Sequence[str] | None) -> int:
+def _past_window(buffer: Buffer, selection: Sequence[str] | None) -> int:
     """Dead letters (all, or these keys) accepted over 24 h ago: SuprSend no longer
     deduplicates their keys if they are sent again."""
     wanted = None if selection is None else set(selection)

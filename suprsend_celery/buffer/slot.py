@@ -1,0 +1,53 @@
+"""One shard's way to Redis: the client, the server that holds its slot, the producers'
+own bounded connections, and the eviction-policy guard. Every part of a shard (queue,
+journal, dead letters, breaker, snapshot) talks to Redis through its ``Slot``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .. import defaults
+from .accept_connections import ProducerConnections
+from .eviction import PolicyCheck, describe_redis, read_memory_info
+from .keys import Keys
+
+__all__ = ["Slot"]
+
+
+class Slot:
+    """The connections that reach one shard's hash tag."""
+
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        keys: Keys,
+        *,
+        accept_timeout: float = defaults.ACCEPT_TIMEOUT,
+        policy_recheck: float = defaults.POLICY_RECHECK_SECONDS,
+    ) -> None:
+        self.client = client
+        #: Producers' connections: a call ends within ``accept_timeout`` (``push``, ``journal``).
+        self.producers = ProducerConnections(client, keys.pending, accept_timeout)
+        #: Refuses accepting into a Redis that may evict our keys (read once a minute).
+        self.policy_check = PolicyCheck(interval=policy_recheck)
+
+    def node(self) -> Any:
+        """The client of the server (or cluster node) holding this slot: pipelines,
+        ``TIME`` and scripts go there."""
+        return self.producers.node_client()
+
+    def pipeline(self) -> Any:
+        """A pipeline (no MULTI) on the server holding this slot: one round trip."""
+        return self.node().pipeline(transaction=False)
+
+    def refuse_eviction(self) -> None:
+        """``ConfigurationError`` when this Redis may evict keys (``eviction``); the
+        policy is read on the producers' bounded connections, when due."""
+        self.policy_check.enforce(self.producers.run, lambda: describe_redis(self.node()))
+
+    def memory_info(self) -> dict[str, Any]:
+        """This Redis's ``maxmemory_policy``, ``maxmemory`` and ``used_memory`` (``status``)."""
+        return read_memory_info(self.node())
