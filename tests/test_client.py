@@ -11,6 +11,7 @@ import base64
 import email.utils
 import hashlib
 import hmac
+import http.client
 import json
 import multiprocessing
 import os
@@ -41,6 +42,12 @@ from suprsend_celery import (
 )
 from suprsend_celery.delivery.client import USER_AGENT, chunk_payloads
 from suprsend_celery.delivery.credentials import CONTENT_TYPE, sign
+from suprsend_celery.delivery.http import (
+    HttpRequest,
+    HttpResponse,
+    MockTransport,
+    Urllib3Transport,
+)
 from suprsend_celery.delivery.responses import classify_status, parse_retry_after
 from suprsend_celery.dev.sandbox import Sandbox
 
@@ -827,19 +834,202 @@ class TestMalformedResponses:
             assert r.error is not None and r.error.idempotency_key == r.idempotency_key
 
 
-# -- sessions, forks, secrets ----------------------------------------------------------------
+# -- without a server: MockTransport ------------------------------------------------------
+
+
+class Recorder:
+    """A handler for ``MockTransport``: records each request, answers from a list."""
+
+    def __init__(self, *answers: HttpResponse | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[HttpRequest] = []
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if self.answers else ok_response()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def ok_response() -> HttpResponse:
+    return HttpResponse(202, {"Content-Type": "application/json"}, b'{"message_id": "m1"}')
+
+
+def mock_client(handler: Recorder, **options: Any) -> SuprsendClient:
+    return SuprsendClient(
+        WORKSPACE_KEY,
+        WORKSPACE_SECRET,
+        base_url="https://hub.example.com/",
+        transport=MockTransport(handler),
+        **options,
+    )
+
+
+class TestMockTransport:
+    """The transport seam: the client's whole request/answer logic with no server."""
+
+    def test_request_is_signed_as_the_sdk_signs(self) -> None:
+        """The transport gets the signed request: SDK headers over exactly the body sent."""
+        handler = Recorder()
+        client = mock_client(handler, connect_timeout=2, timeout=7)
+        accepted = client.accept(Event("u1", "signed_up", {"plan": "pro"}))
+        assert client.send_event(accepted)["message_id"] == "m1"
+        [request] = handler.requests
+        assert (request.method, request.url, request.path) == (
+            "POST",
+            "https://hub.example.com/v2/event/",
+            "/v2/event/",
+        )
+        assert request.body == client.as_sent(accepted.payload)
+        assert request.timeout == (2, 7)
+        headers = request.headers
+        assert headers["Content-Type"] == CONTENT_TYPE
+        assert headers["User-Agent"] == USER_AGENT
+        assert json.loads(headers["X-Suprsend-Client-User-Agent"])["sdk"] == "suprsend-celery"
+        assert IMF_FIXDATE.match(headers["Date"])
+        signature = sign(WORKSPACE_SECRET, request.body, headers["Date"], "/v2/event/")
+        assert headers["Authorization"] == f"{WORKSPACE_KEY}:{signature}"
+        _, sdk_signature = get_request_signature(
+            request.url, "POST", json.loads(request.body), dict(headers), WORKSPACE_SECRET
+        )
+        assert signature == sdk_signature
+
+    def test_bulk_requests(self) -> None:
+        """250 events go out as three signed bulk requests, 100 + 100 + 50 records."""
+        handler = Recorder(*(bulk_ok(n) for n in (100, 100, 50)))
+        result = mock_client(handler).send_bulk(events(250))
+        assert (result.requests, result.succeeded) == (3, 250)
+        assert [len(json.loads(r.body)) for r in handler.requests] == [100, 100, 50]
+        for request in handler.requests:
+            assert request.path == "/v2/bulk/event/"
+            date = request.headers["Date"]
+            signature = sign(WORKSPACE_SECRET, request.body, date, request.path)
+            assert request.headers["Authorization"] == f"{WORKSPACE_KEY}:{signature}"
+
+    def test_api_key_mode(self) -> None:
+        """In API-key mode the request carries the Bearer key and no Date."""
+        handler = Recorder()
+        client = SuprsendClient.with_workspace_api_key(
+            "ws_uid", "SSAPIKEY_x", transport=MockTransport(handler)
+        )
+        client.send_event(Event("u1", "ev"))
+        [request] = handler.requests
+        assert request.headers["Authorization"] == "Bearer SSAPIKEY_x"
+        assert "Date" not in request.headers
+        assert json.loads(request.body)["env"] == "ws_uid"
+
+    @pytest.mark.parametrize(
+        ("status", "cls"),
+        [
+            *((s, TransientDeliveryError) for s in (408, 409, 425, 429, 500, 502, 503, 504)),
+            *((s, PermanentDeliveryError) for s in (400, 401, 403, 404, 413, 422)),
+        ],
+    )
+    def test_statuses(self, status: int, cls: type[DeliveryError]) -> None:
+        """Each refusal becomes its class, keyed, with ``Retry-After`` read whatever its case."""
+        answer = HttpResponse(
+            status, {"retry-after": "4"}, b'{"status": "error", "error": {"message": "nope"}}'
+        )
+        client = mock_client(Recorder(answer))
+        event = Event("u", "ev", idempotency_key="k-1")
+        error = delivery_error(lambda: client.send_event(event))
+        assert type(error) is cls
+        assert (error.status_code, error.idempotency_key, error.retry_after) == (status, "k-1", 4)
+        assert "nope" in str(error)
+        assert error.is_auth_error == (status in (401, 403))
+
+    def test_html_error_page(self) -> None:
+        """An HTML 502 is a short transient error without the page in it."""
+        page = HttpResponse(502, {"Content-Type": "text/html"}, b"<html>Bad Gateway</html>")
+        error = delivery_error(lambda: mock_client(Recorder(page)).send_event(Event("u", "ev")))
+        assert type(error) is TransientDeliveryError
+        assert "HTTP 502" in str(error) and "<html" not in str(error)
+
+    def test_bulk_record_results(self) -> None:
+        """Per-record results map to each record, in order, keyed."""
+        records = [
+            {"status": "success"},
+            {"status": "error", "status_code": 400, "error": {"message": "bad", "type": "V"}},
+            {"status": "error", "status_code": 500},
+        ]
+        answer = HttpResponse(207, body=json.dumps({"records": records}).encode())
+        client = mock_client(Recorder(answer))
+        accepted = [client.accept(e) for e in events(3)]
+        result = client.send_bulk(accepted)
+        assert [type(r.error).__name__ if r.error else None for r in result] == [
+            None,
+            "PermanentDeliveryError",
+            "TransientDeliveryError",
+        ]
+        assert [r.status_code for r in result] == [202, 400, 500]
+        assert [r.idempotency_key for r in result] == [a.idempotency_key for a in accepted]
+
+    @pytest.mark.parametrize(
+        ("raised", "text"),
+        [
+            (TimeoutError(), "timed out: TimeoutError"),
+            (ConnectionResetError(), "connection failed: ConnectionResetError"),
+            (http.client.BadStatusLine("x"), "connection failed: BadStatusLine"),
+        ],
+    )
+    def test_no_answer(self, raised: Exception, text: str) -> None:
+        """A transport that gets no answer gives transient errors with no status, on both
+        paths; the bulk error is each record's, with its own key."""
+        client = mock_client(Recorder(raised, raised))
+        error = delivery_error(lambda: client.send_event(Event("u", "ev", idempotency_key="k")))
+        assert type(error) is TransientDeliveryError
+        assert (str(error), error.status_code, error.idempotency_key) == (text, None, "k")
+        accepted = [client.accept(e) for e in events(2)]
+        result = client.send_bulk(accepted)
+        assert [str(r.error) for r in result] == [text, text]
+        assert [r.error.idempotency_key for r in result if r.error] == [
+            a.idempotency_key for a in accepted
+        ]
+
+    def test_dry_run_sends_nothing(self) -> None:
+        """A dry-run client validates and answers, and its transport is never called."""
+        handler = Recorder()
+        client = mock_client(handler, dry_run=True)
+        assert client.send_event(Event("u", "ev", idempotency_key="k"))["status"] == "dry_run"
+        assert client.send_bulk(events(150)).succeeded == 150
+        assert handler.requests == []
+
+    def test_transport_and_route_settings_conflict(self) -> None:
+        """A proxy or CA bundle with your own transport is refused (it would be ignored)."""
+        for option in ({"proxy_url": "http://proxy:3128"}, {"ca_bundle": "/etc/ca.pem"}):
+            with pytest.raises(ConfigurationError, match="transport"):
+                mock_client(Recorder(), **option)
+
+
+def bulk_ok(records: int) -> HttpResponse:
+    return HttpResponse(
+        207, body=json.dumps({"records": [{"status": "success"}] * records}).encode()
+    )
+
+
+# -- pools, forks, secrets ----------------------------------------------------------------
+
+
+def pool_of(client: SuprsendClient) -> Any:
+    """This thread's urllib3 pool for the client's API host (the default transport's)."""
+    transport = client.transport
+    assert isinstance(transport, Urllib3Transport)
+    return transport.pool(client.base_url + "v2/event/")
 
 
 def _forked_child(client: SuprsendClient, conn: Any) -> None:
-    """Runs in a forked child: report whether the inherited session was replaced."""
-    inherited = client._local.session
-    fresh = client.session
+    """Runs in a forked child: report whether the inherited pool was replaced."""
+    transport = client.transport
+    assert isinstance(transport, Urllib3Transport)
+    inherited = transport._local.pools[client.base_url + "v2/event/"][0]
+    fresh = pool_of(client)
     result = client.send_event(Event("forked", "fork_test"))
     conn.send(
         {
             "replaced": fresh is not inherited,
-            "pid_recorded": client._local.pid == os.getpid(),
-            "stable": client.session is fresh,
+            "pid_recorded": transport._local.pid == os.getpid(),
+            "stable": pool_of(client) is fresh,
             "status": result["status_code"],
         }
     )
@@ -848,22 +1038,22 @@ def _forked_child(client: SuprsendClient, conn: Any) -> None:
 
 
 class TestSessions:
-    """One pooled session per thread and per process."""
+    """One connection pool per thread and per process."""
 
     def test_reused_within_a_thread(self, client: SuprsendClient, sandbox: Sandbox) -> None:
-        """Requests from one thread share one session and one TCP connection."""
-        session = client.session
+        """Requests from one thread share one pool and one TCP connection."""
+        pool = pool_of(client)
         client.send_bulk(events(2))
         client.send_event(Event("u", "ev"))
-        assert client.session is session
+        assert pool_of(client) is pool
         assert len({r.connection for r in sandbox.requests()}) == 1
 
     def test_separate_per_thread(self, client: SuprsendClient) -> None:
-        """Another thread gets its own session."""
+        """Another thread gets its own pool."""
         seen: dict[str, Any] = {}
 
         def work() -> None:
-            seen["session"] = client.session
+            seen["pool"] = pool_of(client)
             seen["status"] = client.send_event(Event("u", "threaded"))["status_code"]
             client.close()
 
@@ -871,41 +1061,40 @@ class TestSessions:
         thread.start()
         thread.join(10)
         assert seen["status"] == 202
-        assert seen["session"] is not client.session
+        assert seen["pool"] is not pool_of(client)
 
     def test_close_keeps_client_usable(self, client: SuprsendClient) -> None:
-        """After ``close`` the next request opens a new session."""
-        first = client.session
+        """After ``close`` the next request opens a new pool."""
+        first = pool_of(client)
         client.close()
-        assert client.session is not first
+        assert pool_of(client) is not first
         assert client.send_event(Event("u", "ev"))["status_code"] == 202
 
     def test_close_all_closes_every_threads_session(self, client: SuprsendClient) -> None:
-        """``close_all`` closes other threads' sessions too; every thread then gets a new
+        """``close_all`` closes other threads' pools too; every thread then gets a new
         one and the client keeps working."""
         seen: list[Any] = []
 
         def in_thread() -> None:
-            seen.append(client.session)
+            seen.append(pool_of(client))
             client.send_event(Event("u", "ev_thread"))
 
         worker = threading.Thread(target=in_thread)
         worker.start()
         worker.join()
-        mine = client.session
+        mine = pool_of(client)
         client.close_all()
-        adapter = seen[0].get_adapter("http://x/")
-        assert not adapter.poolmanager.pools  # the other thread's connections are closed
-        assert client.session is not mine
+        assert seen[0].pool is None  # the other thread's connections are closed
+        assert pool_of(client) is not mine
         assert client.send_event(Event("u", "ev_after"))["status_code"] == 202
 
     # Python 3.12+ warns about fork() in a process with threads (the sandbox's); the
     # child here only makes one request, which is exactly what the test is about.
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     def test_fork_gets_a_new_session(self, client: SuprsendClient, sandbox: Sandbox) -> None:
-        """A forked child builds its own session instead of sharing the parent's sockets."""
+        """A forked child builds its own pool instead of sharing the parent's sockets."""
         client.send_event(Event("u", "before_fork"))
-        parent_session = client.session
+        parent_pool = pool_of(client)
         ctx = multiprocessing.get_context("fork")
         receiver, sender = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_forked_child, args=(client, sender))
@@ -917,7 +1106,7 @@ class TestSessions:
         child.join(10)
         assert child.exitcode == 0
         assert report == {"replaced": True, "pid_recorded": True, "stable": True, "status": 202}
-        assert client.session is parent_session
+        assert pool_of(client) is parent_pool
         assert client.send_event(Event("u", "after_fork"))["status_code"] == 202
         assert [e["event"] for e in sandbox.events()] == ["before_fork", "fork_test", "after_fork"]
 

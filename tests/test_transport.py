@@ -8,8 +8,11 @@ it carried. The sandbox serves HTTPS with a certificate from a CA made for the t
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import pytest
 import trustme
 from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from suprsend_celery import (
     Event,
@@ -29,7 +33,8 @@ from suprsend_celery import (
     buffer_event,
     flush_buffer,
 )
-from suprsend_celery.delivery.routing import CA_ENV
+from suprsend_celery.delivery.http import Urllib3Transport
+from suprsend_celery.delivery.routing import CA_ENV, route_for
 from suprsend_celery.dev.sandbox import Sandbox
 
 PROXY_ENV = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -243,6 +248,39 @@ class TestPrivateCa:
         send_both_ways(client(tls_sandbox.url))
         assert len(tls_sandbox.events()) == 4
 
+    @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to hash a CA dir")
+    @pytest.mark.parametrize("how", ["setting", "SSL_CERT_DIR"])
+    def test_directory(
+        self,
+        tls_sandbox: Sandbox,
+        ca_file: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        how: str,
+    ) -> None:
+        """A directory of hashed certificates (``c_rehash`` layout) works as well as a file."""
+        subject_hash = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", ca_file],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        shutil.copy(ca_file, tmp_path / f"{subject_hash}.0")
+        if how == "setting":
+            c = client(tls_sandbox.url, ca_bundle=str(tmp_path))
+        else:
+            monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+            c = client(tls_sandbox.url)
+        send_both_ways(c)
+        assert len(tls_sandbox.events()) == 4
+
+    def test_default_is_certifi(self) -> None:
+        """With no setting and no variable, certificates are checked against certifi's
+        bundle (as requests does), not whatever the system store holds."""
+        url = "https://hub.example.com/v2/event/"
+        pool = Urllib3Transport(route_for(url)).pool(url)
+        assert (pool.ca_certs, pool.cert_reqs) == (DEFAULT_CA_BUNDLE_PATH, "CERT_REQUIRED")
+
 
 class TestProxy:
     """Every request goes through the proxy, over both of the client's paths."""
@@ -284,6 +322,22 @@ class TestProxy:
         send_both_ways(client(sandbox.url))
         assert proxy.carried == Carried()
         assert len(sandbox.events()) == 4
+
+    def test_environment_without_scheme(
+        self, proxy: ForwardProxy, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``HTTP_PROXY=host:port`` means an http:// proxy, as it does for requests."""
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removeprefix("http://"))
+        send_both_ways(client(sandbox.url))
+        assert len(proxy.carried.forwarded) == 2
+
+    @pytest.mark.skipif(importlib.util.find_spec("socks") is not None, reason="PySocks installed")
+    def test_socks_without_pysocks(self, sandbox: Sandbox) -> None:
+        """A socks:// proxy without PySocks fails each send as a connection failure."""
+        c = client(sandbox.url, proxy_url="socks5h://127.0.0.1:9")
+        with pytest.raises(TransientDeliveryError, match="connection failed"):
+            c.send_event(Event("u1", "via_socks"))
+        assert sandbox.stats()["requests"] == 0
 
     def test_setting_wins_over_environment(
         self, proxy: ForwardProxy, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch

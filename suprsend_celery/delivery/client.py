@@ -3,29 +3,22 @@
 Requests are byte-compatible with suprsend-py-sdk 0.20.0: the same JSON spelling, the
 same HMAC-SHA256 signature over ``POST\\n<md5(body)>\\n<content type>\\n<date>\\n<path>``.
 Unlike the SDK, every request has connect and read timeouts, connections are pooled
-(one ``requests.Session`` per process, rebuilt after a fork), and any response, even
-an HTML 502 or a truncated body, becomes a result or a typed ``DeliveryError``.
-Retrying is the caller's job (the tasks), so one call is always one request.
-Signing is in ``credentials``, reading responses in ``responses``.
+(per thread, rebuilt after a fork), and any response, even an HTML 502 or a truncated
+body, becomes a result or a typed ``DeliveryError``. Retrying is the caller's job (the
+tasks), so one call is always one request. Signing is in ``credentials``, reading
+responses in ``responses``, moving bytes in ``http`` (``MockTransport`` for tests).
 """
 
 from __future__ import annotations
 
 import copy
 import email.utils
-import http.client
 import logging
-import os
 import platform
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from .. import defaults
 from ..__about__ import __version__
@@ -33,6 +26,7 @@ from ..events.model import AcceptedRecord, Event, accept
 from ..events.records import env_field, key_of, with_env
 from ..exceptions import ConfigurationError, DeliveryError, TransientDeliveryError
 from .credentials import CONTENT_TYPE, Credentials, client_user_agent
+from .http import NO_RESPONSE, TIMEOUTS, HttpRequest, HttpTransport, Urllib3Transport
 from .responses import (
     BulkResponse,
     BulkResult,
@@ -41,7 +35,7 @@ from .responses import (
     decode_body,
     error_for_response,
 )
-from .routing import forwarded, route_for
+from .routing import route_for
 
 __all__ = [
     "BULK_PATH",
@@ -119,6 +113,8 @@ class SuprsendClient:
     """A signed, pooled, timeout-bounded client for the SuprSend event API.
 
     Thread-safe, and fork-safe: a child process gets its own connection pool on first use.
+    ``transport`` replaces the network (``http.MockTransport`` in unit tests); the client
+    owns it and closes it.
     """
 
     def __init__(
@@ -135,6 +131,7 @@ class SuprsendClient:
         proxy_url: str | None = None,
         ca_bundle: str | None = None,
         dry_run: bool = False,
+        transport: HttpTransport | None = None,
     ) -> None:
         if credentials is None:
             credentials = Credentials.from_key_secret(workspace_key, workspace_secret)
@@ -148,25 +145,26 @@ class SuprsendClient:
             base += "/"
         if timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError(f"timeout must be positive; got {timeout!r}")
+        if transport is not None and (proxy_url or ca_bundle):
+            raise ConfigurationError(
+                "proxy_url and ca_bundle configure the default transport; "
+                "with transport= given, configure that transport instead"
+            )
         self.credentials = credentials
         #: ``, "env": "<key or UID>"``: spliced into every record as it is sent.
         self._env_field = env_field(credentials.env)
         self.base_url = base
+        #: ``(connect, read)`` seconds for every request.
         self.timeout = (connect_timeout, timeout)
-        self._urllib3_timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
         self.max_event_bytes = max_event_bytes
-        self._pool_size = pool_size
         base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self._event_url, self._event_path = base + EVENT_PATH, base_path + EVENT_PATH
         self._bulk_url, self._bulk_path = base + BULK_PATH, base_path + BULK_PATH
-        self._local = threading.local()
-        self._pid = os.getpid()
-        self._sessions: list[requests.Session] = []  # every thread's, for close_all()
-        self._sessions_lock = threading.Lock()
-        self._generation = 0
-        #: Proxy and CAs, from the arguments or the standard environment variables.
-        self.route = route_for(base, proxy_url, ca_bundle)
-        self._forwarded = forwarded(base, self.route)
+        #: What sends the requests: by default urllib3 pools through the proxy and CAs
+        #: of the arguments or the standard environment variables; ``MockTransport`` in tests.
+        self.transport: HttpTransport = transport or Urllib3Transport(
+            route_for(base, proxy_url, ca_bundle), pool_size=pool_size
+        )
         #: Validate and build requests as usual, send nothing (``suprsend_dry_run``).
         self.dry_run = dry_run
 
@@ -197,50 +195,20 @@ class SuprsendClient:
         who = "workspace_key" if c.mode == "hmac" else "workspace_uid"
         return f"SuprsendClient({who}={c.env!r}, base_url={self.base_url!r})"
 
-    # -- transport ---------------------------------------------------------------
-
-    @property
-    def session(self) -> requests.Session:
-        """This thread's pooled session; a forked child builds a fresh one."""
-        local = self._local
-        session: requests.Session | None = getattr(local, "session", None)
-        if (
-            session is None
-            or local.pid != os.getpid()
-            or local.generation != self._generation  # close_all() closed it
-        ):
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers.clear()
-            session.trust_env = False  # the route was resolved once, at construction
-            session.proxies = self.route.proxies
-            session.verify = self.route.verify
-            local.session, local.pid, local.generation = session, os.getpid(), self._generation
-            with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+    # -- sending -----------------------------------------------------------------
 
     def close(self) -> None:
         """Close this thread's connections (the client stays usable)."""
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
-            self._local.session = None
+        self.transport.close()
 
     def close_all(self) -> None:
-        """Close the connections of every thread's session (e.g. the flusher's request
-        threads) in this process; threads then open new ones on their next request."""
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
-            self._generation += 1
-        for session in sessions:
-            session.close()
+        """Close the connections of every thread (e.g. the flusher's request threads) in
+        this process; threads then open new ones on their next request."""
+        self.transport.close_all()
 
     def _post(
         self, url: str, path: str, body: bytes, idempotency_key: str | None
-    ) -> tuple[int, object, Any]:
+    ) -> tuple[int, object, Mapping[str, str]]:
         headers = {
             "Content-Type": CONTENT_TYPE,
             "User-Agent": USER_AGENT,
@@ -248,53 +216,22 @@ class SuprsendClient:
         }
         self.credentials.authorize(headers, body, path, http_date())
         try:
-            response = self._pool(url).urlopen(
-                "POST",
-                url if self._forwarded else path,  # a forward proxy takes absolute URLs
-                body=body,
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,  # forwarded: the pool's host is the proxy's
-                timeout=self._urllib3_timeout,
-                preload_content=True,
+            response = self.transport.send(
+                HttpRequest("POST", url, path, headers, body, self.timeout)
             )
-        except urllib3.exceptions.TimeoutError as exc:
+        except TIMEOUTS as exc:
             raise TransientDeliveryError(
                 f"timed out: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        except NO_RESPONSE as exc:
             # Connection resets, refused connections, malformed HTTP: all worth a retry.
             raise TransientDeliveryError(
                 f"connection failed: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        return response.status, decode_body(response.data), response.headers
-
-    def _pool(self, url: str) -> urllib3.HTTPConnectionPool:
-        """The session's own urllib3 pool for the API host: same connections, same TLS.
-
-        Requests go straight to it: ``Session.request`` (URL, cookie, hook and header
-        merging) costs about 300 µs a call, a third of the flusher's CPU per batch.
-        """
-        session = self.session
-        local = self._local
-        if getattr(local, "pool_session", None) is not session:
-            adapter = session.get_adapter(url)
-            assert isinstance(adapter, HTTPAdapter)
-            with_tls = getattr(adapter, "get_connection_with_tls_context", None)
-            route = self.route
-            if with_tls is not None:
-                request = requests.Request("POST", url).prepare()
-                local.pool = with_tls(request, route.verify, route.proxies or None)
-            else:  # requests < 2.32.2
-                local.pool = adapter.get_connection(url, route.proxies or None)
-                adapter.cert_verify(local.pool, url, route.verify, None)  # type: ignore[no-untyped-call]
-            local.pool_session = session
-        pool: urllib3.HTTPConnectionPool = local.pool
-        return pool
+        return response.status, decode_body(response.body), response.headers
 
     def _error(
-        self, url: str, status: int, body: object, headers: Any, key: str | None
+        self, url: str, status: int, body: object, headers: Mapping[str, str], key: str | None
     ) -> DeliveryError:
         hint = self.credentials.setting_names
         return error_for_response(status, body, headers, key, settings_hint=hint, url=url)

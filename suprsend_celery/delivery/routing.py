@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from requests.utils import get_environ_proxies, select_proxy
+from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
 
 __all__ = ["CA_ENV", "Route", "forwarded", "mask_url", "route_for"]
 
@@ -29,14 +29,10 @@ CA_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """The proxy (or None) and the ``verify`` value (True: certifi; a path) for one API URL."""
+    """The proxy URL (or None) and the CAs (True: certifi's bundle; a file or directory)."""
 
     proxy: str | None = None
     verify: bool | str = True
-
-    @property
-    def proxies(self) -> dict[str, str]:
-        return {"http": self.proxy, "https": self.proxy} if self.proxy else {}
 
     def __repr__(self) -> str:
         proxy = mask_url(self.proxy) if self.proxy else None
@@ -46,6 +42,9 @@ class Route:
 def route_for(url: str, proxy_url: str | None = None, ca_bundle: str | None = None) -> Route:
     """The route to ``url``: the settings' proxy and CAs, else the environment's."""
     proxy = proxy_url or select_proxy(url, get_environ_proxies(url)) or None
+    if proxy is not None:
+        # "host:3128" is http://, as in requests (untyped in types-requests).
+        proxy = str(prepend_scheme_if_needed(proxy, "http"))  # type: ignore[no-untyped-call]
     verify: bool | str = ca_bundle or next(
         (os.environ[name] for name in CA_ENV if os.environ.get(name)), True
     )
