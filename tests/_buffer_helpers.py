@@ -20,7 +20,7 @@ from suprsend_celery.buffer.protocol import Buffer
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.delivery.decisions import DeadDecision, RetryDecision, Settlement, Verdict
 from suprsend_celery.dev.sandbox import Sandbox
-from suprsend_celery.events.records import split_item
+from suprsend_celery.events.records import read_item
 from suprsend_celery.exceptions import TransientDeliveryError
 from suprsend_celery.tasks.flush import FLUSH_TASK
 
@@ -49,7 +49,7 @@ def settlement(
     error = TransientDeliveryError("a test's settlement")
     return Settlement(
         retries=[
-            RetryDecision(index, split_item(item)[0], delay, item, error)
+            RetryDecision(index, (read_item(item) or (0, item))[0], delay, item, error)
             for index, (delay, item) in enumerate(retries)
         ],
         dead=[DeadDecision(index, 1, "test", entry, error) for index, entry in enumerate(dead)],

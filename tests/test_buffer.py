@@ -626,7 +626,7 @@ class TestDeadLetters:
         """Requeued records are the original bytes, attempts reset, oldest first."""
         records = [make_record(i) for i in range(3)]
         self.kill(buf, [join_item(3, r) for r in records])
-        assert buf.requeue_dead_letters() == 3
+        assert buf.requeue_dead_letters().moved == 3
         assert buf.redis.lrange(buf.keys.pending, 0, -1) == records
         assert buf.stats()["dead"] == 0
 
@@ -634,8 +634,8 @@ class TestDeadLetters:
         """Selected keys are requeued or purged; the others stay."""
         records = [make_record(i) for i in range(4)]
         self.kill(buf, records)
-        assert buf.requeue_dead_letters([key_of(records[1]), "no-such-key"]) == 1
-        assert buf.requeue_dead_letters([]) == 0
+        assert buf.requeue_dead_letters([key_of(records[1]), "no-such-key"]).moved == 1
+        assert buf.requeue_dead_letters([]).moved == 0
         assert buf.redis.lrange(buf.keys.pending, 0, -1) == [records[1]]
         assert buf.purge_dead_letters([key_of(records[0])]) == 1
         assert {d.idempotency_key for d in buf.dead_letters()} == {
@@ -659,7 +659,7 @@ class TestDeadLetters:
         assert [d.idempotency_key for d in buf.dead_letters()][-1] == key_of(records[0])
         assert buf.purge_dead_letters([key_of(records[0])]) == 1
         buf.push([make_record(9)])
-        assert buf.requeue_dead_letters() == 4  # moved within the bound, not added
+        assert buf.requeue_dead_letters().moved == 4  # moved within the bound, not added
         assert buf.pending_count() == 5
 
     def test_direct_dead_letters_are_never_trimmed(self, buf: RedisBuffer) -> None:

@@ -233,7 +233,7 @@ class TestOneBuffer:
         assert (stats["pending"], stats["in_flight"], stats["dead"]) == (0, 0, 6)
         assert len(buffer.dead_letters(limit=100)) == 6
         assert len(buffer.dead_letters(limit=4)) == 4
-        assert buffer.requeue_dead_letters([keys[0], keys[5]]) == 2
+        assert buffer.requeue_dead_letters([keys[0], keys[5]]).moved == 2
         assert buffer.purge_dead_letters() == 4
         assert buffer_stats(app=app)["pending"] == 2
 

@@ -8,13 +8,27 @@ dead letter could be lost, and ``requeue`` or ``purge`` make room again.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from ..delivery.dead_letters import DeadLetter, parse_dead_letter
 from . import scripts as lua
 from .keys import Keys
 from .slot import Slot
 
-__all__ = ["DeadLetterList"]
+__all__ = ["DeadLetterList", "Requeued"]
+
+
+class Requeued(NamedTuple):
+    """What a requeue did: entries moved back to pending, and entries kept as dead
+    letters because their record part is not a record (nothing is dropped)."""
+
+    moved: int
+    kept: int
+
+    def __add__(self, other: object) -> Requeued:  # type: ignore[override,unused-ignore]
+        if not isinstance(other, Requeued):
+            return NotImplemented
+        return Requeued(self.moved + other.moved, self.kept + other.kept)
 
 
 class DeadLetterList:
@@ -48,17 +62,20 @@ class DeadLetterList:
     def _selected(self, wanted: set[str]) -> list[bytes]:
         return [r for r in self.raw() if (parse_dead_letter(r).idempotency_key or "") in wanted]
 
-    def requeue(self, idempotency_keys: Iterable[str] | None = None) -> int:
-        """Send dead letters again (all, or those with these keys), attempts reset."""
+    def requeue(self, idempotency_keys: Iterable[str] | None = None) -> Requeued:
+        """Send dead letters again (all, or those with these keys), attempts reset.
+
+        An entry whose record part is not a record stays a dead letter (``kept``)."""
         if idempotency_keys is None:
             keys, args = lua.requeue_call(self.keys, None)
-            return int(self._requeue(keys=keys, args=args))
-        wanted = set(idempotency_keys)
-        entries = self._selected(wanted) if wanted else []
-        if not entries:
-            return 0
-        keys, args = lua.requeue_call(self.keys, entries)
-        return int(self._requeue(keys=keys, args=args))
+        else:
+            wanted = set(idempotency_keys)
+            entries = self._selected(wanted) if wanted else []
+            if not entries:
+                return Requeued(0, 0)
+            keys, args = lua.requeue_call(self.keys, entries)
+        moved, kept = self._requeue(keys=keys, args=args)
+        return Requeued(int(moved), int(kept))
 
     def purge(self, idempotency_keys: Iterable[str] | None = None) -> int:
         """Drop dead letters (all, or those with these keys); returns how many."""

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
+from .dead_letter_list import Requeued
 from .queue import Claim
 from .scripts import Settled
 from .snapshot import Snapshot
@@ -79,7 +80,7 @@ class Buffer(Protocol):
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead letters, newest first."""
 
-    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
+    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> Requeued:
         """Send dead letters again (all, or those with these keys), attempts reset."""
 
     def purge_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:

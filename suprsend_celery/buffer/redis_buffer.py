@@ -21,7 +21,7 @@ from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from .breaker import CircuitBreaker
-from .dead_letter_list import DeadLetterList
+from .dead_letter_list import DeadLetterList, Requeued
 from .journal import DirectJournal
 from .keys import Keys
 from .queue import Claim, Queue
@@ -128,7 +128,7 @@ class RedisBuffer:
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         return self.dead_letter_list.read(limit, offset)
 
-    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
+    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> Requeued:
         return self.dead_letter_list.requeue(idempotency_keys)
 
     def purge_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from ..delivery.dead_letters import DeadLetter, parse_dead_letter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from ..exceptions import BufferFullError
+from .dead_letter_list import Requeued
 from .keys import registry_key, shard_prefix
 from .queue import Claim, ClaimMode
 from .redis_buffer import RedisBuffer
@@ -219,9 +220,11 @@ class ShardedBuffer:
         letters.sort(key=lambda letter: letter.failed_at, reverse=True)
         return letters[offset : end + 1]
 
-    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
+    def requeue_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> Requeued:
         wanted = None if idempotency_keys is None else list(idempotency_keys)
-        return sum(shard.requeue_dead_letters(wanted) for shard in self.shards.values())
+        return sum(
+            (shard.requeue_dead_letters(wanted) for shard in self.shards.values()), Requeued(0, 0)
+        )
 
     def purge_dead_letters(self, idempotency_keys: Iterable[str] | None = None) -> int:
         wanted = None if idempotency_keys is None else list(idempotency_keys)

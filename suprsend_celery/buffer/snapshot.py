@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..delivery.tally import LAST_FLUSH_AT, PAST_WINDOW
-from ..events.records import record_time, split_item
+from ..events.records import record_time
 from .breaker import BreakerReading
 from .clock import redis_seconds
 from .keys import Keys
@@ -121,7 +121,7 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
             waiting = int(pending) + int(replies[-2]) + int(replies[-1])
         if oldest_claim and replies[0]:
             candidates.append(replies[0])
-    times = (record_time(split_item(c)[1]) for c in candidates)
+    times = (record_time(c) for c in candidates)  # None for an unreadable item
     oldest_ms = [t for t in times if t is not None]
     oldest_age = max(0.0, time.time() - min(oldest_ms) / 1000) if oldest_ms else 0.0
     counters = {field.decode(): _number(value) for field, value in raw.items()}

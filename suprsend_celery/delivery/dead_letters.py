@@ -65,6 +65,8 @@ def dead_letter_entry(
             parsed = json.loads(record)
         except ValueError:
             parsed = {}
+        if not isinstance(parsed, dict):  # not a record: a list, a number, a string
+            parsed = {}
         idempotency_key = idempotency_key or parsed.get("$idempotency_key")
         event = event or parsed.get("event")
     header = {

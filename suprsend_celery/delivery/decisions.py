@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..events.records import join_item, key_of, split_item
-from ..exceptions import DeliveryError
+from ..events.records import join_item, key_of, read_item, split_item
+from ..exceptions import DeliveryError, PermanentDeliveryError
 from .dead_letters import dead_letter_entry, parse_dead_letter
 from .retry import RetryPolicy, failure_reason, should_retry
 from .tally import Tally
@@ -48,19 +48,36 @@ Verdict = Literal["ok", "fail", "auth", ""]
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A claim's records as stored (``items``), as sent (``payloads``) and their attempts."""
+    """A claim's records as stored (``items``), as sent (``payloads``) and their attempts.
+
+    ``unreadable``: stored items that are not records at all (junk written into Redis by
+    something else); they are never sent and are dead-lettered byte for byte, so they
+    cannot hold up the records claimed with them.
+    """
 
     items: Sequence[bytes]
     payloads: Sequence[bytes]
     attempts: Sequence[int] | None = None
+    unreadable: Sequence[bytes] = ()
 
     @classmethod
     def of(cls, items: Sequence[bytes]) -> Batch:
         """Split stored items; records never retried (the usual case) are used as they are."""
         if all(item[:1] == b"{" for item in items):
             return cls(items, items)
-        pairs = [split_item(item) for item in items]
-        return cls(items, [p for _, p in pairs], [a for a, _ in pairs])
+        kept: list[bytes] = []
+        payloads: list[bytes] = []
+        attempts: list[int] = []
+        unreadable: list[bytes] = []
+        for item in items:
+            found = read_item(item)
+            if found is None:
+                unreadable.append(item)
+                continue
+            kept.append(item)
+            attempts.append(found[0])
+            payloads.append(found[1])
+        return cls(kept, payloads, attempts, unreadable)
 
     def attempt(self, index: int) -> int:
         """The attempt number the last send of record ``index`` was (1-based)."""
@@ -163,8 +180,19 @@ def decide(outcome: ClaimOutcome, batch: Batch, policy: RetryPolicy) -> Settleme
         )
         settlement.dead.append(DeadDecision(index, attempt, reason, entry, error))
     settlement.sent = len(batch.items) - len(settlement.back) - len(failures)
+    settlement.dead.extend(_unreadable(item) for item in batch.unreadable)
     _judge(outcome, settlement)
     return settlement
+
+
+UNREADABLE = "not a record: an item in the buffer that no producer of ours wrote"
+
+
+def _unreadable(item: bytes) -> DeadDecision:
+    """A dead letter for a stored item that is not a record, its bytes kept as they are."""
+    error = PermanentDeliveryError(UNREADABLE)
+    entry = dead_letter_entry(item, error=UNREADABLE, status_code=None, attempts=0, source="buffer")
+    return DeadDecision(-1, 0, UNREADABLE, entry, error)
 
 
 def _judge(outcome: ClaimOutcome, settlement: Settlement) -> None:

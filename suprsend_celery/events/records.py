@@ -19,6 +19,7 @@ __all__ = [
     "env_field",
     "join_item",
     "key_of",
+    "read_item",
     "record_time",
     "split_item",
     "with_env",
@@ -99,12 +100,28 @@ def accepted_before(records: Sequence[bytes], cutoff_ms: int) -> list[int]:
     return found
 
 
-def split_item(item: bytes) -> tuple[int, bytes]:
-    """``(attempts, record)`` of a stored item: ``b"3|{...}"`` or a bare ``b"{...}"``."""
+def read_item(item: bytes) -> tuple[int, bytes] | None:
+    """``(attempts, record)`` of a stored item (``b"3|{...}"`` or a bare ``b"{...}"``), or
+    None when it is not one of ours: anything can be written into a Redis list, and an
+    item that cannot be read must be set aside, never crash the reader."""
     if item[:1] == b"{":
         return 0, item
-    head, _, record = item.partition(b"|")
-    return int(head), record
+    head, bar, record = item.partition(b"|")
+    if bar and 0 < len(head) <= _ATTEMPT_DIGITS and head.isdigit() and record[:1] == b"{":
+        return int(head), record
+    return None
+
+
+def split_item(item: bytes) -> tuple[int, bytes]:
+    """``(attempts, record)`` of a stored item; ``ValueError`` when it is not readable."""
+    found = read_item(item)
+    if found is None:
+        raise ValueError(f"not a buffered record ({len(item)} bytes)")
+    return found
+
+
+#: More digits than any attempt count has: a longer head is not an attempt count.
+_ATTEMPT_DIGITS = 9
 
 
 def join_item(attempts: int, record: bytes) -> bytes:

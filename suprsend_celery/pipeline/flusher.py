@@ -208,8 +208,12 @@ class Flusher:
                 return
             run.batches += 1
             batch = Batch.of(claim.items)
+            entry = _InFlight(claim, batch, time.monotonic())
+            if not batch.payloads:  # nothing but unreadable items: dead-letter them now
+                self._settle(entry, ClaimOutcome(), run)
+                continue
             future = self._executor().submit(self._send, claim.id, batch.payloads)
-            in_flight[future] = _InFlight(claim, batch, time.monotonic())
+            in_flight[future] = entry
 
     def _renew(self, in_flight: Iterable[_InFlight]) -> None:
         """Extend the leases of claims in flight for a third of a lease or more."""
@@ -366,7 +370,7 @@ def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
                 retry.error,
             )
     for dead in settlement.dead:
-        logger.error("record %s dead-lettered: %s", dead.key, dead.reason)
+        logger.error("record %s dead-lettered: %s", dead.key or "(unreadable)", dead.reason)
     if shared is not None:
         logger.warning(
             "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",

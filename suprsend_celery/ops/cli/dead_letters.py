@@ -121,8 +121,14 @@ def requeue_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool) 
     buffer = buffer_of(ctx)
     say_target(ctx, buffer, "requeueing from")
     late = _past_window(buffer, selection)
-    moved = buffer.requeue_dead_letters(selection)
+    moved, kept = buffer.requeue_dead_letters(selection)
     click.echo(f"requeued {moved} dead letter(s)")
+    if kept:
+        click.echo(
+            f"kept {kept} dead letter(s) whose record is unreadable (not requeued, nothing "
+            "dropped): inspect them with `suprsend-celery dead-letters list`, remove them "
+            "with `purge`"
+        )
     if late:
         click.echo(
             f"{late} of them were first accepted more than 24 h ago: SuprSend deduplicates "
