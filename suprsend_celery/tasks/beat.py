@@ -24,6 +24,7 @@ from ..defaults import FLUSH_TASK
 from ..delivery.routing import mask_url
 from ..exceptions import ConfigurationError
 from ..pipeline.settings import Settings, get_settings, load_settings
+from .redaction import mask_conf
 
 __all__ = ["BEAT_ENTRY", "beat_entry", "register_beat_entry", "schedule_on_bind"]
 
@@ -65,8 +66,10 @@ def register_beat_entry(app: Any, settings: Settings | None = None) -> dict[str,
 
 def schedule_on_bind(app: Any) -> None:
     """Register the schedule on an app as Celery binds our task to it, silently
-    skipping apps that do not use SuprSend (no credentials configured)."""
+    skipping apps that do not use SuprSend (no credentials configured); and make its
+    ``suprsend_*`` URL settings print masked (``celery report``)."""
     try:
+        mask_conf(app)
         register_beat_entry(app, load_settings(app.conf))
     except ConfigurationError as exc:
         logger.debug("flush_buffer not scheduled on %r: %s", app, exc)
