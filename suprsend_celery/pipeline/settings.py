@@ -5,11 +5,19 @@ environment variable ``SUPRSEND_WORKSPACE_KEY``, then the default. With Django's
 ``app.config_from_object("django.conf:settings", namespace="CELERY")`` the Celery keys
 come from ``CELERY_SUPRSEND_*`` settings. A bad value raises ``ConfigurationError``
 naming the key, at the first use rather than deep inside a worker.
+
+Settings are read once per process and cached on the app: ``reset_settings(app)``
+reads them again. A ``suprsend_*`` key (or ``SUPRSEND_*`` environment variable) that
+is not a setting, e.g. ``suprsend_dryrun``, is ignored, so it is reported once per
+process as a WARNING log line naming the nearest setting; a logged warning rather
+than a Python warning, so users' ``filterwarnings = error`` test suites keep running.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import logging
 import math
 import os
 import threading
@@ -30,9 +38,13 @@ __all__ = [
     "cached_on_app",
     "get_settings",
     "load_settings",
+    "report_unknown",
     "reset_settings",
     "resolve_app",
+    "unknown_settings",
 ]
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _MISSING = object()
@@ -281,6 +293,7 @@ def _visibility_timeout(conf: Any) -> float:
 
 def load_settings(conf: Any) -> Settings:
     """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only)."""
+    report_unknown(conf)
     values: dict[str, Any] = {}
     for name, parse in _PARSERS.items():
         raw = _lookup(conf, name)
@@ -302,6 +315,85 @@ def load_settings(conf: Any) -> Settings:
             f"{_where('redis_master_name')}, or broker_transport_options['master_name']"
         )
     return Settings(**values)
+
+
+# -- unknown keys ------------------------------------------------------------------------
+
+#: ``SUPRSEND_*`` variables that are not settings but are ours: the development Redis
+#: server's binary, docker-compose's image tag, the test suite's Redis.
+_OTHER_VARIABLES = frozenset(
+    {"SUPRSEND_REDIS_SERVER", "SUPRSEND_CELERY_IMAGE_TAG", "SUPRSEND_TEST_REDIS_URL"}
+)
+_reported: set[str] = set()
+
+
+def _known() -> list[str]:
+    return [f"suprsend_{name}" for name in _PARSERS]
+
+
+def _conf_keys(conf: Any) -> list[str]:
+    try:
+        keys = list(conf.keys()) if conf is not None else []
+    except (AttributeError, TypeError):
+        return []
+    return [k for k in keys if isinstance(k, str) and "suprsend_" in k.lower()]
+
+
+def unknown_settings(conf: Any) -> list[tuple[str, str | None]]:
+    """``(where, nearest)`` for each ``suprsend_*`` key of ``conf`` and ``SUPRSEND_*``
+    environment variable that no setting reads, e.g. ``("app.conf key suprsend_dryrun",
+    "suprsend_dry_run")``; ``nearest`` is None when no setting is close."""
+    known = _known()
+    keys = _conf_keys(conf)  # first: reading keys loads a pending Celery config
+    # Celery reads ``key`` and, under a namespace (Django's "CELERY"), the prefixed key
+    # in the prefix's case (``celery.utils.text.match_case``): CELERY_SUPRSEND_*.
+    prefix = getattr(conf, "prefix", None) or ""
+    case = str.upper if prefix.isupper() else str.lower
+    read = set(known) | {case(prefix + k) for k in known if prefix}
+    found: list[tuple[str, str | None]] = []
+    for key in keys:
+        namespaced = bool(prefix) and key.lower().startswith(prefix.lower())
+        bare = key[len(prefix) :] if namespaced else key
+        if key in read or not bare.lower().startswith("suprsend_"):
+            continue  # a setting, or not ours (``MY_SUPRSEND_TEMPLATE``)
+        nearest = _nearest(bare.lower(), known)
+        if prefix and not namespaced:
+            if nearest is None:
+                continue  # another setting of a Django project, not a forgotten namespace
+            if key.isupper():
+                nearest = case(prefix + nearest)
+        elif prefix and nearest is not None:
+            nearest = case(prefix + nearest)
+        found.append((f"app.conf key {key}", nearest))
+    variables = {k.upper() for k in known} | _OTHER_VARIABLES
+    for name in sorted(os.environ):
+        if name.upper().startswith("SUPRSEND_") and name not in variables:
+            nearest = _nearest(name.lower(), known)
+            found.append((f"environment variable {name}", nearest and nearest.upper()))
+    return found
+
+
+def _nearest(name: str, known: list[str]) -> str | None:
+    if name in known:  # the right name, in the wrong place or case
+        return name
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def report_unknown(conf: Any) -> None:
+    """Log each unknown ``suprsend_*`` key and ``SUPRSEND_*`` variable, once per process."""
+    for where, nearest in unknown_settings(conf):
+        with _lock:
+            if where in _reported:
+                continue
+            _reported.add(where)
+        hint = f"did you mean {nearest}?" if nearest else "see the README's Configuration"
+        logger.warning(
+            "suprsend-celery ignores the %s: no setting has that name; %s",
+            where,
+            hint,
+            extra={"setting": where.rpartition(" ")[2], "nearest": nearest},
+        )
 
 
 _CREDENTIALS = ("workspace_key", "workspace_secret", "workspace_uid", "api_key")
