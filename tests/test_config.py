@@ -718,3 +718,21 @@ class TestUnknownSettings:
         with caplog.at_level("WARNING"):
             load_settings(make_app(**conf).conf)
         assert ignored_lines(caplog) == []
+
+    def test_redis_only_view_needs_no_credentials(self, make_app: Any) -> None:
+        """``require_credentials=False``: what operations load; credentials, hooks, proxy
+        and CA bundle are not read (a placeholder or a missing file is no error)."""
+        app = make_app(
+            credentials=False,
+            broker_url="redis://broker:6379/0",
+            suprsend_workspace_key="WSKEY_...",
+            suprsend_ca_bundle="/no/such/ca.pem",
+        )
+        config_error(lambda: load_settings(app.conf))
+        view = get_settings(app, require_credentials=False)
+        assert (view.redis_url, view.workspace_key, view.ca_bundle) == (
+            "redis://broker:6379/0",
+            None,
+            None,
+        )
+        reset_settings(app)

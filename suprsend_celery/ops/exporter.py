@@ -272,11 +272,12 @@ own scrape timeout is 10 s): the exporter's client has short timeouts and no ret
 
 
 def make_registry(app: Any = None) -> CollectorRegistry:
-    """A registry holding only this app's buffer collector (no process metrics)."""
+    """A registry holding only this app's buffer collector (no process metrics); it
+    needs Redis only, never the workspace credentials."""
     from ..pipeline.settings import get_settings
     from .health import quick_buffer
 
-    settings = get_settings(app)
+    settings = get_settings(app, require_credentials=False)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BufferCollector(lambda: quick_buffer(settings, SCRAPE_TIMEOUT)))
     return registry

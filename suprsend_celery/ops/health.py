@@ -39,9 +39,13 @@ class Thresholds:
     breaker_open: float | None = None
 
 
-def quick_buffer(settings: Settings, timeout: float = 2.0) -> RedisBuffer:
+def quick_buffer(settings: Settings, timeout: float | None = 2.0) -> RedisBuffer:
     """The app's buffer on a client that fails within ``timeout`` seconds rather than
-    retrying (Sentinel and clusters included)."""
+    retrying (Sentinel and clusters included); ``None``: the usual timeouts and retries.
+
+    Built from the settings alone (``get_settings(app, require_credentials=False)``
+    will do), never from the app's cached producers: operations need Redis only.
+    """
     client = connect(
         settings.require_redis_url(),
         master_name=settings.redis_master_name,
@@ -49,8 +53,20 @@ def quick_buffer(settings: Settings, timeout: float = 2.0) -> RedisBuffer:
         fail_fast=timeout,
     )
     prefix, shards = settings.key_prefix, settings.buffer_shards
-    used = shards_in_use(client, prefix, shards)
-    return open_buffer(client, prefix=prefix, shards=shards, used=used)
+    try:
+        used = shards_in_use(client, prefix, shards)
+    except BaseException:
+        client.close()
+        raise
+    return open_buffer(
+        client,
+        prefix=prefix,
+        shards=shards,
+        used=used,
+        max_length=settings.buffer_max_length,
+        accept_timeout=settings.accept_timeout,
+        min_replicas=settings.buffer_min_replicas,
+    )
 
 
 def _age(seconds: float) -> str:

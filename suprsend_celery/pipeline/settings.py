@@ -11,6 +11,10 @@ reads them again. A ``suprsend_*`` key (or ``SUPRSEND_*`` environment variable) 
 is not a setting, e.g. ``suprsend_dryrun``, is ignored, so it is reported once per
 process as a WARNING log line naming the nearest setting; a logged warning rather
 than a Python warning, so users' ``filterwarnings = error`` test suites keep running.
+
+Operations that only read Redis (``status``, ``check``, ``metrics``, dead letters)
+load ``get_settings(app, require_credentials=False)``: the keys only sending needs
+(credentials, ``before_send``, proxy, CA bundle) are neither read nor required.
 """
 
 from __future__ import annotations
@@ -291,11 +295,30 @@ def _visibility_timeout(conf: Any) -> float:
         ) from None
 
 
-def load_settings(conf: Any) -> Settings:
-    """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only)."""
+#: Keys only sending needs: a Redis-only view neither reads nor requires them.
+_SENDING_ONLY = (
+    "workspace_key",
+    "workspace_secret",
+    "workspace_uid",
+    "api_key",
+    "before_send",
+    "proxy_url",
+    "ca_bundle",
+)
+
+
+def load_settings(conf: Any, *, require_credentials: bool = True) -> Settings:
+    """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only).
+
+    ``require_credentials=False``: the Redis-only view of read-only operations, without
+    the keys only sending needs (``_SENDING_ONLY``), so a monitoring sidecar needs no
+    workspace secret.
+    """
     report_unknown(conf)
     values: dict[str, Any] = {}
     for name, parse in _PARSERS.items():
+        if not require_credentials and name in _SENDING_ONLY:
+            continue
         raw = _lookup(conf, name)
         key = f"suprsend_{name}"
         if raw is not _MISSING:
@@ -303,7 +326,8 @@ def load_settings(conf: Any) -> Settings:
         elif name == "redis_url":
             values[name] = _broker_redis_url(conf)
         # anything else missing takes the Settings default: defaults live there only
-    _check_credentials(values)
+    if require_credentials:
+        _check_credentials(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
     if values.get("redis_master_name") is None:
         values["redis_master_name"] = _transport_option(conf, "master_name")
@@ -456,10 +480,23 @@ def cached_on_app(app: Any, attr: str, build: Callable[[], _T]) -> _T:
     return value
 
 
-def get_settings(app: Any = None) -> Settings:
-    """The app's settings, read once and cached on the app (``reset_settings`` forgets them)."""
+def get_settings(app: Any = None, *, require_credentials: bool = True) -> Settings:
+    """The app's settings, read once and cached on the app (``reset_settings`` forgets them).
+
+    ``require_credentials=False``: the Redis-only view (see ``load_settings``), for
+    operations that only read Redis; the full settings when they were loaded already.
+    """
     app = resolve_app(app)
-    return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
+    if require_credentials:
+        return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
+    loaded: Settings | None = app.__dict__.get("_suprsend_settings")
+    if loaded is not None:
+        return loaded
+    return cached_on_app(
+        app,
+        "_suprsend_redis_settings",
+        lambda: load_settings(app.conf, require_credentials=False),
+    )
 
 
 def reset_settings(app: Any = None) -> None:
