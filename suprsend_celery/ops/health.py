@@ -8,6 +8,9 @@ Every problem is a line of text; none means healthy. What is caught, and from wh
 - the oldest record older than ``max_age``; more than ``max_dead`` dead letters;
 - the breaker open longer than ``breaker_open`` (``open_since`` in its hash, kept
   through failed probes, cleared when it closes);
+- a Redis that may evict keys (``maxmemory-policy allkeys-*``): the producers refuse
+  every accept there (``buffer.eviction``, the same rule), so a buffer that looks
+  empty and fresh is in fact refusing all events;
 - Redis unreachable, within a bounded time (short socket timeouts, no retries).
 """
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..buffer.connection import connect
+from ..buffer.eviction import describe_redis, refusal
 from ..buffer.redis_buffer import RedisBuffer
 from ..buffer.sharded import open_buffer, shards_in_use
 from ..delivery.tally import LAST_FLUSH_AT
@@ -88,7 +92,7 @@ def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
         pipe.zcount(part.retry_key, "-inf", now)
         pipe.zcount(part.journal_key, "-inf", now)
         waiting += sum(int(n) for n in pipe.execute())
-    problems: list[str] = []
+    problems = _evicting(buffer)
     problems += _stale(limits, now, last_flush, waiting, stats["oldest_age_seconds"])
     if limits.max_age is not None and stats["oldest_age_seconds"] > limits.max_age:
         problems.append(
@@ -109,6 +113,18 @@ def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
                 f"(--breaker-open {limits.breaker_open:g}s): {why}"
             )
     return problems
+
+
+def _evicting(buffer: RedisBuffer) -> list[str]:
+    """The producers' eviction rule (``refusal``), for each Redis holding a part of the
+    buffer (one INFO each; a Redis that refuses INFO cannot be judged, as at accept)."""
+    found: list[str] = []
+    for part in buffer.parts():
+        policy = part.memory_info().get("maxmemory_policy")
+        why = refusal(policy, describe_redis(part.redis))
+        if why is not None and why not in found:
+            found.append(f"{why}; until then buffer_event and track_event refuse every event")
+    return found
 
 
 def _stale(
