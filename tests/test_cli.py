@@ -307,10 +307,11 @@ class TestConfiguration:
 
     @pytest.mark.slow
     def test_missing_setting_is_a_clean_error(self, redis_url: str, sandbox: Any) -> None:
-        """A ConfigurationError exits 1 with its message and no traceback."""
+        """A ConfigurationError exits 1 with its message and no traceback (``flush``
+        sends, so it needs the credentials the read-only verbs do without)."""
         env = relay_env(redis_url, sandbox.url)
         del env["SUPRSEND_WORKSPACE_KEY"]
-        done = run_subprocess(["status"], env)
+        done = run_subprocess(["flush"], env)
         assert done.returncode == 1
         assert "Error: suprsend_workspace_key is required" in done.stderr
         assert "Traceback" not in done.stderr
@@ -365,6 +366,96 @@ class TestConfiguration:
         result = CliRunner().invoke(cli, ["-A", "no_such_module_xyz:app", "status"])
         assert result.exit_code == 1
         assert "cannot load the Celery app 'no_such_module_xyz:app'" in result.output
+
+
+def redis_only_env(redis_url: str) -> dict[str, str]:
+    """A monitoring sidecar's environment: the broker's Redis, no SuprSend credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPRSEND_", "CELERY_"))}
+    env["CELERY_BROKER_URL"] = redis_url
+    return env
+
+
+class TestRedisOnlyVerbs:
+    """Verbs that only read or move records in Redis need no workspace credentials."""
+
+    @pytest.mark.slow
+    def test_read_and_move_without_credentials(
+        self, celery_app: Celery, dead_keys: list[str], redis_url: str
+    ) -> None:
+        """status, check, dead-letters list/requeue/purge run with Redis alone."""
+        env = redis_only_env(redis_url)
+        status = run_subprocess(["status", "--json"], env)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["dead"] == 2
+        check = run_subprocess(["check"], env)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "healthy" in check.stdout
+        listed = run_subprocess(["dead-letters", "list", "--json"], env)
+        assert listed.returncode == 0, listed.stderr
+        shown = {row["idempotency_key"] for row in json.loads(listed.stdout)["dead_letters"]}
+        assert shown == set(dead_keys)
+        requeued = run_subprocess(["dead-letters", "requeue", "--key", "dl-one"], env)
+        assert requeued.returncode == 0, requeued.stderr
+        assert "requeued 1 dead letter(s)" in requeued.stdout
+        purged = run_subprocess(["dead-letters", "purge", "--all", "--yes"], env)
+        assert purged.returncode == 0, purged.stderr
+        assert "purged 1 dead letter(s)" in purged.stdout
+        assert json.loads(run(celery_app, "status", "--json").stdout)["pending"] == 1
+        for done in (status, check, listed, requeued, purged):
+            assert "workspace_key" not in done.stdout + done.stderr
+
+    @pytest.mark.slow
+    def test_metrics_without_credentials(self, celery_app: Celery, redis_url: str) -> None:
+        """The exporter starts and serves a scrape with Redis alone."""
+        buffer_events([Event("u1", "signed_up"), Event("u2", "signed_up")], app=celery_app)
+        process = subprocess.Popen(
+            [*cli_command(), "metrics", "--port", "0"],
+            env=redis_only_env(redis_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        try:
+            url = serving_url(process)
+            body = requests.get(url, timeout=10).text
+            assert "suprsend_celery_redis_up 1.0" in body
+            assert "suprsend_celery_pending_records 2.0" in body
+        finally:
+            process.terminate()
+            process.communicate(timeout=15)
+        assert process.returncode == 0
+
+    def test_flush_still_needs_credentials(self, redis_url: str, sandbox: Any) -> None:
+        """``flush`` sends: without credentials it says which setting is missing."""
+        app = Celery("no_credentials", set_as_current=False)
+        app.conf.update(broker_url=redis_url, suprsend_base_url=sandbox.url)
+        try:
+            result = run(app, "flush")
+        finally:
+            app.close()
+        assert result.exit_code == 1
+        assert "suprsend_workspace_key is required" in result.output
+
+
+def serving_url(process: subprocess.Popen[bytes]) -> str:
+    """The URL from ``metrics``' "serving <url>" line (its stderr if it exits first)."""
+    stdout = process.stdout
+    assert stdout is not None
+    deadline = time.monotonic() + 30
+    lines: list[str] = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the exporter did not start: {lines}"
+        ready, _, _ = select.select([stdout], [], [], left)
+        if not ready:
+            continue
+        line = stdout.readline().decode().strip()
+        if not line:
+            _, err = process.communicate(timeout=10)
+            raise AssertionError(f"the exporter exited: {lines} {err.decode()}")
+        lines.append(line)
+        if line.startswith("serving "):
+            return line.split(" ", 1)[1]
 
 
 @pytest.fixture

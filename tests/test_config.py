@@ -606,3 +606,133 @@ class TestFeatureSettings:
         )
         assert "suprsend_ca_bundle" in message
         assert "not found" in message
+
+
+def ignored_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "suprsend_celery.pipeline.settings" and r.levelname == "WARNING"
+    ]
+
+
+class TestUnknownSettings:
+    """A misspelt ``suprsend_*`` key or ``SUPRSEND_*`` variable is reported, once per
+    process, as a WARNING naming the nearest setting (never a Python warning, which
+    would break users' ``filterwarnings = error`` suites). Each test uses names of its
+    own, since a name reported once is not reported again."""
+
+    def test_conf_typos_name_the_nearest_setting(
+        self, make_app: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        app = make_app(suprsend_flush_intervall=3, suprsend_dry_rn=True, suprsend_zq_nothing=1)
+        with caplog.at_level("WARNING"):
+            loaded = load_settings(app.conf)
+        assert (loaded.flush_interval, loaded.dry_run) == (5.0, False)  # ignored, as said
+        lines = ignored_lines(caplog)
+        assert any(
+            "app.conf key suprsend_flush_intervall" in line
+            and "did you mean suprsend_flush_interval?" in line
+            for line in lines
+        ), lines
+        assert any(
+            "suprsend_dry_rn" in line and "did you mean suprsend_dry_run?" in line for line in lines
+        ), lines
+        assert any("suprsend_zq_nothing" in line and "Configuration" in line for line in lines)
+
+    def test_environment_typo(
+        self, make_app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setenv("SUPRSEND_MAX_RETRIE", "2")
+        monkeypatch.setenv("SUPRSEND_REDIS_SERVER", "/usr/bin/redis-server")  # ours, not a typo
+        with caplog.at_level("WARNING"):
+            assert load_settings(make_app().conf).max_retries == 10
+        lines = ignored_lines(caplog)
+        assert any(
+            "environment variable SUPRSEND_MAX_RETRIE" in line
+            and "did you mean SUPRSEND_MAX_RETRIES?" in line
+            for line in lines
+        ), lines
+        assert not any("SUPRSEND_REDIS_SERVER" in line for line in lines)
+
+    def test_django_namespace(self, caplog: pytest.LogCaptureFixture) -> None:
+        """CELERY_SUPRSEND_* typos, and a SUPRSEND_* setting missing its namespace."""
+
+        class DjangoSettings:
+            CELERY_SUPRSEND_WORKSPACE_KEY = KEY
+            CELERY_SUPRSEND_WORKSPACE_SECRET = SECRET
+            CELERY_SUPRSEND_BATCH_SIZE = 10
+            SUPRSEND_MAX_EVENT_BYTES = 2048  # forgot the namespace
+            SUPRSEND_TEMPLATE_SLUG = "the project's own setting"
+
+        app = Celery("django_unknown", set_as_current=False)
+        try:
+            app.config_from_object(DjangoSettings, namespace="CELERY")
+            with caplog.at_level("WARNING"):
+                load_settings(app.conf)
+        finally:
+            app.close()
+        lines = ignored_lines(caplog)
+        assert any(
+            "CELERY_SUPRSEND_BATCH_SIZE" in line
+            and "did you mean CELERY_SUPRSEND_FLUSH_BATCH_SIZE?" in line
+            for line in lines
+        ), lines
+        assert any(
+            "app.conf key SUPRSEND_MAX_EVENT_BYTES" in line
+            and "did you mean CELERY_SUPRSEND_MAX_EVENT_BYTES?" in line
+            for line in lines
+        ), lines
+        assert not any("SUPRSEND_TEMPLATE_SLUG" in line for line in lines)
+        assert not any("WORKSPACE" in line for line in lines)
+
+    def test_reported_once_per_process(
+        self, make_app: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        app = make_app(suprsend_once_only_typo=1)
+        with caplog.at_level("WARNING"):
+            load_settings(make_app(suprsend_once_only_typo=2).conf)
+            get_settings(app)
+            reset_settings(app)
+            get_settings(app)
+        reset_settings(app)
+        assert sum("suprsend_once_only_typo" in line for line in ignored_lines(caplog)) == 1
+
+    def test_misspelt_dry_run_says_so_when_events_are_accepted(
+        self, app_factory: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """``suprsend_dryrun=True`` is not dry run: the first accept says so."""
+        from suprsend_celery import buffer_event, buffer_stats
+
+        app = app_factory(suprsend_dryrun=True)
+        with caplog.at_level("WARNING"):
+            buffer_event("u1", "signed_up", app=app)
+        assert buffer_stats(app=app)["pending"] == 1  # accepted for sending, not dry run
+        assert any(
+            "suprsend_dryrun" in line and "did you mean suprsend_dry_run?" in line
+            for line in ignored_lines(caplog)
+        )
+
+    def test_known_keys_are_quiet(self, make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+        conf = {f"suprsend_{name}": value for name, (value, *_) in KEYS.items()}
+        with caplog.at_level("WARNING"):
+            load_settings(make_app(**conf).conf)
+        assert ignored_lines(caplog) == []
+
+    def test_redis_only_view_needs_no_credentials(self, make_app: Any) -> None:
+        """``require_credentials=False``: what operations load; credentials, hooks, proxy
+        and CA bundle are not read (a placeholder or a missing file is no error)."""
+        app = make_app(
+            credentials=False,
+            broker_url="redis://broker:6379/0",
+            suprsend_workspace_key="WSKEY_...",
+            suprsend_ca_bundle="/no/such/ca.pem",
+        )
+        config_error(lambda: load_settings(app.conf))
+        view = get_settings(app, require_credentials=False)
+        assert (view.redis_url, view.workspace_key, view.ca_bundle) == (
+            "redis://broker:6379/0",
+            None,
+            None,
+        )
+        reset_settings(app)

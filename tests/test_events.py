@@ -143,7 +143,7 @@ class TestRecordBytes:
 
     def test_payload_is_json_dumps_of_itself(self) -> None:
         """Re-dumping the parsed record reproduces the payload (ensure_ascii=False spelling)."""
-        event = Event(42, "signed_up", {"nested": {"a": [{"b": "ü"}]}, "z": -0.0, "big": 2**70})
+        event = Event(42, "signed_up", {"nested": {"a": [{"b": "ü"}]}, "z": -0.0, "big": 2**53 - 1})
         payload = accept_event(event).payload
         assert json.dumps(json.loads(payload), ensure_ascii=False).encode("utf-8") == payload
 
@@ -244,7 +244,8 @@ class TestRecordBytes:
             (Decimal("100"), b"100"),
             (Decimal("100.00"), b"100"),
             (Decimal("1E+3"), b"1000"),
-            (Decimal("123456789012345678901234567890"), b"123456789012345678901234567890"),
+            (Decimal("9007199254740991"), b"9007199254740991"),
+            (Decimal("-9.007199254740991E+15"), b"-9007199254740991"),
         ],
     )
     def test_decimal_is_the_number_it_holds(self, value: Decimal, spelled: bytes) -> None:
@@ -258,6 +259,14 @@ class TestRecordBytes:
         error = refused("properties", lambda: accept_event(event), named=False)
         assert "properties['amount']" in str(error) and "str(value)" in str(error)
         assert "0.1000000000000000055" not in str(error)
+
+    def test_integral_decimal_beyond_the_safe_range_is_refused(self) -> None:
+        """The integer rule (``TestSafeIntegers``) holds for a Decimal integer too: this
+        one was sent as all 30 digits, which consumers reading doubles round."""
+        event = Event("u", "ev", {"n": Decimal("123456789012345678901234567890")})
+        error = refused("properties", lambda: accept_event(event), named=False)
+        assert "properties['n'] is an integral Decimal of 30 digits" in str(error)
+        assert "1234567890123" not in str(error)
 
     def test_naive_datetime_is_refused(self) -> None:
         """No timezone, no way to tell the moment: refused, naming the property."""
@@ -291,6 +300,70 @@ class TestRecordBytes:
         assert PRIVATE not in text
         assert "'u'" in text
         assert "1 keys" in text
+
+
+MAX_SAFE = 2**53 - 1
+_SAFE_INTS = st.one_of(
+    st.integers(-MAX_SAFE, MAX_SAFE),
+    st.integers(0, 64).map(lambda d: MAX_SAFE - d),  # at the edge
+    st.integers(0, 64).map(lambda d: -MAX_SAFE + d),
+)
+_UNSAFE_INTS = st.one_of(
+    st.integers(MAX_SAFE + 1, MAX_SAFE + 64),  # just past the edge
+    st.integers(-MAX_SAFE - 64, -MAX_SAFE - 1),
+    st.integers(min_value=MAX_SAFE + 1),
+    st.integers(max_value=-MAX_SAFE - 1),
+)
+
+
+class TestSafeIntegers:
+    """One rule for integers, ``int`` or integral ``Decimal``: within ±(2**53 - 1) they
+    are sent exactly, beyond it they are refused naming the path (not the digits), as
+    consumers that read JSON numbers as doubles would round them."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(value=_SAFE_INTS, as_decimal=st.booleans())
+    def test_safe_integers_are_sent_exactly(self, value: int, as_decimal: bool) -> None:
+        sent = record_of(Event("u", "ev", {"n": Decimal(value) if as_decimal else value}))
+        assert sent["properties"]["n"] == value
+        assert float(value) == value  # what a double-reading consumer gets: the same
+
+    @settings(max_examples=200, deadline=None)
+    @given(value=_UNSAFE_INTS, as_decimal=st.booleans(), nested=st.booleans())
+    def test_unsafe_integers_are_refused(self, value: int, as_decimal: bool, nested: bool) -> None:
+        number: Any = Decimal(value) if as_decimal else value
+        properties = {"a": [1, {"b": number}]} if nested else {"n": number}
+        error = refused(
+            "properties", lambda: accept_event(Event("u", "ev", properties)), named=False
+        )
+        path = "properties['a'][1]['b']" if nested else "properties['n']"
+        kind = "an integral Decimal" if as_decimal else "an integer"
+        assert f"{path} is {kind} of {len(str(abs(value)))} digits" in str(error)
+        assert "beyond 2**53 - 1" in str(error) and "str(value)" in str(error)
+        assert str(abs(value)) not in str(error)
+
+    def test_the_boundary(self) -> None:
+        """2**53 - 1 is sent; 2**53, which a double cannot tell from 2**53 + 1, is not."""
+        assert record_of(Event("u", "ev", {"n": MAX_SAFE}))["properties"]["n"] == MAX_SAFE
+        assert record_of(Event("u", "ev", {"n": -MAX_SAFE}))["properties"]["n"] == -MAX_SAFE
+        for value in (MAX_SAFE + 1, -MAX_SAFE - 1):
+            refused(
+                "properties", lambda v=value: accept_event(Event("u", "ev", {"n": v})), named=False
+            )
+
+    def test_long_digit_strings_bools_and_floats_are_untouched(self) -> None:
+        """Only integers: an ID as a string, a bool and a large float are sent as given."""
+        props = {"id": "123456789012345678901234", "ok": True, "big": 1e20, "t": 1234567890123456.0}
+        sent = record_of(Event("u", "ev", props))["properties"]
+        assert {k: sent[k] for k in props} == props
+
+    def test_nothing_is_buffered(self, celery_app: Any) -> None:
+        """buffer_event refuses before Redis: the buffer stays empty."""
+        from suprsend_celery import buffer_event, buffer_stats
+
+        with pytest.raises(InvalidEventError, match=r"properties\['order_id'\] is an integer"):
+            buffer_event("u", "order_placed", {"order_id": 2**63 - 1}, app=celery_app)
+        assert buffer_stats(app=celery_app)["pending"] == 0
 
 
 class TestDistinctId:

@@ -27,12 +27,14 @@ from _buffer_helpers import (
 )
 from celery import Celery
 from click.testing import CliRunner, Result
-from conftest import wait_for
+from conftest import make_app, wait_for
 
 from suprsend_celery import buffer_events
 from suprsend_celery.delivery.dead_letters import dead_letter_entry
+from suprsend_celery.dev.redis_server import RedisServer
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.ops.cli import cli
+from suprsend_celery.pipeline.settings import reset_settings
 
 QUEUE = "suprsend-health-test"
 
@@ -133,6 +135,40 @@ class TestProblems:
         result = check(celery_app, "--max-age", "1", "--max-dead", "0")
         assert result.exit_code == 1
         assert len(problems(result)) == 2
+
+
+class TestEvictingRedis:
+    @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-random"])
+    def test_allkeys_policy_is_a_problem(self, sandbox: Sandbox, policy: str) -> None:
+        """A Redis whose policy makes the producers refuse every accept is not healthy,
+        though its buffer is empty and nothing is stale."""
+        with RedisServer(
+            appendonly=False, extra_args=["--maxmemory", "16mb", "--maxmemory-policy", policy]
+        ) as server:
+            app = make_app(server.url, sandbox.url)
+            try:
+                result = check(app)
+            finally:
+                reset_settings(app)
+                app.close()
+        assert result.exit_code == 1, result.output
+        (line,) = problems(result)
+        assert f"maxmemory-policy {policy}" in line
+        assert "noeviction" in line and "refuse every event" in line
+        assert "healthy" not in result.output
+
+    def test_volatile_policy_is_healthy(self, sandbox: Sandbox) -> None:
+        """volatile-* never evicts our keys (they have no TTL): no problem."""
+        with RedisServer(
+            appendonly=False, extra_args=["--maxmemory-policy", "volatile-lru"]
+        ) as server:
+            app = make_app(server.url, sandbox.url)
+            try:
+                result = check(app)
+            finally:
+                reset_settings(app)
+                app.close()
+        assert result.exit_code == 0, result.output
 
 
 def closed_port() -> int:

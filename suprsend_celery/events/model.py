@@ -32,6 +32,7 @@ from .validation import (
     check_event_name,
     check_idempotency_key,
     check_properties,
+    check_safe_numbers,
     check_scope_id,
     find_bad_value,
     is_utf8_encodable,
@@ -216,6 +217,7 @@ def accept(
             found = None
         reason = found or f"properties are not JSON-serialisable ({type(exc).__name__})"
         raise InvalidEventError(reason, field="properties") from None
+    check_safe_numbers(event.properties, text)
     try:
         payload = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, e.g. from os.fsdecode

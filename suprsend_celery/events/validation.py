@@ -8,6 +8,13 @@ converts the few non-JSON types users put in properties, without silent surprise
 - ``Decimal``: a JSON number with exactly its value (``Decimal("19.90")`` → ``19.9``,
   ``Decimal("100")`` → ``100``); one with more digits than a JSON number (a double)
   keeps is refused rather than rounded or turned into a string.
+- Integers (``int`` or an integral ``Decimal``) beyond ±``MAX_SAFE_INTEGER``
+  (2**53 - 1) are refused by the same rule: JSON consumers that read numbers as
+  doubles (JavaScript, SuprSend's templates, most JSON libraries) silently lose their
+  last digits, so ``12345678901234567`` would arrive as ``12345678901234568``. Refused
+  rather than turned into strings: a number that silently becomes a string changes
+  type under comparisons and numeric filters for some values only; the error names
+  the path and the caller chooses ``str(value)`` (an ID) or ``float(value)``.
 - ``datetime``: ISO 8601 with its offset; a naive one (no ``tzinfo``) is refused,
   since nobody can tell which moment it means. ``date`` and ``time`` → ISO 8601.
 - ``UUID`` → its string.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -29,11 +37,13 @@ from ..exceptions import InvalidEventError
 
 __all__ = [
     "BUILTIN_EVENT_NAMES",
+    "MAX_SAFE_INTEGER",
     "check_attachment_url",
     "check_distinct_id",
     "check_event_name",
     "check_idempotency_key",
     "check_properties",
+    "check_safe_numbers",
     "check_scope_id",
     "decimal_number",
     "find_bad_value",
@@ -56,6 +66,9 @@ BUILTIN_EVENT_NAMES = frozenset(
 """SuprSend's own event names, the only ones allowed to use the reserved prefixes."""
 
 _REPR_LIMIT = 80
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer an IEEE double (a JSON number, to most consumers) holds exactly."""
 
 
 def show(value: object) -> str:
@@ -101,7 +114,10 @@ def decimal_number(value: Decimal) -> int | float:
     if not value.is_finite():
         raise ValueError("non-finite Decimal")
     if value == value.to_integral_value():
-        return int(value)
+        integer = int(value)
+        if abs(integer) > MAX_SAFE_INTEGER:
+            raise ValueError("integral Decimal beyond the safe integer range")
+        return integer
     number = float(value)
     if Decimal(repr(number)) != value:
         raise ValueError("Decimal with more digits than a JSON number keeps")
@@ -176,9 +192,27 @@ def check_scope_id(field: str, value: object) -> str | None:
     return value
 
 
+def _unsafe_integer(path: str, kind: str, value: int) -> str:
+    """The problem with an integer beyond ±MAX_SAFE_INTEGER: its path, sign and size,
+    not its digits (property values stay out of messages)."""
+    sign = "-" if value < 0 else ""
+    try:
+        size = f"{len(str(abs(value)))} digits"
+    except ValueError:  # too long to print (sys.get_int_max_str_digits)
+        size = "thousands of digits"
+    return (
+        f"{path} is {kind} of {size} ({sign}beyond 2**53 - 1 = "
+        f"{MAX_SAFE_INTEGER}), which JSON consumers reading numbers as doubles "
+        "(JavaScript, SuprSend's templates) round; send str(value) if it is an ID, or "
+        "float(value) if rounding is fine"
+    )
+
+
 def _decimal_problem(value: Decimal, path: str) -> str | None:
     if not value.is_finite():
         return f"{path} is Decimal({str(value)!r}); not JSON"
+    if value == value.to_integral_value() and abs(value) > MAX_SAFE_INTEGER:
+        return _unsafe_integer(path, "an integral Decimal", int(value))
     try:
         decimal_number(value)
     except ValueError:
@@ -203,6 +237,8 @@ def find_bad_value(value: object, path: str, depth: int = 0) -> str | None:
         )
     if isinstance(value, Decimal):
         return _decimal_problem(value, path)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        return _unsafe_integer(path, "an integer", value)
     if isinstance(value, _dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
         return (
             f"{path} is a datetime without a timezone, so nobody can tell which moment it "
@@ -226,6 +262,23 @@ def find_bad_value(value: object, path: str, depth: int = 0) -> str | None:
                 return found
         return None
     return f"{path} has a value of type {type(value).__name__}, which is not JSON-serialisable"
+
+
+#: Every integer beyond ±MAX_SAFE_INTEGER has at least 16 digits in its JSON text; so
+#: do a safe one from 10**15 up and a long digit string, which the precise look accepts.
+_LONG_DIGITS = re.compile(r"\d{16}")
+
+
+def check_safe_numbers(properties: object, text: str) -> None:
+    """Refuse an integer beyond ±MAX_SAFE_INTEGER in ``properties``, given their JSON
+    ``text``: a regex over the text finds none in nearly every event (costing no walk
+    of the properties); only 16 digits in a row (such a number, or a long digit
+    string) make the precise look that names the path."""
+    if _LONG_DIGITS.search(text) is None:
+        return
+    found = find_bad_value(properties, "properties")
+    if found is not None:
+        raise InvalidEventError(found, field="properties")
 
 
 def check_properties(value: object) -> dict[str, Any]:

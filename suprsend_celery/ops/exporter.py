@@ -31,10 +31,16 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
 import signal
-import socketserver
+import socket
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -58,7 +64,16 @@ from ..buffer.protocol import Buffer
 from ..buffer.snapshot import Snapshot
 from ..delivery.tally import BUCKETS, FLUSH_SECONDS, PAST_WINDOW, REQUEST_SECONDS, bucket_field
 
-__all__ = ["SCRAPE_TIMEOUT", "BufferCollector", "make_registry", "serve", "wsgi_app"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "MAX_THREADS",
+    "READ_TIMEOUT",
+    "SCRAPE_TIMEOUT",
+    "BufferCollector",
+    "make_registry",
+    "serve",
+    "wsgi_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -230,11 +245,12 @@ own scrape timeout is 10 s): the exporter's client has short timeouts and no ret
 
 
 def make_registry(app: Any = None) -> CollectorRegistry:
-    """A registry holding only this app's buffer collector (no process metrics)."""
+    """A registry holding only this app's buffer collector (no process metrics); it
+    needs Redis only, never the workspace credentials."""
     from ..pipeline.settings import get_settings
     from .health import quick_buffer
 
-    settings = get_settings(app)
+    settings = get_settings(app, require_credentials=False)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BufferCollector(lambda: quick_buffer(settings, SCRAPE_TIMEOUT)))
     return registry
@@ -246,8 +262,115 @@ def wsgi_app(app: Any = None) -> Callable[..., Iterable[bytes]]:
     return wsgi
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+MAX_THREADS = 4
+"""Threads answering scrapes at once (Prometheus scrapes one target serially)."""
+MAX_CONNECTIONS = 256
+"""Open connections kept at most; past it the longest-idle one is closed for a new one."""
+READ_TIMEOUT = 5.0
+"""Seconds a connection may stay silent: before its request starts, and per read after."""
+
+
+class _Server(WSGIServer):
+    """A WSGI server whose threads and connections are bounded.
+
+    ``ThreadingMixIn`` starts a thread per connection as it is accepted, and wsgiref
+    reads without a timeout: 400 half-open connections held 400 threads. Here an
+    accepted connection waits in a selector, costing a file descriptor and no thread,
+    until its request arrives (within ``READ_TIMEOUT``, else it is closed); only then
+    does one of ``MAX_THREADS`` pool threads handle it, its socket reads and writes
+    bounded by ``READ_TIMEOUT``. At ``MAX_CONNECTIONS`` the longest-waiting silent
+    connection is closed, so a flood of idle connections cannot lock a scrape out.
+    """
+
+    request_queue_size = 128  # socketserver's 5 drops SYNs under a burst of connections
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="suprsend-metrics")
+        self._selector = selectors.DefaultSelector()
+        #: Silent connections, oldest first: socket -> (address, deadline).
+        self._waiting: OrderedDict[socket.socket, tuple[Any, float]] = OrderedDict()
+        self._busy = 0  # connections handed to the pool, not finished yet
+        self._busy_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in self._selector.select(poll_interval):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    else:
+                        self._dispatch(key.fileobj)  # type: ignore[arg-type]
+                self._expire()
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        for sock in list(self._waiting):
+            self._forget(sock)
+            self.shutdown_request(sock)
+        self._selector.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().server_close()
+
+    def _accept(self) -> None:
+        try:
+            sock, address = self.get_request()
+        except OSError:
+            return
+        with self._busy_lock:
+            full = len(self._waiting) + self._busy >= MAX_CONNECTIONS
+        if full and self._waiting:
+            oldest = next(iter(self._waiting))
+            self._forget(oldest)
+            self.shutdown_request(oldest)
+        elif full:  # every slot is a request being answered: refuse this one
+            self.shutdown_request(sock)
+            return
+        self._waiting[sock] = (address, time.monotonic() + READ_TIMEOUT)
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def _forget(self, sock: socket.socket) -> None:
+        self._waiting.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+
+    def _dispatch(self, sock: socket.socket) -> None:
+        """Its request has started: a pool thread answers it."""
+        address, _ = self._waiting[sock]
+        self._forget(sock)
+        with self._busy_lock:
+            self._busy += 1
+        self._pool.submit(self._answer, sock, address)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            sock, (_, deadline) = next(iter(self._waiting.items()))
+            if deadline > now:
+                break
+            self._forget(sock)
+            self.shutdown_request(sock)
+
+    def _answer(self, sock: socket.socket, address: Any) -> None:
+        try:
+            sock.settimeout(READ_TIMEOUT)
+            self.finish_request(sock, address)
+        except OSError as exc:  # a timeout, or the client went away
+            logger.debug("metrics: connection from %s ended: %s", address, exc)
+        except Exception:
+            logger.exception("metrics: answering %s failed", address)
+        finally:
+            self.shutdown_request(sock)
+            with self._busy_lock:
+                self._busy -= 1
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -8,6 +8,9 @@ Every problem is a line of text; none means healthy. What is caught, and from wh
 - the oldest record older than ``max_age``; more than ``max_dead`` dead letters;
 - the breaker open longer than ``breaker_open`` (``open_since`` in its hash, kept
   through failed probes, cleared when it closes);
+- a Redis that may evict keys (``maxmemory-policy allkeys-*``): the producers refuse
+  every accept there (``buffer.eviction``, the same rule), so a buffer that looks
+  empty and fresh is in fact refusing all events;
 - Redis unreachable, within a bounded time (short socket timeouts, no retries).
 """
 
@@ -16,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..buffer.eviction import describe_redis, refusal
 from ..buffer.opening import open_buffer
 from ..buffer.protocol import Buffer
+from ..buffer.sharded import ShardedBuffer
 from ..pipeline.runtime import buffer_config
 from ..pipeline.settings import Settings
 
@@ -37,9 +42,13 @@ class Thresholds:
     breaker_open: float | None = None
 
 
-def quick_buffer(settings: Settings, timeout: float = 2.0) -> Buffer:
+def quick_buffer(settings: Settings, timeout: float | None = 2.0) -> Buffer:
     """The app's buffer on a client that fails within ``timeout`` seconds rather than
-    retrying (Sentinel and clusters included)."""
+    retrying (Sentinel and clusters included); ``None``: the usual timeouts and retries.
+
+    Built from the settings alone (``get_settings(app, require_credentials=False)``
+    will do), never from the app's cached producers: operations need Redis only.
+    """
     return open_buffer(buffer_config(settings), fail_fast=timeout)
 
 
@@ -51,7 +60,7 @@ def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
     snap = buffer.snapshot(due=True)  # due retries and journal entries wait too
     now, oldest_age, breaker = snap.now, snap.oldest_age_seconds, snap.breaker
-    problems: list[str] = []
+    problems = _evicting(buffer)
     problems += _stale(limits, now, snap.last_flush_at, snap.waiting or 0, oldest_age)
     if limits.max_age is not None and oldest_age > limits.max_age:
         problems.append(
@@ -71,6 +80,19 @@ def check(buffer: Buffer, limits: Thresholds) -> list[str]:
                 f"(--breaker-open {limits.breaker_open:g}s): {why}"
             )
     return problems
+
+
+def _evicting(buffer: Buffer) -> list[str]:
+    """The producers' eviction rule (``refusal``), for each Redis holding a part of the
+    buffer (one INFO each; a Redis that refuses INFO cannot be judged, as at accept)."""
+    found: list[str] = []
+    parts = list(buffer.shards.values()) if isinstance(buffer, ShardedBuffer) else [buffer]
+    for part in parts:
+        policy = part.memory_info().get("maxmemory_policy")
+        why = refusal(policy, describe_redis(part.redis))
+        if why is not None and why not in found:
+            found.append(f"{why}; until then buffer_event and track_event refuse every event")
+    return found
 
 
 def _stale(

@@ -5,11 +5,23 @@ environment variable ``SUPRSEND_WORKSPACE_KEY``, then the default. With Django's
 ``app.config_from_object("django.conf:settings", namespace="CELERY")`` the Celery keys
 come from ``CELERY_SUPRSEND_*`` settings. A bad value raises ``ConfigurationError``
 naming the key, at the first use rather than deep inside a worker.
+
+Settings are read once per process and cached on the app: ``reset_settings(app)``
+reads them again. A ``suprsend_*`` key (or ``SUPRSEND_*`` environment variable) that
+is not a setting, e.g. ``suprsend_dryrun``, is ignored, so it is reported once per
+process as a WARNING log line naming the nearest setting; a logged warning rather
+than a Python warning, so users' ``filterwarnings = error`` test suites keep running.
+
+Operations that only read Redis (``status``, ``check``, ``metrics``, dead letters)
+load ``get_settings(app, require_credentials=False)``: the keys only sending needs
+(credentials, ``before_send``, proxy, CA bundle) are neither read nor required.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import logging
 import math
 import os
 import threading
@@ -30,9 +42,13 @@ __all__ = [
     "cached_on_app",
     "get_settings",
     "load_settings",
+    "report_unknown",
     "reset_settings",
     "resolve_app",
+    "unknown_settings",
 ]
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _MISSING = object()
@@ -279,10 +295,30 @@ def _visibility_timeout(conf: Any) -> float:
         ) from None
 
 
-def load_settings(conf: Any) -> Settings:
-    """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only)."""
+#: Keys only sending needs: a Redis-only view neither reads nor requires them.
+_SENDING_ONLY = (
+    "workspace_key",
+    "workspace_secret",
+    "workspace_uid",
+    "api_key",
+    "before_send",
+    "proxy_url",
+    "ca_bundle",
+)
+
+
+def load_settings(conf: Any, *, require_credentials: bool = True) -> Settings:
+    """Read and validate every ``suprsend_*`` key from a Celery config (or None: env only).
+
+    ``require_credentials=False``: the Redis-only view of read-only operations, without
+    the keys only sending needs (``_SENDING_ONLY``), so a monitoring sidecar needs no
+    workspace secret.
+    """
+    report_unknown(conf)
     values: dict[str, Any] = {}
     for name, parse in _PARSERS.items():
+        if not require_credentials and name in _SENDING_ONLY:
+            continue
         raw = _lookup(conf, name)
         key = f"suprsend_{name}"
         if raw is not _MISSING:
@@ -290,7 +326,8 @@ def load_settings(conf: Any) -> Settings:
         elif name == "redis_url":
             values[name] = _broker_redis_url(conf)
         # anything else missing takes the Settings default: defaults live there only
-    _check_credentials(values)
+    if require_credentials:
+        _check_credentials(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
     if values.get("redis_master_name") is None:
         values["redis_master_name"] = _transport_option(conf, "master_name")
@@ -302,6 +339,85 @@ def load_settings(conf: Any) -> Settings:
             f"{_where('redis_master_name')}, or broker_transport_options['master_name']"
         )
     return Settings(**values)
+
+
+# -- unknown keys ------------------------------------------------------------------------
+
+#: ``SUPRSEND_*`` variables that are not settings but are ours: the development Redis
+#: server's binary, docker-compose's image tag, the test suite's Redis.
+_OTHER_VARIABLES = frozenset(
+    {"SUPRSEND_REDIS_SERVER", "SUPRSEND_CELERY_IMAGE_TAG", "SUPRSEND_TEST_REDIS_URL"}
+)
+_reported: set[str] = set()
+
+
+def _known() -> list[str]:
+    return [f"suprsend_{name}" for name in _PARSERS]
+
+
+def _conf_keys(conf: Any) -> list[str]:
+    try:
+        keys = list(conf.keys()) if conf is not None else []
+    except (AttributeError, TypeError):
+        return []
+    return [k for k in keys if isinstance(k, str) and "suprsend_" in k.lower()]
+
+
+def unknown_settings(conf: Any) -> list[tuple[str, str | None]]:
+    """``(where, nearest)`` for each ``suprsend_*`` key of ``conf`` and ``SUPRSEND_*``
+    environment variable that no setting reads, e.g. ``("app.conf key suprsend_dryrun",
+    "suprsend_dry_run")``; ``nearest`` is None when no setting is close."""
+    known = _known()
+    keys = _conf_keys(conf)  # first: reading keys loads a pending Celery config
+    # Celery reads ``key`` and, under a namespace (Django's "CELERY"), the prefixed key
+    # in the prefix's case (``celery.utils.text.match_case``): CELERY_SUPRSEND_*.
+    prefix = getattr(conf, "prefix", None) or ""
+    case = str.upper if prefix.isupper() else str.lower
+    read = set(known) | {case(prefix + k) for k in known if prefix}
+    found: list[tuple[str, str | None]] = []
+    for key in keys:
+        namespaced = bool(prefix) and key.lower().startswith(prefix.lower())
+        bare = key[len(prefix) :] if namespaced else key
+        if key in read or not bare.lower().startswith("suprsend_"):
+            continue  # a setting, or not ours (``MY_SUPRSEND_TEMPLATE``)
+        nearest = _nearest(bare.lower(), known)
+        if prefix and not namespaced:
+            if nearest is None:
+                continue  # another setting of a Django project, not a forgotten namespace
+            if key.isupper():
+                nearest = case(prefix + nearest)
+        elif prefix and nearest is not None:
+            nearest = case(prefix + nearest)
+        found.append((f"app.conf key {key}", nearest))
+    variables = {k.upper() for k in known} | _OTHER_VARIABLES
+    for name in sorted(os.environ):
+        if name.upper().startswith("SUPRSEND_") and name not in variables:
+            nearest = _nearest(name.lower(), known)
+            found.append((f"environment variable {name}", nearest and nearest.upper()))
+    return found
+
+
+def _nearest(name: str, known: list[str]) -> str | None:
+    if name in known:  # the right name, in the wrong place or case
+        return name
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def report_unknown(conf: Any) -> None:
+    """Log each unknown ``suprsend_*`` key and ``SUPRSEND_*`` variable, once per process."""
+    for where, nearest in unknown_settings(conf):
+        with _lock:
+            if where in _reported:
+                continue
+            _reported.add(where)
+        hint = f"did you mean {nearest}?" if nearest else "see the README's Configuration"
+        logger.warning(
+            "suprsend-celery ignores the %s: no setting has that name; %s",
+            where,
+            hint,
+            extra={"setting": where.rpartition(" ")[2], "nearest": nearest},
+        )
 
 
 _CREDENTIALS = ("workspace_key", "workspace_secret", "workspace_uid", "api_key")
@@ -364,10 +480,23 @@ def cached_on_app(app: Any, attr: str, build: Callable[[], _T]) -> _T:
     return value
 
 
-def get_settings(app: Any = None) -> Settings:
-    """The app's settings, read once and cached on the app (``reset_settings`` forgets them)."""
+def get_settings(app: Any = None, *, require_credentials: bool = True) -> Settings:
+    """The app's settings, read once and cached on the app (``reset_settings`` forgets them).
+
+    ``require_credentials=False``: the Redis-only view (see ``load_settings``), for
+    operations that only read Redis; the full settings when they were loaded already.
+    """
     app = resolve_app(app)
-    return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
+    if require_credentials:
+        return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
+    loaded: Settings | None = app.__dict__.get("_suprsend_settings")
+    if loaded is not None:
+        return loaded
+    return cached_on_app(
+        app,
+        "_suprsend_redis_settings",
+        lambda: load_settings(app.conf, require_credentials=False),
+    )
 
 
 def reset_settings(app: Any = None) -> None:

@@ -7,7 +7,9 @@ task events sent by the worker, the request a failed or killed task stores with
 ``result_extended``, and ``inspect conf`` (Celery masks settings named like secrets,
 not a password inside ``suprsend_redis_url``). ``RedactedRequest``, the worker's
 request class for ``track_event`` (``Task.Request``, Celery's documented hook), and
-the ``conf`` inspect command registered here close each of them.
+the ``conf`` inspect command registered here close each of them. ``celery report``
+(what users paste into bug reports) prints ``app.conf.humanize()``: ``mask_conf``
+makes every ``suprsend_*`` URL setting print with its password masked there too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import cached_property
 from typing import Any
 
 from celery.app.task import Context
+from celery.signals import import_modules
 from celery.utils.serialization import strtobool
 from celery.worker import control
 from celery.worker.request import Request
@@ -29,10 +32,12 @@ from ..events.model import AcceptedRecord
 
 __all__ = [
     "RECORD",
+    "MaskedSetting",
     "RedactedRequest",
     "delay_of",
     "expires_in",
     "is_prepared",
+    "mask_conf",
     "meta_of",
     "redacted",
     "redacted_call",
@@ -204,3 +209,75 @@ def _conf(state: Any, with_defaults: bool = False, **kwargs: Any) -> Any:
     """Celery's ``inspect conf`` (secrets already masked by name), with the password of
     every URL-valued setting masked too (``suprsend_redis_url``, a result backend...)."""
     return _masked(_celery_conf(state, with_defaults=with_defaults, **kwargs))
+
+
+class MaskedSetting(str):
+    """A ``suprsend_*`` URL setting that prints with its password masked.
+
+    Celery's ``report`` and ``app.conf.humanize()`` mask settings *named* like secrets
+    (``suprsend_workspace_secret``, ``suprsend_api_key``) and the broker URL, not a
+    password inside ``suprsend_redis_url`` or ``suprsend_proxy_url``. The value is the
+    same string (equal, what redis-py connects with); only its ``repr``, which Celery's
+    pretty-printer shows, is masked.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_url(str(self)))
+
+
+def mask_conf(app: Any) -> None:
+    """Make every ``suprsend_*`` setting of ``app.conf`` holding a URL with a password
+    (``CELERY_SUPRSEND_*`` with Django's namespace too) print masked."""
+    conf = app.conf
+    for key in list(conf.keys()):
+        if not isinstance(key, str) or "suprsend_" not in key.lower():
+            continue
+        value = conf.get(key)
+        if (
+            isinstance(value, str)
+            and not isinstance(value, MaskedSetting)
+            and _URL_PASSWORD.match(value)
+            and mask_url(value) != value
+        ):
+            conf[key] = MaskedSetting(value)
+
+
+def _mask_quietly(app: Any) -> None:
+    try:
+        mask_conf(app)
+    except Exception:  # printing settings must never stop a worker from starting
+        logger.debug("could not mask the suprsend_* settings of %r", app, exc_info=True)
+
+
+@import_modules.connect  # type: ignore[untyped-decorator]
+def _on_import_modules(sender: Any = None, **_: Any) -> None:
+    """``celery report``, ``worker`` and ``beat`` import the app's modules first: mask
+    its settings then (the loader re-raises a receiver's exception, so none escapes)."""
+    if sender is not None:
+        _mask_quietly(sender)
+
+
+def _on_after_configure(sender: Any = None, **_: Any) -> None:
+    if sender is not None:
+        _mask_quietly(sender)
+
+
+def _mask_existing_apps() -> None:
+    """Apps created before this module was imported: when the app's own module does not
+    import suprsend_celery, Celery imports it *during* ``import_modules`` (Django's
+    ``django.setup()``, ``conf.imports``), too late for the receiver above. Celery has
+    no public list of apps: ``_get_active_apps`` (a WeakSet since Celery 3) is the one
+    internal used here. An app not configured yet is masked once its config loads
+    (``on_after_configure``, a documented app signal), never loaded early by us."""
+    from celery._state import _get_active_apps
+
+    for app in list(_get_active_apps()):
+        if app.configured:
+            _mask_quietly(app)
+        else:
+            app.on_after_configure.connect(_on_after_configure, weak=False)
+
+
+_mask_existing_apps()

@@ -14,6 +14,8 @@ import redis
 from ...buffer.eviction import describe_redis
 from ...buffer.protocol import Buffer
 from ...exceptions import SuprsendCeleryError
+from ...pipeline.settings import Settings, get_settings
+from ..health import quick_buffer
 
 __all__ = [
     "AppRef",
@@ -25,6 +27,7 @@ __all__ = [
     "echo_json",
     "fail",
     "say_target",
+    "settings_of",
     "source_of",
 ]
 
@@ -86,10 +89,15 @@ def app_of(ctx: click.Context) -> Any:
     return ref.get()
 
 
-def buffer_of(ctx: click.Context) -> Buffer:
-    from ...pipeline.runtime import get_buffer
+def settings_of(ctx: click.Context) -> Settings:
+    """The app's settings for verbs that only read or move records in Redis: no
+    workspace credentials needed (a monitoring sidecar is not given the secret)."""
+    return get_settings(app_of(ctx), require_credentials=False)
 
-    return get_buffer(app_of(ctx))
+
+def buffer_of(ctx: click.Context) -> Buffer:
+    """The buffer, from the Redis-only settings (``flush`` uses the app's flusher)."""
+    return quick_buffer(settings_of(ctx), timeout=None)
 
 
 def source_of(buffer: Buffer) -> dict[str, str]:

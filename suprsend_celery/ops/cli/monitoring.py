@@ -7,7 +7,7 @@ import sys
 import click
 import redis
 
-from .base import app_of, buffer_of, clean_errors, cli, fail, say_target
+from .base import app_of, buffer_of, clean_errors, cli, fail, say_target, settings_of
 
 __all__ = ["check", "metrics"]
 
@@ -63,11 +63,10 @@ def check(
     limits on the oldest record, dead letters and how long the breaker stays open.
     """
     from ...delivery.routing import mask_url
-    from ...pipeline.settings import get_settings
     from ..health import Thresholds, quick_buffer
     from ..health import check as run_check
 
-    settings = get_settings(app_of(ctx))
+    settings = settings_of(ctx)
     limits = Thresholds(settings.flush_interval, max_age, max_dead, breaker_open)
     try:
         # Connecting asks Redis whether it runs a cluster: it may fail already.
