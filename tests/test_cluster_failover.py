@@ -27,9 +27,13 @@ from celery import Celery
 from conftest import REDIS_KILLED, in_process_worker, wait_for
 
 from suprsend_celery import buffer_events, buffer_stats
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.buffer.sharded import ShardedBuffer, shard_prefix
 from suprsend_celery.defaults import FLUSH_TASK
 from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.events.model import AcceptedRecord
+from suprsend_celery.exceptions import BufferUnavailableError
+from suprsend_celery.pipeline.producers import accept_events
 from suprsend_celery.pipeline.runtime import get_buffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
@@ -59,7 +63,8 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 class _Drain:
-    """Flush runs one after another (in a thread) until the buffer is empty or time is up."""
+    """Flush runs one after another (in a thread) until the buffer is empty, once
+    ``produced`` is set, or time is up."""
 
     def __init__(self, app: Celery, deadline: float) -> None:
         self.app = app
@@ -67,6 +72,7 @@ class _Drain:
         self.runs: list[dict[str, Any]] = []
         self.failed_runs: list[str] = []
         self.finished_at: float | None = None
+        self.produced = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="drain", daemon=True)
 
     def _empty(self) -> bool:
@@ -83,7 +89,7 @@ class _Drain:
                 self.failed_runs.append(f"{type(outcome).__name__}: {outcome}")
             else:
                 self.runs.append(outcome)
-            if self._empty():
+            if self.produced.is_set() and self._empty():
                 self.finished_at = time.monotonic()
                 return
             time.sleep(0.05)  # as beat would: the next run starts a little later
@@ -96,6 +102,14 @@ class _Drain:
         assert not self.thread.is_alive(), "a flush run did not return"
 
 
+def _pushed(shard: RedisBuffer, records: list[AcceptedRecord]) -> bool:
+    try:
+        shard.push([r.payload for r in records])
+    except BufferUnavailableError:
+        return False
+    return True
+
+
 def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
     cluster: LocalCluster,
     app_factory: Callable[..., Celery],
@@ -104,14 +118,18 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
 ) -> None:
     """6,000 events over 3 shards on 3 masters; the master holding shard 0 (the breaker,
     the shard registry) is SIGKILLed mid-drain; its replica takes over; every event is
-    processed exactly once and the drain ends within ``DRAIN_BOUND`` seconds."""
-    app = app_factory(
-        suprsend_redis_url=cluster.url,
-        suprsend_key_prefix=PREFIX,
-        suprsend_buffer_shards=3,
-    )
+    processed exactly once and the drain ends within ``DRAIN_BOUND`` seconds. A process
+    that only produces (a cluster client of its own, which no flush run refreshes)
+    reaches the promoted replica too."""
+    conf = {
+        "suprsend_redis_url": cluster.url,
+        "suprsend_key_prefix": PREFIX,
+        "suprsend_buffer_shards": 3,
+    }
+    app = app_factory(**conf)
     buffer = get_buffer(app)
-    assert isinstance(buffer, ShardedBuffer)
+    web = get_buffer(app_factory(**conf))
+    assert isinstance(buffer, ShardedBuffer) and isinstance(web, ShardedBuffer)
     events = make_events(EVENTS)
     keys = [k for i in range(0, EVENTS, 100) for k in buffer_events(events[i : i + 100], app=app)]
     assert len(set(keys)) == EVENTS
@@ -137,6 +155,19 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
         killed = time.monotonic()
         cluster.wait_for_failover(victim_key, old_port, timeout=30)
         failed_over = time.monotonic()
+        late = make_events(100, "signed_up")
+        records = [r for r in accept_events(app, late) if isinstance(r, AcceptedRecord)]
+        try:
+            wait_for(
+                lambda: _pushed(web.shards[0], records),
+                timeout=10,
+                interval=0.1,
+                message="a producer to reach the promoted replica",
+            )
+        finally:
+            drain.produced.set()
+        produced_again = time.monotonic()
+        keys += [r.idempotency_key for r in records]
         drain.join()
     connection_errors = sum(
         "ConnectionError" in record.getMessage() or "Connection refused" in record.getMessage()
@@ -144,8 +175,8 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
     )
     logger.warning(
         "killed master %d after %.1fs (%d of %d processed, %d claimed on it); failover "
-        "seen %.1fs after the "
-        "kill; drain finished %s after the start; %d flush run(s) ok, %d failed; "
+        "seen %.1fs after the kill, a producer's push accepted %.1fs after it; "
+        "drain finished %s after the start; %d flush run(s) ok, %d failed; "
         "%d log line(s) naming a connection error",
         old_port,
         killed - started,
@@ -153,6 +184,7 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
         EVENTS,
         claimed_at_kill,
         failed_over - killed,
+        produced_again - failed_over,
         f"{drain.finished_at - started:.1f}s" if drain.finished_at else "never",
         len(drain.runs),
         len(drain.failed_runs),
@@ -168,7 +200,7 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
         f"for a claim lease; failed runs: {drain.failed_runs[-3:]}"
     )
     stats = sandbox.stats()
-    assert stats["events_processed"] == EVENTS, stats
+    assert stats["events_processed"] == EVENTS + len(records), stats
     processed = processed_keys(sandbox)
     assert processed == dict.fromkeys(keys, 1), "an event was lost or processed twice"
     figures = buffer_stats(app=app)
@@ -233,6 +265,7 @@ def test_slot_migrated_mid_drain_loses_nothing(
     with in_process_worker(app, concurrency=2, shutdown_timeout=60):
         started = time.monotonic()
         drain = _Drain(app, started + DRAIN_BOUND)
+        drain.produced.set()
         drain.start()
         wait_for(
             lambda: sandbox.stats()["events_processed"] >= EVENTS // 4,
