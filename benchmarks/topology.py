@@ -2,6 +2,9 @@
 
     with LocalCluster(masters=3) as cluster:   # redis-cli --cluster create, 0 replicas
         url = cluster.url                      # redis:// of one node (any node will do)
+    with LocalCluster(masters=3, replicas=1) as cluster:
+        old = cluster.kill_master_of("{k}")    # SIGKILL the master of that key's slot
+        new = cluster.wait_for_failover("{k}", old)   # its replica now serves the slot
     with SentinelGroup() as group:             # 1 master, 1 replica, 3 sentinels
         url = group.url                        # sentinel://...;sentinel://...;...
         group.kill_master()                    # SIGKILL; wait_for_failover() after
@@ -27,7 +30,7 @@ from suprsend_celery.dev.redis_server import RedisServer, RedisServerError, _fre
 
 __all__ = ["MASTER_NAME", "LocalCluster", "SentinelGroup", "wait_until"]
 
-CREATE_OPTIONS = ("--cluster-replicas", "0", "--cluster-yes")
+CREATE_OPTIONS = ("--cluster-yes",)
 
 MASTER_NAME = "suprsend-test"
 """The Sentinel master name the group monitors."""
@@ -44,6 +47,12 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise RedisServerError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+#: A replica's full sync starts at once: Redis 7 otherwise waits 5 s
+#: (``repl-diskless-sync-delay``) for more replicas to share the transfer, which on a
+#: loaded machine pushed a restarted master's resync towards the 20 s wait.
+_REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
 
 
 _P = TypeVar("_P", bound="_Processes")
@@ -70,11 +79,24 @@ class _Processes:
 
 
 class LocalCluster(_Processes):
-    """``masters`` cluster-mode servers joined by ``redis-cli --cluster create``."""
+    """``masters`` cluster-mode servers, each with ``replicas`` replicas, joined by
+    ``redis-cli --cluster create``.
+
+    With replicas, a SIGKILLed master (``kill_master_of``) is replaced by its replica
+    once the others have not heard from it for ``node_timeout_ms`` (then an election:
+    about two node timeouts in all).
+    """
 
     def __init__(
-        self, masters: int = 3, *, node_timeout_ms: int = 2000, appendonly: bool = False
+        self,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+        appendonly: bool = False,
     ) -> None:
+        self.master_count = masters
+        self.replicas = replicas
         # An explicit bus port: the default (port + 10000) fails for ports above 55535.
         # Without full coverage required, the other masters serve while one restarts.
         self.nodes = [
@@ -86,9 +108,10 @@ class LocalCluster(_Processes):
                     *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
                     *("--cluster-node-timeout", str(node_timeout_ms)),
                     *("--cluster-port", str(_free_port("127.0.0.1"))),
+                    *_REPLICATION_ARGS,
                 ],
             )
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -99,23 +122,81 @@ class LocalCluster(_Processes):
         for node in self.nodes:
             node.start()
         addresses = [f"{n.connect_host}:{n.port}" for n in self.nodes]
+        replicas = ("--cluster-replicas", str(self.replicas))
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, *CREATE_OPTIONS],
+            ["redis-cli", "--cluster", "create", *addresses, *replicas, *CREATE_OPTIONS],
             check=True,
             capture_output=True,
             timeout=30,
         )
         for node in self.nodes:
             wait_until(lambda n=node: _cluster_ok(n), 20, f"cluster_state:ok on {node.port}")
+        for node in self.nodes:
+            wait_until(lambda n=node: _role_settled(n), 20, f"{node.port}'s replication")
+        count = self.master_count
+        wait_until(lambda: len(self.masters()) == count, 20, f"{count} masters")
         return self
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster.from_url(self.url)
 
+    def _live(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.is_running()]
+
+    def masters(self) -> list[RedisServer]:
+        """The running servers that are masters now, in ``nodes`` order."""
+        return [node for node in self._live() if _role(node) == "master"]
+
+    def master_port_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot, as a running node sees it."""
+        client = self._live()[0].client(socket_timeout=1)
+        try:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        finally:
+            client.close()
+        for first, last, master, *_ in ranges:
+            if int(first) <= slot <= int(last):
+                return int(master[1])
+        raise RedisServerError(f"no node serves slot {slot} of {key!r}")
+
+    def wait_replicated(self, timeout: float = 10.0) -> int:
+        """``WAIT`` on every master until its replicas have all it wrote so far; return
+        how many masters' replicas confirmed within ``timeout`` seconds."""
+        confirmed = 0
+        for node in self.masters():
+            client = node.client(socket_timeout=timeout + 1)
+            try:
+                acked = int(client.execute_command("WAIT", self.replicas, int(timeout * 1000)))
+            finally:
+                client.close()
+            confirmed += acked >= self.replicas
+        return confirmed
+
+    def kill_master_of(self, key: str) -> int:
+        """SIGKILL the master serving ``key``'s slot, as a crash would; return its port."""
+        port = self.master_port_of(key)
+        next(node for node in self.nodes if node.port == port).kill()
+        return port
+
+    def wait_for_failover(self, key: str, old_port: int, timeout: float = 30.0) -> int:
+        """Wait until another node is the master of ``key``'s slot and says so itself;
+        return its port."""
+
+        def promoted() -> int:
+            port = self.master_port_of(key)
+            if port == old_port:
+                return 0
+            server = next(node for node in self.nodes if node.port == port)
+            return port if _role(server) == "master" else 0
+
+        port: int = wait_until(promoted, timeout, f"a replica to take over {key!r}")
+        return port
+
     def keys_per_master(self, match: str) -> dict[int, int]:
         """How many keys matching ``match`` each master holds, by port."""
         counts = {}
-        for node in self.nodes:
+        for node in self.masters():
             client = node.client()
             try:
                 counts[node.port] = sum(1 for _ in client.scan_iter(match=match, count=1000))
@@ -128,6 +209,28 @@ class LocalCluster(_Processes):
             node.stop()
 
 
+def _role(node: RedisServer) -> str:
+    client = node.client(socket_timeout=1)
+    try:
+        return str(client.info("replication").get("role"))
+    finally:
+        client.close()
+
+
+def _role_settled(node: RedisServer) -> bool:
+    """A replica whose link to its master is up, or a master whose replicas (if any) are
+    all online, so a ``WAIT`` can be answered at once."""
+    client = node.client(socket_timeout=1)
+    try:
+        info = client.info("replication")
+    finally:
+        client.close()
+    if info.get("role") != "master":
+        return info.get("master_link_status") == "up"
+    replicas = [info.get(f"slave{i}") for i in range(int(info.get("connected_slaves", 0)))]
+    return all(isinstance(r, dict) and r.get("state") == "online" for r in replicas)
+
+
 def _cluster_ok(node: RedisServer) -> bool:
     client = node.client()
     try:
@@ -136,12 +239,6 @@ def _cluster_ok(node: RedisServer) -> bool:
         client.close()
     text = info.decode() if isinstance(info, bytes) else str(info)
     return "cluster_state:ok" in text
-
-
-#: A replica's full sync starts at once: Redis 7 otherwise waits 5 s
-#: (``repl-diskless-sync-delay``) for more replicas to share the transfer, which on a
-#: loaded machine pushed a restarted master's resync towards the 20 s wait.
-_REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
 
 
 class SentinelGroup(_Processes):

@@ -10,6 +10,8 @@ sentinels when it connects), or to the cluster node that owns the slot.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +36,9 @@ _MOVED = (redis.exceptions.AskError, redis.exceptions.ReadOnlyError)
 
 #: Failures after which a stale idempotent connection gets one try on a fresh one.
 _RETRY_FRESH = (redis.ConnectionError, redis.TimeoutError, OSError, *_MOVED)
+
+#: Seconds between two refreshes of a cluster's slot map after failed calls.
+SLOTS_REFRESH_INTERVAL = 0.5
 
 
 def _eval(
@@ -72,6 +77,8 @@ class ProducerConnections:
         self.wait_seconds = accept_timeout * defaults.MIN_REPLICAS_WAIT_SHARE
         self._idle: deque[Any] = deque()
         self._idle_pid = os.getpid()
+        self._refreshing = threading.Lock()
+        self._refreshed = 0.0
 
     def call(self, script: Script, call: Call, *, replicas: int = 0) -> tuple[Any, int]:
         """Run a script on a connection of our own, bounded in time.
@@ -96,6 +103,7 @@ class ProducerConnections:
         ``BufferFullError`` (cause chained) when Redis is at its maxmemory."""
         if self._idle_pid != os.getpid():
             self._idle, self._idle_pid = deque(), os.getpid()
+            self._refreshing = threading.Lock()  # a refresh thread did not come along
         try:
             conn, fresh = self._idle.pop(), False
         except IndexError:
@@ -114,6 +122,7 @@ class ProducerConnections:
                 if not fresh:
                     conn, fresh = self._connection(), True
                     continue
+                self._refresh_slots()
                 raise self._unavailable(exc) from exc
             except redis.exceptions.OutOfMemoryError as exc:
                 conn.disconnect()
@@ -131,6 +140,30 @@ class ProducerConnections:
         """Disconnect the idle connections (a call later opens a fresh one)."""
         while self._idle:
             self._idle.pop().disconnect()
+
+    def _refresh_slots(self) -> None:
+        """On a cluster, learn the slot's owner again in a thread of its own: a replica
+        promoted in place of a dead master is news only a cluster command would bring,
+        and a process that only produces sends none. In the background, so the call
+        keeps its bound; one at a time, at most once per ``SLOTS_REFRESH_INTERVAL``."""
+        if not isinstance(self.redis, redis.RedisCluster):
+            return
+        if time.monotonic() - self._refreshed < SLOTS_REFRESH_INTERVAL:
+            return
+        if not self._refreshing.acquire(blocking=False):
+            return
+        self._refreshed = time.monotonic()
+        nodes, done = self.redis.nodes_manager, self._refreshing
+
+        def refresh() -> None:
+            try:
+                nodes.initialize()
+            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+                pass  # no node answered: the next failed call tries again
+            finally:
+                done.release()
+
+        threading.Thread(target=refresh, name="suprsend-cluster-slots", daemon=True).start()
 
     def node_client(self) -> Any:
         """The client for this slot: the client itself, or a cluster node's (a cluster

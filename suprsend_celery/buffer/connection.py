@@ -3,7 +3,9 @@
 - ``redis://`` (``rediss://``, ``unix://``, ``valkey://``): one server. When that server
   runs in cluster mode (``INFO cluster`` reports ``cluster_enabled:1``), a
   ``RedisCluster`` client instead, which learns every node from it: the URL of any
-  node will do.
+  node will do. It retries a command as long as behind Sentinel, so a flush run
+  outlasts a replica's promotion (redis-py's own retries end after 2 to 4 s, a
+  failover takes the cluster's node timeout and then some).
 - ``sentinel://host:26379/0;sentinel://host2:26379``: Sentinel, in the form kombu and
   Celery's result backend use (the first URL's db and password are the master's), with
   the master name of ``suprsend_redis_master_name`` or ``broker_transport_options
@@ -37,7 +39,8 @@ _TIMEOUTS: dict[str, Any] = {
     "health_check_interval": 30,
 }
 
-#: Behind Sentinel: retry long enough (about 15 s) to reach the promoted replica.
+#: Behind Sentinel or on a cluster: retry long enough (about 15 s) to reach the
+#: promoted replica.
 FAILOVER_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), defaults.FAILOVER_RETRIES)
 
 
@@ -73,6 +76,8 @@ def connect(
         cluster = _is_cluster(url, options)
     if cluster:
         cluster_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+        if fail_fast is None:  # as behind Sentinel: outlast the promotion of a replica
+            cluster_options["retry"] = FAILOVER_RETRY
         return redis.RedisCluster.from_url(url, **cluster_options)
     return redis.Redis.from_url(url, **options)
 
