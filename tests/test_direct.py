@@ -666,8 +666,9 @@ def test_secrets_and_properties_stay_hidden(
 
     # Logs, formatted and raw (arguments and extras).
     loggers = {record.name for record in caplog.records}
-    # The worker's own logs were captured: ours (retry, give up) and Celery's task trace.
-    assert {"suprsend_celery.tasks", "celery.app.trace"} <= loggers, loggers
+    # The worker's own logs were captured: ours (retry, give up: a run's attempt) and
+    # Celery's task trace.
+    assert {"suprsend_celery.tasks.attempt", "celery.app.trace"} <= loggers, loggers
     assert any("k-bad" in record.getMessage() for record in caplog.records)
     for record in caplog.records:
         text = record.getMessage() + repr(record.args) + repr(vars(record))
