@@ -14,7 +14,6 @@ comment saying why.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from celery import Task, shared_task
@@ -41,7 +40,6 @@ __all__ = [
     "track_event",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: The ``Task.retry`` option that carries a running attempt's ``Tally`` to the retry's
 #: ``apply_async`` (never published: ``apply_async`` takes it out).
@@ -127,6 +125,7 @@ class TrackEventTask(Task):  # type: ignore[misc]
             retry=retry,
             task_id=task_id,
         )
+        # An AsyncResult takes attributes: the key travels with the result the caller holds.
         result.idempotency_key = prepared.shown["idempotency_key"]
         return result
 
