@@ -50,6 +50,7 @@ from suprsend_celery.dev.redis_server import RedisServer
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.events.validation import BUILTIN_EVENT_NAMES
 from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
+from suprsend_celery.tasks import PreparedEvent, prepare_track_event
 
 QUEUE = "suprsend-tests"  # conftest's task_default_queue
 RESULT_KEYS = {"status", "status_code", "message_id", "idempotency_key", "attempts"}
@@ -277,6 +278,52 @@ class TestRetries:
         (request,) = sandbox.requests()
         assert request.received_at - published >= 0.9
         assert sandbox.events()[0]["$idempotency_key"] == value["idempotency_key"]
+
+
+# -- a call prepared now, published later ---------------------------------------------
+
+
+class TestPrepare:
+    """``prepare_track_event``: the caller's half of ``delay()``, for publishing later."""
+
+    def test_prepared_now_published_later(
+        self, celery_app: Celery, worker: Any, sandbox: Sandbox, redis_client: redis.Redis
+    ) -> None:
+        """Preparing publishes nothing and shows no properties; ``publish_prepared`` then
+        delivers the record fixed at prepare time, under its key."""
+        prepared = prepare_track_event(
+            "u-prep",
+            "order_placed",
+            {"note": "PROP_prep_5d1"},
+            idempotency_key="k-prep",
+            app=celery_app,
+        )
+        assert isinstance(prepared, PreparedEvent)
+        assert prepared.idempotency_key == "k-prep"
+        assert "PROP_prep_5d1" not in repr(prepared) + repr(prepared.options)
+        assert (_queue_length(redis_client), sandbox.stats()["requests"]) == (0, 0)
+        result = track_event.publish_prepared(prepared)
+        assert result.idempotency_key == "k-prep"
+        assert result.get(timeout=30)["idempotency_key"] == "k-prep"
+        (processed,) = sandbox.events()
+        record = json.loads(prepared.record)
+        assert processed["$insert_id"] == record["$insert_id"]
+        assert processed["properties"]["note"] == "PROP_prep_5d1"
+
+    def test_an_event_instance_and_bad_input(
+        self, celery_app: Celery, redis_client: redis.Redis
+    ) -> None:
+        """An ``Event`` is prepared as ``delay(event)`` would; bad input raises
+        ``InvalidEventError`` naming the field, like ``delay()``."""
+        prepared = prepare_track_event(
+            Event("u1", "order_placed", idempotency_key="k-ev"), app=celery_app
+        )
+        assert prepared.idempotency_key == "k-ev"
+        with pytest.raises(InvalidEventError, match="event_name"):
+            prepare_track_event("u1", "$reserved", app=celery_app)
+        with pytest.raises(InvalidEventError, match="event_name"):
+            prepare_track_event("u1", app=celery_app)
+        assert _queue_length(redis_client) == 0
 
 
 # -- permanent failures ----------------------------------------------------------------
@@ -666,9 +713,9 @@ def test_secrets_and_properties_stay_hidden(
 
     # Logs, formatted and raw (arguments and extras).
     loggers = {record.name for record in caplog.records}
-    # The worker's own logs were captured: ours (retry, give up) and Celery's task trace.
-    assert "celery.app.trace" in loggers, loggers
-    assert any(name.startswith("suprsend_celery.tasks") for name in loggers), loggers
+    # The worker's own logs were captured: ours (retry, give up: a run's attempt) and
+    # Celery's task trace.
+    assert {"suprsend_celery.tasks.attempt", "celery.app.trace"} <= loggers, loggers
     assert any("k-bad" in record.getMessage() for record in caplog.records)
     for record in caplog.records:
         text = record.getMessage() + repr(record.args) + repr(vars(record))

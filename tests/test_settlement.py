@@ -1,7 +1,9 @@
-"""``settlement.decide``: one claim's request outcome → acks, retries, dead letters, returns.
+"""``decisions.decide``: one claim's request outcome → acks, retries, dead letters,
+returns; ``decisions.decide_direct``: one ``track_event`` run's outcome → sent, retry,
+dead letter or keep.
 
-Pure: no Redis, no HTTP. Each case builds the ``ClaimOutcome`` a sender would have
-seen and checks what the flusher would write and report.
+Pure: no Redis, no HTTP. Each case builds the ``ClaimOutcome`` (or the error) a sender
+would have seen and checks what the flusher (or the task) would write and report.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import pytest
 
 from suprsend_celery.delivery.dead_letters import parse_dead_letter
-from suprsend_celery.delivery.decisions import Batch, ClaimOutcome, decide
+from suprsend_celery.delivery.decisions import Batch, ClaimOutcome, decide, decide_direct
 from suprsend_celery.delivery.retry import RetryPolicy
 from suprsend_celery.exceptions import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
@@ -178,3 +180,77 @@ def test_backoff_stays_within_its_window(attempt: int) -> None:
     policy = RetryPolicy(max_retries=10, backoff_base=0.5, backoff_max=2.0)
     for _ in range(50):
         assert 0.0 <= policy.delay(attempt, None) <= min(2.0, 0.5 * 2 ** (attempt - 1))
+
+
+class TestDecideDirect:
+    """``decide_direct``: what one ``track_event`` run does after its request."""
+
+    def test_accepted_is_sent(self) -> None:
+        """No error: sent, as the attempt it was."""
+        decision = decide_direct(None, 2, POLICY)
+        assert (decision.action, decision.attempt, decision.countdown) == ("sent", 2, 0.0)
+
+    def test_transient_error_is_retried_within_the_first_backoff(self) -> None:
+        """A 503 on attempt 1: a retry within the first backoff window, saying when."""
+        decision = decide_direct(transient(503), 1, POLICY)
+        assert (decision.action, decision.attempt) == ("retry", 1)
+        assert 0.0 <= decision.countdown <= 1.0
+        assert decision.reason == f"HTTP 503; retry 1/3 in {decision.countdown:.1f}s"
+
+    def test_backoff_grows_with_the_attempt(self) -> None:
+        """Attempt 3 waits at most base * 2^2."""
+        for _ in range(50):
+            decision = decide_direct(transient(500), 3, POLICY)
+            assert decision.action == "retry" and 0.0 <= decision.countdown <= 4.0
+
+    def test_dropped_connection_is_retried(self) -> None:
+        """No response at all is transient too."""
+        assert decide_direct(transient(None), 1, POLICY).action == "retry"
+
+    def test_retry_after_is_the_floor(self) -> None:
+        """A 429 with Retry-After: 7 waits at least 7 s."""
+        decision = decide_direct(transient(429, retry_after=7.0), 1, POLICY)
+        assert decision.action == "retry" and decision.countdown >= 7.0
+
+    def test_retry_after_is_capped_by_the_policy(self) -> None:
+        """A server asking for an hour gets the cap (the task passes the broker-safe one)."""
+        decision = decide_direct(transient(429, retry_after=3600.0), 1, POLICY)
+        assert decision.countdown == 60.0
+
+    def test_last_allowed_attempt_still_retries(self) -> None:
+        """Attempt max_retries (3) failing transiently goes once more."""
+        assert decide_direct(transient(503), 3, POLICY).action == "retry"
+
+    def test_exhausted_retries_dead_letter(self) -> None:
+        """Attempt max_retries + 1 failing transiently: dead, saying how many attempts."""
+        decision = decide_direct(transient(503), 4, POLICY)
+        assert (decision.action, decision.attempt) == ("dead", 4)
+        assert decision.reason == "gave up after 4 attempts: HTTP 503"
+
+    def test_no_retries_allowed(self) -> None:
+        """``max_retries=0``: the first transient failure is dead."""
+        policy = RetryPolicy(max_retries=0, backoff_base=1.0, backoff_max=60.0)
+        decision = decide_direct(transient(502), 1, policy)
+        assert (decision.action, decision.reason) == ("dead", "gave up after 1 attempts: HTTP 502")
+
+    def test_permanent_error_is_dead_at_once(self) -> None:
+        """A 400: dead on the first attempt, its reason the error itself."""
+        decision = decide_direct(permanent(400), 1, POLICY)
+        assert (decision.action, decision.attempt, decision.reason) == ("dead", 1, "HTTP 400: bad")
+
+    @pytest.mark.parametrize("status", [401, 403])
+    def test_refused_credentials_are_kept(self, status: int) -> None:
+        """401/403: kept (moved to the buffer), never dead-lettered, even past max_retries."""
+        error = PermanentDeliveryError("refused", status_code=status)
+        for attempt in (1, 4, 10):
+            decision = decide_direct(error, attempt, POLICY)
+            assert (decision.action, decision.reason) == ("keep", "refused")
+
+    def test_wrong_url_is_kept(self) -> None:
+        """A whole request's 404 (wrong suprsend_base_url) is a configuration fault: kept."""
+        error = PermanentDeliveryError("HTTP 404: wrong", status_code=404, config_fault=True)
+        assert decide_direct(error, 1, POLICY).action == "keep"
+
+    def test_plain_404_is_dead(self) -> None:
+        """A 404 not flagged as the URL's fault is about the event: dead."""
+        assert decide_direct(permanent(404), 1, POLICY).action == "dead"

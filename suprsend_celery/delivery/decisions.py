@@ -1,6 +1,6 @@
-"""What to do with one claim once its requests are done: a pure function, no I/O.
+"""What to do once SuprSend answered (or did not): pure functions, no I/O, one per path.
 
-``decide(outcome, batch, policy)`` turns how a claim's bulk requests went into a
+The buffered path: ``decide(outcome, batch, policy)`` turns how a claim's bulk requests went into a
 ``Settlement``: which records are acknowledged, which are retried and when, which are
 dead-lettered, which go back to the buffer untouched, and what the shared breaker
 hears. The flusher applies it to Redis in one ``buffer.settle`` and logs it; the
@@ -16,6 +16,17 @@ rules live here, where tests drive them without Redis or HTTP:
   attempt counted, never dead-lettered;
 - the breaker hears ``auth`` (credentials refused), ``fail`` (a request failed as a
   whole), ``ok`` (SuprSend answered), or nothing.
+
+The direct path: ``decide_direct(error, attempt, policy)`` turns how one ``track_event``
+run's request went into a ``DirectDecision`` (``tasks.attempt`` carries it out):
+
+- no error: ``sent``;
+- refused credentials or a wrong URL (``is_config_error``): ``keep``, the event moves
+  to the buffer and is sent once the settings are fixed, never dead-lettered;
+- a retryable error within ``max_retries``: ``retry`` after a backoff with jitter, a
+  ``Retry-After`` as the floor, capped by the policy (below the broker's visibility
+  timeout: the task passes that cap as ``backoff_max``);
+- anything else: ``dead`` ("gave up after N attempts" for a transient error).
 """
 
 from __future__ import annotations
@@ -34,10 +45,13 @@ __all__ = [
     "Batch",
     "ClaimOutcome",
     "DeadDecision",
+    "DirectAction",
+    "DirectDecision",
     "RetryDecision",
     "Settlement",
     "Verdict",
     "decide",
+    "decide_direct",
 ]
 
 _REASON_LIMIT = 200
@@ -206,3 +220,37 @@ def _judge(outcome: ClaimOutcome, settlement: Settlement) -> None:
         settlement.reason = str(outcome.request_error)[:_REASON_LIMIT]
     elif outcome.answered:
         settlement.verdict = "ok"
+
+
+# -- the direct path ---------------------------------------------------------------------
+
+DirectAction = Literal["sent", "retry", "dead", "keep"]
+"""What a ``track_event`` run does with its record once its request is done."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectDecision:
+    """The verdict on one ``track_event`` run (see ``decide_direct``)."""
+
+    action: DirectAction
+    #: The attempt this run was (1-based): the task result's ``attempts``.
+    attempt: int
+    #: ``retry``: seconds until the next attempt.
+    countdown: float = 0.0
+    #: Why, in words that never hold the record: for a retry the error and when it goes
+    #: again, for a dead letter ``failure_reason``, for ``keep`` the error.
+    reason: str = ""
+
+
+def decide_direct(error: DeliveryError | None, attempt: int, policy: RetryPolicy) -> DirectDecision:
+    """What a ``track_event`` run whose ``attempt``-th request failed with ``error``
+    (None: SuprSend accepted it) does next."""
+    if error is None:
+        return DirectDecision("sent", attempt)
+    if should_retry(error, attempt, policy.max_retries):
+        countdown = policy.delay(attempt, error.retry_after)
+        reason = f"{error}; retry {attempt}/{policy.max_retries} in {countdown:.1f}s"
+        return DirectDecision("retry", attempt, countdown, reason)
+    if error.is_config_error and not error.retryable:
+        return DirectDecision("keep", attempt, reason=str(error))
+    return DirectDecision("dead", attempt, reason=failure_reason(error, attempt))

@@ -22,19 +22,16 @@ exposition, ``health.py`` reads ``last_flush_at``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Literal
 
 __all__ = [
     "BUCKETS",
-    "DIRECT_TALLY",
     "FLUSH_SECONDS",
     "LAST_FLUSH_AT",
     "PAST_WINDOW",
     "REQUEST_SECONDS",
     "Tally",
     "bucket_field",
-    "count_direct",
     "status_class",
 ]
 
@@ -79,7 +76,9 @@ def status_class(status_code: int | None) -> str:
 
 
 class Tally:
-    """Increments gathered while a claim (or a task) runs, applied in its settle step."""
+    """Increments gathered while a claim (or a ``track_event`` run) goes, applied in the
+    step that settles it: the claim's settle, the task's journal settle, or the journal
+    entry of the retry it publishes. Handed along explicitly, never kept in a global."""
 
     __slots__ = ("counts",)
 
@@ -115,15 +114,3 @@ class Tally:
 
     def __bool__(self) -> bool:
         return bool(self.counts)
-
-
-#: What the running ``track_event`` did (its request and outcome), counted in Redis by
-#: the call that settles it: the journal's settle, or the retry's publish (journal).
-DIRECT_TALLY: ContextVar[Tally | None] = ContextVar("suprsend_celery_tally", default=None)
-
-
-def count_direct(field: str, amount: float = 1) -> None:
-    """Count ``field`` for the running ``track_event`` (nothing outside one)."""
-    tally = DIRECT_TALLY.get()
-    if tally is not None:
-        tally.add(field, amount)
