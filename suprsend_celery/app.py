@@ -6,7 +6,7 @@
 
 Producers in other services publish ``suprsend_celery.track_event`` tasks, or call
 ``buffer_event`` against the same Redis; this worker sends them. Every ``suprsend_*``
-key falls back to its upper-case environment variable (see ``config``).
+key falls back to its upper-case environment variable (see ``pipeline.settings``).
 """
 
 from __future__ import annotations

@@ -211,3 +211,26 @@ class TestDependencies:
                     imported.add(top)
         undeclared = imported - OPTIONAL_IMPORTS - declared
         assert undeclared == set()
+
+
+class TestArchitectureDoc:
+    """``docs/architecture.md`` names every module and every Lua script, so it cannot
+    drift from the code again."""
+
+    DOC = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+
+    @pytest.mark.parametrize(
+        "path", sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py"))
+    )
+    def test_names_every_module(self, path: str) -> None:
+        assert f"`{path}`" in self.DOC, f"docs/architecture.md does not name {path}"
+
+    @pytest.mark.parametrize("path", sorted(p.name for p in PACKAGE.rglob("*.lua")))
+    def test_names_every_lua_script(self, path: str) -> None:
+        assert f"`{path}`" in self.DOC, f"docs/architecture.md does not name {path}"
+
+    def test_every_layer_is_drawn(self) -> None:
+        for _, groups in LAYERS:
+            for group in groups:
+                room = group.removeprefix("suprsend_celery").lstrip(".").split(".")[0]
+                assert not room or f"{room}/" in self.DOC or f"{room}.py" in self.DOC, room
