@@ -196,12 +196,8 @@ def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Cele
 
     yield factory
     for app in apps:
-        client = app.__dict__.get("_suprsend_client")
-        if client is not None:  # flushes run in this process leave sessions in threads
-            client.close_all()
-        lane = getattr(app.__dict__.get("_suprsend_buffer"), "_lane", None)
-        while lane is not None and lane._idle:  # the producers' own connections
-            lane._idle.pop().disconnect()
+        # Closes what the app's runtime opened: HTTP sessions of flush threads, the
+        # flusher's threads, Redis pools and the producers' own connections.
         reset_settings(app)
         # The Redis result backend keeps a pubsub connection for .get(); close it, or a
         # later GC reports the socket as an unraisable ResourceWarning in another test.
