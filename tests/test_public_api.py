@@ -267,6 +267,15 @@ class TestSignatures:
                 call()
             assert (str(info.value), info.value.field) == (str(expected.value), field)
 
+    def test_another_producers_keyword_is_unexpected(self) -> None:
+        """Each producer refuses the other's keyword: ``using`` (Django's), ``app``."""
+        from suprsend_celery.contrib.django import buffer_event_on_commit
+
+        with pytest.raises(InvalidEventError, match="unexpected argument 'using'"):
+            suprsend_celery.buffer_event("u", "ev", using="default")
+        with pytest.raises(InvalidEventError, match="unexpected argument 'app'"):
+            buffer_event_on_commit("u", "ev", app=None)
+
     def test_reimport_is_stable(self) -> None:
         """Re-importing the package hands back the same objects."""
         again = importlib.import_module("suprsend_celery")

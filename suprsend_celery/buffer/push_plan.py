@@ -13,8 +13,9 @@ for::
     reply = run(PUSH_LUA, plan.call())              # the one round trip that pushes
     return plan.pushed(reply)
 
-``AsyncBuffer`` (``async_push``) runs it on ``redis.asyncio``; ``RedisBuffer.push``
-is the same sequence on its producers' connections (``ProducerLane``).
+``AsyncBuffer`` (``async_push``) runs it on ``redis.asyncio``. ``RedisBuffer.push``
+takes the same steps on its producers' connections (``ProducerLane``) through the same
+pieces (``PolicyCheck``, ``push_call``, ``check_push``), plus ``WAIT`` for replicas.
 """
 
 from __future__ import annotations

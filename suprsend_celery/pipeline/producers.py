@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -48,21 +49,29 @@ DistinctId = str | int | uuid.UUID
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-#: Keywords of the producers that are not the event's (``app``; Django's ``using``).
-_NOT_EVENT_FIELDS = frozenset({"app", "using"})
+#: The parameters of a producer that describe the event (``Event``'s, in its order).
+_EVENT_FIELDS = (
+    "distinct_id",
+    "event_name",
+    "properties",
+    "idempotency_key",
+    "tenant_id",
+    "brand_id",
+)
 
 
 def event_call(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Make a producer refuse a call of the wrong shape (arity, an unknown or repeated
     keyword) with ``InvalidEventError`` naming the argument, as every producer does,
     rather than Python's ``TypeError``. Costs nothing on a good call."""
+    own = _own_parameters(func)
 
     @functools.wraps(func)
     def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return func(*args, **kwargs)
         except TypeError as exc:
-            _refuse_call_shape(exc, args, kwargs)
+            _refuse_call_shape(exc, args, kwargs, own)
             raise
 
     return checked
@@ -70,25 +79,32 @@ def event_call(func: Callable[_P, _R]) -> Callable[_P, _R]:
 
 def async_event_call(func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """``event_call`` for a coroutine function (the refusal is raised when awaited)."""
+    own = _own_parameters(func)
 
     @functools.wraps(func)
     async def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             awaitable = func(*args, **kwargs)
         except TypeError as exc:
-            _refuse_call_shape(exc, args, kwargs)
+            _refuse_call_shape(exc, args, kwargs, own)
             raise
         return await awaitable
 
     return checked
 
 
-def _refuse_call_shape(exc: TypeError, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+def _own_parameters(func: Callable[..., Any]) -> frozenset[str]:
+    """A producer's parameters that are not the event's (``app``; Django's ``using``)."""
+    return frozenset(inspect.signature(func).parameters) - set(_EVENT_FIELDS)
+
+
+def _refuse_call_shape(
+    exc: TypeError, args: tuple[Any, ...], kwargs: Mapping[str, Any], own: frozenset[str]
+) -> None:
     """Raise ``event_from_call``'s ``InvalidEventError`` when ``exc`` is the call itself
     failing to bind (its traceback has no frame of the callee), else return."""
     if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-        fields = {k: v for k, v in kwargs.items() if k not in _NOT_EVENT_FIELDS}
-        event_from_call(args, fields)
+        event_from_call(args, {k: v for k, v in kwargs.items() if k not in own})
 
 
 def event_of(
