@@ -1,4 +1,4 @@
-"""Settings: Celery config → environment → default, validated once and cached on the app.
+"""Settings: Celery config → environment → default, validated once per app.
 
 Every key has the ``suprsend_`` prefix. ``app.conf.suprsend_workspace_key`` wins, then the
 environment variable ``SUPRSEND_WORKSPACE_KEY``, then the default. With Django's
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -27,7 +26,6 @@ from .hooks import BeforeSend, load_hook
 
 __all__ = [
     "Settings",
-    "cached_on_app",
     "get_settings",
     "load_settings",
     "reset_settings",
@@ -336,11 +334,6 @@ def _check_credentials(values: dict[str, Any]) -> None:
         )
 
 
-# One lock for everything cached on an app (settings here, client, buffer and flusher
-# in ``runtime``); re-entrant because builders nest (the flusher builds the buffer).
-_lock = threading.RLock()
-
-
 def resolve_app(app: Any = None) -> Any:
     """``app``, or Celery's current app: the one way this package finds the app."""
     if app is None:
@@ -352,27 +345,16 @@ def resolve_app(app: Any = None) -> Any:
     return app
 
 
-def cached_on_app(app: Any, attr: str, build: Callable[[], _T]) -> _T:
-    """``app.<attr>``, built once (thread-safe); ``reset_settings`` forgets it."""
-    value: _T | None = app.__dict__.get(attr)
-    if value is None:
-        with _lock:
-            value = app.__dict__.get(attr)
-            if value is None:
-                value = build()
-                app.__dict__[attr] = value
-    return value
-
-
 def get_settings(app: Any = None) -> Settings:
-    """The app's settings, read once and cached on the app (``reset_settings`` forgets them)."""
-    app = resolve_app(app)
-    return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
+    """The app's settings, read once and kept by its runtime (``reset_settings`` forgets them)."""
+    from .runtime import runtime_of  # the runtime imports this module to build settings
+
+    return runtime_of(app).settings
 
 
 def reset_settings(app: Any = None) -> None:
-    """Forget cached settings and connections, e.g. after changing ``app.conf`` in tests."""
-    app = resolve_app(app)
-    with _lock:
-        for attr in [a for a in app.__dict__ if a.startswith("_suprsend_")]:
-            del app.__dict__[attr]
+    """Close the app's runtime (connections, sessions, threads) and forget its settings,
+    e.g. after changing ``app.conf`` in tests: the next call reads ``app.conf`` again."""
+    from .runtime import close_runtime  # the runtime imports this module to build settings
+
+    close_runtime(app)
