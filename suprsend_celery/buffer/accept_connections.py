@@ -128,9 +128,16 @@ class ProducerConnections:
             return reply
 
     def close(self) -> None:
-        """Disconnect the idle connections (a call later opens a fresh one)."""
-        while self._idle:
-            self._idle.pop().disconnect()
+        """Disconnect the idle connections (a later call opens a fresh one). One in use
+        by another thread meanwhile returns to the idle set after its call. In a forked
+        child this closes the parent's sockets' copies only (redis-py shuts a socket
+        down only in the process that opened it)."""
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:  # none left (another thread may have taken the last)
+                return
+            conn.disconnect()
 
     def node_client(self) -> Any:
         """The client for this slot: the client itself, or a cluster node's (a cluster

@@ -76,7 +76,7 @@ class AsyncBuffer:
             return 0
         timeout = buffer.accept_timeout
         try:
-            return await asyncio.wait_for(self._run(PushPlan(buffer, records), buffer), timeout)
+            return await asyncio.wait_for(self._run(buffer, records), timeout)
         except (redis.exceptions.AskError, redis.exceptions.MovedError):
             raise
         except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -85,7 +85,9 @@ class AsyncBuffer:
                 f"suprsend_accept_timeout={timeout:g}s; the event was not accepted"
             ) from exc
 
-    async def _run(self, plan: PushPlan, buffer: RedisBuffer) -> int:
+    async def _run(self, buffer: RedisBuffer, records: Sequence[bytes]) -> int:
+        """The sync push's plan (``Queue.push``), its round trips awaited here."""
+        plan = PushPlan(buffer.queue, records)
         if plan.reading_due():
             plan.take_reading(describe_redis(buffer.redis), await self._memory_info())
         keys, args = plan.call()

@@ -23,7 +23,6 @@ from typing import Any
 import redis
 
 from ..buffer.async_push import AsyncBuffer
-from ..buffer.closing import close_buffer
 from ..buffer.opening import BufferConfig, first_look, open_buffer
 from ..buffer.protocol import Buffer
 from ..buffer.redis_buffer import RedisBuffer
@@ -229,7 +228,7 @@ class Runtime:
             client.close_all()
         for buffer in buffers:
             if buffer is not None:
-                close_buffer(buffer)
+                buffer.close()
         for loop, async_buffer in loops:
             if loop.is_running():
                 asyncio.run_coroutine_threadsafe(async_buffer.aclose(), loop)
