@@ -196,14 +196,8 @@ def app_factory(redis_url: str, sandbox: Sandbox) -> Iterator[Callable[..., Cele
 
     yield factory
     for app in apps:
-        client = app.__dict__.get("_suprsend_client")
-        if client is not None:  # flushes run in this process leave sessions in threads
-            client.close_all()
-        buffer = app.__dict__.get("_suprsend_buffer")
-        shards = getattr(buffer, "shards", {0: buffer}).values()
-        for shard in shards:
-            if shard is not None:  # the producers' own connections
-                shard.slot.producers.close()
+        # Closes what the app's runtime opened: HTTP sessions of flush threads, the
+        # flusher's threads, Redis pools and the producers' own connections.
         reset_settings(app)
         # The Redis result backend keeps a pubsub connection for .get(); close it, or a
         # later GC reports the socket as an unraisable ResourceWarning in another test.

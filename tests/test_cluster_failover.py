@@ -33,8 +33,9 @@ from suprsend_celery.defaults import FLUSH_TASK
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.events.model import AcceptedRecord
 from suprsend_celery.exceptions import BufferUnavailableError
-from suprsend_celery.pipeline.producers import accept_events
+from suprsend_celery.pipeline.producers import accept_batch
 from suprsend_celery.pipeline.runtime import get_buffer
+from suprsend_celery.pipeline.settings import get_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 
@@ -156,7 +157,7 @@ def test_master_killed_mid_drain_loses_nothing_and_ends_in_time(
         cluster.wait_for_failover(victim_key, old_port, timeout=30)
         failed_over = time.monotonic()
         late = make_events(100, "signed_up")
-        records = [r for r in accept_events(app, late) if isinstance(r, AcceptedRecord)]
+        records = accept_batch(get_settings(app), late).records
         try:
             wait_for(
                 lambda: _pushed(web.shards[0], records),

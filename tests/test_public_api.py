@@ -212,6 +212,70 @@ class TestSignatures:
             if twin is not None:
                 assert inspect.signature(function).parameters == inspect.signature(twin).parameters
 
+    @pytest.mark.parametrize(
+        ("name", "extra"),
+        [
+            ("buffer_event", ["app"]),
+            ("abuffer_event", ["app"]),
+            ("suprsend_celery.contrib.django.buffer_event_on_commit", ["using"]),
+            ("suprsend_celery.contrib.django.track_event_on_commit", []),
+        ],
+    )
+    def test_producers_name_their_parameters(self, name: str, extra: list[str]) -> None:
+        """``buffer_event(distinct_id, event_name, properties=None, *, idempotency_key=None,
+        tenant_id=None, brand_id=None, app=None)``, never ``*args, **kwargs``."""
+        module, _, attr = name.rpartition(".")
+        function = getattr(importlib.import_module(module or "suprsend_celery"), attr)
+        params = inspect.signature(function).parameters
+        fields = ["distinct_id", "event_name", "properties"]
+        keywords = ["idempotency_key", "tenant_id", "brand_id", *extra]
+        assert list(params) == fields + keywords
+        kinds = {p.kind for n, p in params.items() if n in fields}
+        assert kinds == {inspect.Parameter.POSITIONAL_OR_KEYWORD}
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in keywords)
+        assert all(params[n].default is None for n in [*fields[1:], *keywords])
+
+    @pytest.mark.parametrize(
+        ("args", "kwargs", "field"),
+        [
+            ((), {}, "distinct_id"),
+            (("u", "ev", {}, "extra"), {}, None),
+            (("u", "ev"), {"event_name": "other"}, "event_name"),
+            (("u", "ev"), {"colour": "red"}, "colour"),
+        ],
+    )
+    def test_wrong_call_shapes_are_invalid_events(
+        self, args: tuple[object, ...], kwargs: dict[str, object], field: str | None
+    ) -> None:
+        """A call of the wrong shape raises ``InvalidEventError`` (not ``TypeError``),
+        with ``event_from_call``'s message, before any app or Redis is needed."""
+        import asyncio
+
+        from suprsend_celery.contrib.django import buffer_event_on_commit, track_event_on_commit
+        from suprsend_celery.events.model import event_from_call
+
+        with pytest.raises(InvalidEventError) as expected:
+            event_from_call(args, kwargs)
+        calls = [
+            lambda: suprsend_celery.buffer_event(*args, **kwargs),
+            lambda: asyncio.run(suprsend_celery.abuffer_event(*args, **kwargs)),
+            lambda: buffer_event_on_commit(*args, **kwargs),
+            lambda: track_event_on_commit(*args, **kwargs),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidEventError) as info:
+                call()
+            assert (str(info.value), info.value.field) == (str(expected.value), field)
+
+    def test_another_producers_keyword_is_unexpected(self) -> None:
+        """Each producer refuses the other's keyword: ``using`` (Django's), ``app``."""
+        from suprsend_celery.contrib.django import buffer_event_on_commit
+
+        with pytest.raises(InvalidEventError, match="unexpected argument 'using'"):
+            suprsend_celery.buffer_event("u", "ev", using="default")
+        with pytest.raises(InvalidEventError, match="unexpected argument 'app'"):
+            buffer_event_on_commit("u", "ev", app=None)
+
     def test_reimport_is_stable(self) -> None:
         """Re-importing the package hands back the same objects."""
         again = importlib.import_module("suprsend_celery")

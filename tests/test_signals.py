@@ -82,7 +82,7 @@ class TestDeadLettered:
             "evt_broken",
             422,
         )
-        assert letter.record_json()["properties"]["secret"] == SECRET_PROPERTY  # on request
+        assert letter.record_dict()["properties"]["secret"] == SECRET_PROPERTY  # on request
         no_properties(call)
         (done,) = completed.calls
         assert done == {"sender": "suprsend_celery", **report.as_result()}

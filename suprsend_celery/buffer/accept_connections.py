@@ -137,9 +137,16 @@ class ProducerConnections:
             return reply
 
     def close(self) -> None:
-        """Disconnect the idle connections (a call later opens a fresh one)."""
-        while self._idle:
-            self._idle.pop().disconnect()
+        """Disconnect the idle connections (a later call opens a fresh one). One in use
+        by another thread meanwhile returns to the idle set after its call. In a forked
+        child this closes the parent's sockets' copies only (redis-py shuts a socket
+        down only in the process that opened it)."""
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:  # none left (another thread may have taken the last)
+                return
+            conn.disconnect()
 
     def _refresh_slots(self) -> None:
         """On a cluster, learn the slot's owner again in a thread of its own: a replica

@@ -28,7 +28,7 @@ from redis.sentinel import Sentinel
 from .. import defaults
 from ..exceptions import ConfigurationError
 
-__all__ = ["SENTINEL_SCHEME", "connect"]
+__all__ = ["SENTINEL_SCHEME", "close_client", "connect"]
 
 SENTINEL_SCHEME = "sentinel://"
 
@@ -80,6 +80,17 @@ def connect(
             cluster_options["retry"] = FAILOVER_RETRY
         return redis.RedisCluster.from_url(url, **cluster_options)
     return redis.Redis.from_url(url, **options)
+
+
+def close_client(client: Any) -> None:
+    """Close a client ``connect`` made: its pool (a cluster's node pools), and behind
+    Sentinel the sentinels' own connections too, which closing the client leaves open.
+    The client stays usable: a later command connects again."""
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
+    manager = getattr(pool, "sentinel_manager", None)
+    client.close()
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.close()
 
 
 def _is_cluster(url: str, options: dict[str, Any]) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -112,10 +112,12 @@ class PolicyCheck:
     def due(self) -> bool:
         return time.monotonic() >= self._due
 
-    def update(self, memory_info: Mapping[str, Any]) -> None:
-        """Take a reading from ``read_memory_info`` (or its async twin)."""
+    def update(self, where: str, memory_info: Mapping[str, Any]) -> None:
+        """Take a reading of the Redis ``where`` names (``parse_memory_info``'s fields,
+        empty when ``INFO`` was refused)."""
         policy = memory_info.get("maxmemory_policy")
         with self._lock:
+            self.where = where
             self.policy = policy if isinstance(policy, str) else None
             self._refused = refusal(policy, self.where)
             self._due = time.monotonic() + self.interval
@@ -125,15 +127,6 @@ class PolicyCheck:
                 "noeviction, or events may be evicted",
                 self.where,
             )
-
-    def enforce(self, run: Callable[[Callable[[Any], Any]], Any], where: Callable[[], str]) -> None:
-        """Raise ``ConfigurationError`` if this Redis may evict keys, reading its policy
-        when due with ``run(command)`` (a command on one of the producers' connections);
-        ``where()`` names the Redis for the message."""
-        if self.due():
-            self.where = where()
-            self.update(parse_memory_info(run(info_memory)))
-        self.refuse()
 
     def refuse(self) -> None:
         """Raise ``ConfigurationError`` if the last reading was an evicting policy."""

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from .. import defaults
-from .connection import connect
+from .connection import close_client, connect
 from .protocol import Buffer
 from .redis_buffer import RedisBuffer
 from .sharded import ShardedBuffer, shards_in_use
@@ -56,7 +56,7 @@ def first_look(config: BufferConfig, timeout: float) -> tuple[bool, set[int]]:
         used = shards_in_use(probe, config.prefix, config.shards)
         return isinstance(probe, redis.RedisCluster), used
     finally:
-        probe.close()
+        close_client(probe)
 
 
 def open_buffer(

@@ -109,3 +109,8 @@ class Buffer(Protocol):
 
     def clear(self) -> None:
         """Delete every key of the buffer (tests and tools)."""
+
+    def close(self) -> None:
+        """Close every connection the buffer opened: the client's pool (a Sentinel
+        client's sentinels too) and the producers' own. Idempotent; the buffer stays
+        usable (a later call connects again), like redis-py's client."""

@@ -13,17 +13,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .. import defaults
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
-from ..exceptions import BufferFullError, ReplicationError
+from ..exceptions import ReplicationError
 from . import scripts as lua
 from .keys import Keys
+from .push_plan import PushPlan
 from .slot import Slot
 
-__all__ = ["Claim", "ClaimMode", "Queue", "check_push"]
+__all__ = ["Claim", "ClaimMode", "Queue"]
 
 ClaimMode = Literal["ok", "probe", "open"]
 """``ok``; ``probe`` when the claim is the breaker's probe; ``open`` when it refused."""
@@ -41,17 +42,6 @@ class Claim:
     mode: ClaimMode
     wait: float
     items: list[bytes]
-
-
-def check_push(result: Any, max_length: int, count: int) -> int:
-    """The push script's reply as the new pending length; ``BufferFullError`` for -1."""
-    if result == -1:
-        raise BufferFullError(
-            f"the buffer holds suprsend_buffer_max_length={max_length} records, dead "
-            f"letters included; {count} event(s) were not accepted (is flush_buffer "
-            "running? are dead letters piling up: suprsend-celery dead-letters list)"
-        )
-    return int(result)
 
 
 _DEFAULT_BREAKER = lua.Breaker()
@@ -74,6 +64,8 @@ class Queue:
         self.max_length = max_length
         self.min_replicas = min_replicas
         self.breaker = breaker
+        #: Refuses accepting into a Redis that may evict our keys (the async push shares it).
+        self.policy_check = slot.policy_check
         register = slot.client.register_script
         self._push = register(lua.PUSH.source)
         self._claim = register(lua.CLAIM.source)
@@ -86,14 +78,18 @@ class Queue:
         ``BufferUnavailableError`` if Redis fails or does not answer in time, and
         ``ReplicationError`` (added, not confirmed) when fewer than ``min_replicas``
         replicas confirm them within a quarter of ``accept_timeout``, and
-        ``ConfigurationError`` when this Redis may evict keys (see ``eviction``)."""
+        ``ConfigurationError`` when this Redis may evict keys (see ``eviction``).
+
+        The push's decisions are ``PushPlan``'s, as the async push's; the round trips
+        run on the producers' own connections, with ``WAIT`` in the push's."""
         if not records:
             return 0
-        self.slot.refuse_eviction()
-        call = lua.push_call(self.keys, self.max_length, records)
+        plan = PushPlan(self, records)
+        if plan.reading_due():
+            plan.take_reading(*self.slot.policy_reading())
         producers = self.slot.producers
-        result, acked = producers.call(self._push, call, replicas=self.min_replicas)
-        pushed = check_push(result, self.max_length, len(records))
+        reply, acked = producers.call(self._push, plan.call(), replicas=self.min_replicas)
+        pushed = plan.pushed(reply)
         if acked < self.min_replicas:
             raise ReplicationError(
                 f"{len(records)} event(s) reached the Redis master, but only {acked} of "

@@ -21,6 +21,7 @@ from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from .breaker import CircuitBreaker
+from .connection import close_client
 from .dead_letter_list import DeadLetterList, Requeued
 from .journal import DirectJournal
 from .keys import Keys
@@ -57,8 +58,6 @@ class RedisBuffer:
         self.slot = Slot(
             client, self.keys, accept_timeout=accept_timeout, policy_recheck=policy_recheck
         )
-        #: Refuses accepting into a Redis that may evict our keys (async producers share it).
-        self.policy_check = self.slot.policy_check
         breaker = Breaker(breaker_threshold, breaker_cooldown, breaker_cooldown_max)
         self.queue = Queue(
             self.slot, self.keys, max_length=max_length, min_replicas=min_replicas, breaker=breaker
@@ -150,6 +149,12 @@ class RedisBuffer:
 
     def memory_info(self) -> dict[str, Any]:
         return self.slot.memory_info()
+
+    def close(self) -> None:
+        """Close the producers' own connections, then the client (its pool; behind
+        Sentinel the sentinels' too). Still usable after: a later call connects again."""
+        self.slot.close()
+        close_client(self.redis)
 
     def clear(self) -> None:
         """Delete every key of this shard (tests and tools)."""

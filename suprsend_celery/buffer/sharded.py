@@ -36,6 +36,7 @@ from ..delivery.dead_letters import DeadLetter, parse_dead_letter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from ..exceptions import BufferFullError
+from .connection import close_client
 from .dead_letter_list import Requeued
 from .keys import registry_key, shard_prefix
 from .queue import Claim, ClaimMode
@@ -252,6 +253,12 @@ class ShardedBuffer:
 
     def memory_info(self) -> dict[str, Any]:
         return self._first.memory_info()
+
+    def close(self) -> None:
+        """Close every shard's producer connections, then the client they share."""
+        for shard in self.shards.values():
+            shard.slot.close()
+        close_client(self.redis)
 
     def clear(self) -> None:
         for shard in self.shards.values():

@@ -11,7 +11,13 @@ import redis
 
 from .. import defaults
 from .accept_connections import ProducerConnections
-from .eviction import PolicyCheck, describe_redis, read_memory_info
+from .eviction import (
+    PolicyCheck,
+    describe_redis,
+    info_memory,
+    parse_memory_info,
+    read_memory_info,
+)
 from .keys import Keys
 
 __all__ = ["Slot"]
@@ -43,10 +49,22 @@ class Slot:
         """A pipeline (no MULTI) on the server holding this slot: one round trip."""
         return self.node().pipeline(transaction=False)
 
+    def policy_reading(self) -> tuple[str, dict[str, Any]]:
+        """Which Redis, and its ``INFO memory`` fields, read on the producers' bounded
+        connections. An ACL that refuses ``INFO`` fails the read like any Redis error
+        there (``BufferUnavailableError``); the async push reads it as "cannot tell"."""
+        return describe_redis(self.node()), parse_memory_info(self.producers.run(info_memory))
+
     def refuse_eviction(self) -> None:
         """``ConfigurationError`` when this Redis may evict keys (``eviction``); the
-        policy is read on the producers' bounded connections, when due."""
-        self.policy_check.enforce(self.producers.run, lambda: describe_redis(self.node()))
+        policy is read when due (``policy_reading``)."""
+        if self.policy_check.due():
+            self.policy_check.update(*self.policy_reading())
+        self.policy_check.refuse()
+
+    def close(self) -> None:
+        """Disconnect the producers' own connections (the client is the buffer's to close)."""
+        self.producers.close()
 
     def memory_info(self) -> dict[str, Any]:
         """This Redis's ``maxmemory_policy``, ``maxmemory`` and ``used_memory`` (``status``)."""

@@ -14,19 +14,19 @@ import where Django is not configured.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, overload
 
-from ..events.model import AcceptedRecord
+from ..events.model import Event
 from ..exceptions import ConfigurationError
-from ..pipeline.producers import accept_call
-from ..pipeline.runtime import get_buffer
-from ..pipeline.settings import resolve_app
+from ..pipeline.producers import DistinctId, accept_batch, event_call, event_of
+from ..pipeline.runtime import runtime_of
 from ..tasks.direct import track_event
 
 __all__ = ["buffer_event_on_commit", "track_event_on_commit"]
 
 
-def _on_commit(callback: Any, using: str | None = None) -> None:
+def _on_commit(callback: Callable[[], object], using: str | None = None) -> None:
     try:
         from django.db import transaction  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - depends on the environment
@@ -34,18 +34,66 @@ def _on_commit(callback: Any, using: str | None = None) -> None:
     transaction.on_commit(callback, using=using)
 
 
-def track_event_on_commit(*args: Any, **kwargs: Any) -> str:
-    """``track_event.delay`` after commit; returns the idempotency key now."""
-    key: str = track_event.delay_on_commit(*args, **kwargs)
+@overload
+def track_event_on_commit(
+    distinct_id: DistinctId,
+    event_name: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+) -> str: ...
+@overload
+def track_event_on_commit(event: Event, /) -> str: ...
+@event_call
+def track_event_on_commit(
+    distinct_id: DistinctId | Event,
+    event_name: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+) -> str:
+    """``track_event.delay`` after commit; validates now and returns the idempotency key."""
+    event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
+    key: str = track_event.delay_on_commit(event)
     return key
 
 
-def buffer_event_on_commit(*args: Any, using: str | None = None, **kwargs: Any) -> str:
-    """``buffer_event`` after commit; validates now and returns the idempotency key."""
-    app = resolve_app()
-    record = accept_call(app, args, kwargs)
-    if isinstance(record, AcceptedRecord):
-        buffer = get_buffer(app)
-        payload = record.payload
-        _on_commit(lambda: buffer.push([payload]), using=using)
-    return record.idempotency_key
+@overload
+def buffer_event_on_commit(
+    distinct_id: DistinctId,
+    event_name: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+    using: str | None = None,
+) -> str: ...
+@overload
+def buffer_event_on_commit(event: Event, /, *, using: str | None = None) -> str: ...
+@event_call
+def buffer_event_on_commit(
+    distinct_id: DistinctId | Event,
+    event_name: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+    using: str | None = None,
+) -> str:
+    """``buffer_event`` after commit of the ``using`` database's transaction; validates
+    now and returns the idempotency key."""
+    runtime = runtime_of()
+    settings = runtime.settings
+    event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
+    accepted = accept_batch(settings, (event,))
+    if accepted.records:
+        buffer = runtime.buffer()
+        payloads = accepted.payloads
+        _on_commit(lambda: buffer.push(payloads), using=using)
+    return accepted.keys[0]

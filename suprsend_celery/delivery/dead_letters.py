@@ -44,9 +44,14 @@ class DeadLetter:
     def age_seconds(self) -> float:
         return max(0.0, time.time() - self.failed_at)
 
-    def record_json(self) -> dict[str, Any]:
+    def record_dict(self) -> dict[str, Any]:
+        """The record, parsed (``ValueError`` if it is not JSON): it holds properties."""
         value: dict[str, Any] = json.loads(self.record)
         return value
+
+    def record_json(self) -> str:
+        """The record as JSON text, exactly the bytes that will be re-sent."""
+        return self.record.decode("utf-8")
 
 
 def dead_letter_entry(

@@ -1,42 +1,133 @@
 """``buffer_event``/``buffer_events``/``buffer_stats``: the buffered path's producer side.
 
 Validation and serialisation happen here, in the caller's process, so bad input fails
-at the call site and the buffer only ever holds records ready to send.
+at the call site and the buffer only ever holds records ready to send. The accept step
+(``event_of``, ``accept_call``, ``accept_batch``: validation, the
+``suprsend_before_send`` hook, the record's bytes, the keys an error names) is shared
+with the async producers (``async_producers``) and the Django helpers; those differ
+only in how the push's round trip is waited for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ..delivery.client import USER_AGENT
 from ..events.model import AcceptedRecord, Event, accept, event_from_call
 from ..exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
 from .hooks import Dropped, run_hook
-from .runtime import get_buffer
-from .settings import get_settings, resolve_app
+from .runtime import Runtime, runtime_of
+from .settings import Settings
 
 __all__ = [
+    "Accepted",
+    "DistinctId",
+    "accept_batch",
     "accept_call",
-    "accept_events",
+    "accept_event",
+    "async_event_call",
     "buffer_event",
     "buffer_events",
     "buffer_stats",
+    "event_call",
+    "event_of",
     "naming_keys",
 ]
 
 logger = logging.getLogger(__name__)
 
+DistinctId = str | int | uuid.UUID
+"""What ``distinct_id`` may be (sent as a string)."""
 
-def accept_call(
-    app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> AcceptedRecord | Dropped:
-    """Validate call arguments, run ``suprsend_before_send`` once, and fix the event's
-    identifiers for this app's workspace (``Dropped`` if the hook dropped it)."""
-    settings = get_settings(app)
-    event = event_from_call(args, kwargs)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: The parameters of a producer that describe the event (``Event``'s, in its order).
+_EVENT_FIELDS = (
+    "distinct_id",
+    "event_name",
+    "properties",
+    "idempotency_key",
+    "tenant_id",
+    "brand_id",
+)
+
+
+def event_call(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Make a producer refuse a call of the wrong shape (arity, an unknown or repeated
+    keyword) with ``InvalidEventError`` naming the argument, as every producer does,
+    rather than Python's ``TypeError``. Costs nothing on a good call."""
+    own = _own_parameters(func)
+
+    @functools.wraps(func)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except TypeError as exc:
+            _refuse_call_shape(exc, args, kwargs, own)
+            raise
+
+    return checked
+
+
+def async_event_call(func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """``event_call`` for a coroutine function (the refusal is raised when awaited)."""
+    own = _own_parameters(func)
+
+    @functools.wraps(func)
+    async def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            awaitable = func(*args, **kwargs)
+        except TypeError as exc:
+            _refuse_call_shape(exc, args, kwargs, own)
+            raise
+        return await awaitable
+
+    return checked
+
+
+def _own_parameters(func: Callable[..., Any]) -> frozenset[str]:
+    """A producer's parameters that are not the event's (``app``; Django's ``using``)."""
+    return frozenset(inspect.signature(func).parameters) - set(_EVENT_FIELDS)
+
+
+def _refuse_call_shape(
+    exc: TypeError, args: tuple[Any, ...], kwargs: Mapping[str, Any], own: frozenset[str]
+) -> None:
+    """Raise ``event_from_call``'s ``InvalidEventError`` when ``exc`` is the call itself
+    failing to bind (its traceback has no frame of the callee), else return."""
+    if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+        event_from_call(args, {k: v for k, v in kwargs.items() if k not in own})
+
+
+def event_of(
+    distinct_id: DistinctId | Event,
+    event_name: str | None,
+    properties: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+    tenant_id: str | None,
+    brand_id: str | None,
+) -> Event:
+    """The event a producer call names: an ``Event`` passed alone, or one built (and
+    validated) from the fields."""
+    if event_name is None:
+        fields = (properties, idempotency_key, tenant_id, brand_id)
+        if isinstance(distinct_id, Event) and all(f is None for f in fields):
+            return distinct_id
+        raise InvalidEventError("event_name is required", field="event_name")
+    return Event(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)  # type: ignore[arg-type]
+
+
+def accept_event(settings: Settings, event: Event) -> AcceptedRecord | Dropped:
+    """Run ``suprsend_before_send`` once and fix the event's identifiers and bytes for this
+    workspace (``Dropped`` if the hook dropped it)."""
     if settings.before_send is not None:
         hooked = run_hook(settings.before_send, event)
         if isinstance(hooked, Dropped):
@@ -50,6 +141,42 @@ def accept_call(
     )
 
 
+def accept_call(
+    app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AcceptedRecord | Dropped:
+    """``accept_event`` for ``track_event``-style call arguments."""
+    return accept_event(runtime_of(app).settings, event_from_call(args, kwargs))
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Events accepted at the call site: the records to push (one the hook dropped has
+    none) and every event's idempotency key, in call order."""
+
+    records: list[AcceptedRecord]
+    keys: list[str]
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [r.payload for r in self.records]
+
+
+def accept_batch(settings: Settings, events: Iterable[Event]) -> Accepted:
+    """Accept every event, or raise for the first bad one (nothing accepted)."""
+    records: list[AcceptedRecord] = []
+    keys: list[str] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, Event):
+            raise InvalidEventError(
+                f"buffer_events takes Event instances; item {index} is a {type(event).__name__}"
+            )
+        result = accept_event(settings, event)
+        if isinstance(result, AcceptedRecord):
+            records.append(result)
+        keys.append(result.idempotency_key)
+    return Accepted(records, keys)
+
+
 @contextlib.contextmanager
 def naming_keys(records: list[AcceptedRecord]) -> Iterator[None]:
     """An accept error raised inside (Redis unavailable, replicas not confirming) names
@@ -61,50 +188,62 @@ def naming_keys(records: list[AcceptedRecord]) -> Iterator[None]:
         raise
 
 
-def buffer_event(*args: Any, app: Any = None, **kwargs: Any) -> str:
+def _push(runtime: Runtime, accepted: Accepted) -> None:
+    if accepted.records:
+        with naming_keys(accepted.records):
+            runtime.buffer().push(accepted.payloads)
+
+
+@overload
+def buffer_event(
+    distinct_id: DistinctId,
+    event_name: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+    app: Any = None,
+) -> str: ...
+@overload
+def buffer_event(event: Event, /, *, app: Any = None) -> str: ...
+@event_call
+def buffer_event(
+    distinct_id: DistinctId | Event,
+    event_name: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+    app: Any = None,
+) -> str:
     """Append one event to the Redis buffer in one round trip; return its idempotency key.
 
     ``buffer_event(distinct_id, event_name, properties=None, *, idempotency_key=None,
-    tenant_id=None, brand_id=None)`` or ``buffer_event(event)``. Raises
-    ``InvalidEventError`` for bad input, ``BufferFullError`` when the buffer is full and
-    ``BufferUnavailableError`` when Redis fails or does not answer within
-    ``suprsend_accept_timeout`` (see that error for a timeout's uncertain outcome).
+    tenant_id=None, brand_id=None)`` or ``buffer_event(event)``; ``app`` defaults to
+    Celery's current app. Raises ``InvalidEventError`` for bad input, ``BufferFullError``
+    when the buffer is full and ``BufferUnavailableError`` when Redis fails or does not
+    answer within ``suprsend_accept_timeout`` (see that error for a timeout's uncertain
+    outcome).
     """
-    app = resolve_app(app)
-    record = accept_call(app, args, kwargs)
-    if isinstance(record, AcceptedRecord):
-        _push(app, [record])
-    return record.idempotency_key
-
-
-def accept_events(app: Any, events: Iterable[Event]) -> list[AcceptedRecord | Dropped]:
-    """Accept every event of a batch, or raise for the first bad one (nothing accepted)."""
-    records = []
-    for index, event in enumerate(events):
-        if not isinstance(event, Event):
-            raise InvalidEventError(
-                f"buffer_events takes Event instances; item {index} is a {type(event).__name__}"
-            )
-        records.append(accept_call(app, (event,), {}))
-    return records
+    runtime = runtime_of(app)
+    settings = runtime.settings  # a configuration error first, as for any call
+    event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
+    accepted = accept_batch(settings, (event,))
+    _push(runtime, accepted)
+    return accepted.keys[0]
 
 
 def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
     """Append many events in one atomic round trip: all are buffered, or none."""
-    app = resolve_app(app)
-    records = accept_events(app, events)
-    accepted = [r for r in records if isinstance(r, AcceptedRecord)]
-    if accepted:
-        _push(app, accepted)
-    return [r.idempotency_key for r in records]
-
-
-def _push(app: Any, records: list[AcceptedRecord]) -> None:
-    with naming_keys(records):
-        get_buffer(app).push([r.payload for r in records])
+    runtime = runtime_of(app)
+    accepted = accept_batch(runtime.settings, events)
+    _push(runtime, accepted)
+    return accepted.keys
 
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:
     """``pending``, ``in_flight``, ``scheduled_retries``, ``dead``, ``oldest_age_seconds``,
     ``breaker`` ("closed" | "open" | "half_open")."""
-    return get_buffer(app).stats()
+    return runtime_of(app).buffer().stats()

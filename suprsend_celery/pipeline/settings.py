@@ -1,4 +1,4 @@
-"""Settings: Celery config → environment → default, validated once and cached on the app.
+"""Settings: Celery config → environment → default, validated once per app.
 
 Every key has the ``suprsend_`` prefix. ``app.conf.suprsend_workspace_key`` wins, then the
 environment variable ``SUPRSEND_WORKSPACE_KEY``, then the default. With Django's
@@ -39,7 +39,6 @@ from .hooks import BeforeSend, load_hook
 
 __all__ = [
     "Settings",
-    "cached_on_app",
     "get_settings",
     "load_settings",
     "report_unknown",
@@ -349,6 +348,7 @@ _OTHER_VARIABLES = frozenset(
     {"SUPRSEND_REDIS_SERVER", "SUPRSEND_CELERY_IMAGE_TAG", "SUPRSEND_TEST_REDIS_URL"}
 )
 _reported: set[str] = set()
+_reported_lock = threading.Lock()
 
 
 def _known() -> list[str]:
@@ -407,7 +407,7 @@ def _nearest(name: str, known: list[str]) -> str | None:
 def report_unknown(conf: Any) -> None:
     """Log each unknown ``suprsend_*`` key and ``SUPRSEND_*`` variable, once per process."""
     for where, nearest in unknown_settings(conf):
-        with _lock:
+        with _reported_lock:
             if where in _reported:
                 continue
             _reported.add(where)
@@ -452,11 +452,6 @@ def _check_credentials(values: dict[str, Any]) -> None:
         )
 
 
-# One lock for everything cached on an app (settings here, client, buffer and flusher
-# in ``runtime``); re-entrant because builders nest (the flusher builds the buffer).
-_lock = threading.RLock()
-
-
 def resolve_app(app: Any = None) -> Any:
     """``app``, or Celery's current app: the one way this package finds the app."""
     if app is None:
@@ -468,40 +463,21 @@ def resolve_app(app: Any = None) -> Any:
     return app
 
 
-def cached_on_app(app: Any, attr: str, build: Callable[[], _T]) -> _T:
-    """``app.<attr>``, built once (thread-safe); ``reset_settings`` forgets it."""
-    value: _T | None = app.__dict__.get(attr)
-    if value is None:
-        with _lock:
-            value = app.__dict__.get(attr)
-            if value is None:
-                value = build()
-                app.__dict__[attr] = value
-    return value
-
-
 def get_settings(app: Any = None, *, require_credentials: bool = True) -> Settings:
-    """The app's settings, read once and cached on the app (``reset_settings`` forgets them).
+    """The app's settings, read once and kept by its runtime (``reset_settings`` forgets them).
 
     ``require_credentials=False``: the Redis-only view (see ``load_settings``), for
     operations that only read Redis; the full settings when they were loaded already.
     """
-    app = resolve_app(app)
-    if require_credentials:
-        return cached_on_app(app, "_suprsend_settings", lambda: load_settings(app.conf))
-    loaded: Settings | None = app.__dict__.get("_suprsend_settings")
-    if loaded is not None:
-        return loaded
-    return cached_on_app(
-        app,
-        "_suprsend_redis_settings",
-        lambda: load_settings(app.conf, require_credentials=False),
-    )
+    from .runtime import runtime_of  # the runtime imports this module to build settings
+
+    runtime = runtime_of(app)
+    return runtime.settings if require_credentials else runtime.redis_settings
 
 
 def reset_settings(app: Any = None) -> None:
-    """Forget cached settings and connections, e.g. after changing ``app.conf`` in tests."""
-    app = resolve_app(app)
-    with _lock:
-        for attr in [a for a in app.__dict__ if a.startswith("_suprsend_")]:
-            del app.__dict__[attr]
+    """Close the app's runtime (connections, sessions, threads) and forget its settings,
+    e.g. after changing ``app.conf`` in tests: the next call reads ``app.conf`` again."""
+    from .runtime import close_runtime  # the runtime imports this module to build settings
+
+    close_runtime(app)

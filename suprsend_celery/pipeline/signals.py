@@ -11,7 +11,7 @@ is logged by Celery and never disturbs delivery.
   ``attempts``, ``source``); ``stored`` is False when no Redis was configured to keep
   it (a direct-path event then only fails its task). Its repr shows no properties; the
   record itself is there only for a receiver that asks for it:
-  ``dead_letter.record_json()``.
+  ``dead_letter.record_dict()`` (or ``record_json()``, its text).
 - ``flush_completed(sender, sent, retry_scheduled, dead_lettered, remaining,
   seconds)``: a flush run ended (the ``flush_buffer`` result's counts).
 - ``breaker_opened(sender, reason)`` / ``breaker_closed(sender)``: the shared

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 import redis
@@ -14,7 +15,6 @@ from .. import defaults
 from ..defaults import FLUSH_TASK
 from ..exceptions import ConfigurationError
 from ..pipeline.runtime import get_flusher
-from ..pipeline.settings import cached_on_app
 from .beat import schedule_on_bind
 
 __all__ = ["FLUSH_TASK", "FailureSummary", "FlushBufferTask", "failures_of", "flush_buffer"]
@@ -78,9 +78,17 @@ class FailureSummary:
             logger.warning("flush_buffer runs again after %d failed run(s)", count)
 
 
+_summaries: weakref.WeakKeyDictionary[Any, FailureSummary] = weakref.WeakKeyDictionary()
+_summaries_lock = threading.Lock()
+
+
 def failures_of(app: Any) -> FailureSummary:
-    """The app's flush failure summary (``reset_settings`` forgets it, like the rest)."""
-    return cached_on_app(app, "_suprsend_flush_failures", FailureSummary)
+    """The app's flush failure summary in this process (kept beside the app, not on it)."""
+    with _summaries_lock:
+        summary = _summaries.get(app)
+        if summary is None:
+            summary = _summaries[app] = FailureSummary()
+    return summary
 
 
 @shared_task(bind=True, base=FlushBufferTask, name=FLUSH_TASK, ignore_result=False)  # type: ignore[untyped-decorator]

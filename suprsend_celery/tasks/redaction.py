@@ -29,6 +29,7 @@ from celery.worker.request import Request
 
 from ..delivery.routing import mask_url
 from ..events.model import AcceptedRecord
+from ..pipeline.runtime import runtime_of
 
 __all__ = [
     "RECORD",
@@ -94,9 +95,10 @@ def warn_if_no_broker(app: Any) -> None:
     """Say once per app that ``track_event`` goes to Celery's default broker
     (``amqp://localhost``) because none is configured: a silent surprise otherwise."""
     conf = app.conf
-    if conf.broker_url or conf.broker_write_url or app.__dict__.get(_WARNED):
+    runtime = runtime_of(app)
+    if conf.broker_url or conf.broker_write_url or runtime.warned_no_broker:
         return
-    app.__dict__[_WARNED] = True
+    runtime.warned_no_broker = True
     logger.warning(
         "track_event: the Celery app %r has no broker_url (nor CELERY_BROKER_URL), so its "
         "tasks go to Celery's default, amqp://localhost; set broker_url if that is not "
@@ -105,7 +107,6 @@ def warn_if_no_broker(app: Any) -> None:
     )
 
 
-_WARNED = "_suprsend_no_broker_warned"
 _NO_META = {"event": None, "distinct_id": None, "idempotency_key": None}
 
 

@@ -35,7 +35,7 @@ def _letter_row(letter: DeadLetter, show_properties: bool) -> dict[str, Any]:
     }
     if show_properties:
         try:
-            record = letter.record_json()
+            record = letter.record_dict()
         except ValueError:
             record = {}
         row["distinct_id"] = record.get("distinct_id")
