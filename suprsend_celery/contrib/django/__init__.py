@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events.model import AcceptedRecord
-from ..exceptions import ConfigurationError
-from ..pipeline.producers import accept_call
-from ..pipeline.runtime import get_buffer
-from ..pipeline.settings import resolve_app
-from ..tasks.direct import track_event
+from ...events.model import AcceptedRecord
+from ...exceptions import ConfigurationError
+from ...pipeline.producers import accept_call
+from ...pipeline.runtime import get_buffer
+from ...pipeline.settings import resolve_app
+from ...tasks.direct import track_event
 
 __all__ = ["buffer_event_on_commit", "track_event_on_commit"]
 
@@ -49,3 +49,9 @@ def buffer_event_on_commit(*args: Any, using: str | None = None, **kwargs: Any) 
         payload = record.payload
         _on_commit(lambda: buffer.push([payload]), using=using)
     return record.idempotency_key
+
+
+# The transactional outbox (a Django app: add this package to INSTALLED_APPS).
+from .outbox import OutboxFullError, outbox_event, outbox_events, relay_outbox  # noqa: E402
+
+__all__ += ["OutboxFullError", "outbox_event", "outbox_events", "relay_outbox"]
