@@ -17,6 +17,8 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``dead_letters``                                        dead letters held
 ``oldest_record_age_seconds``                           age of the oldest waiting record
 ``journal_records``                                     direct-path records not settled yet
+``outbox_rows``                                         Django outbox rows, as its relay last saw
+``outbox_oldest_age_seconds``                           age of the oldest Django outbox row
 ``breaker_state{state}``                                1 for the breaker's current state
 ``breaker_open_seconds``                                how long it has been open (0 closed)
 ``last_flush_timestamp_seconds``                        end of the latest flush run
@@ -55,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the exporter needs prometheus_client: pip install 'suprsend-celery[prometheus]'"
     ) from exc
 
+from ..buffer.outbox_figures import outbox_figures
 from ..buffer.redis_buffer import RedisBuffer
 from ..delivery.tally import (
     BUCKETS,
@@ -102,7 +105,7 @@ class Snapshot:
 
 def read_snapshot(buffer: RedisBuffer) -> Snapshot:
     """The buffer's figures and its metrics hash (two round trips and a small third)."""
-    stats = buffer.stats()
+    stats = {**buffer.stats(), **outbox_figures(buffer)}
     pipe = buffer.pipeline()
     pipe.hmget(buffer.breaker_key, "open_since")
     pipe.time()
@@ -187,6 +190,14 @@ class BufferCollector(Collector):
         )
         yield _gauge(
             "journal_records", "Direct-path records whose task has not settled.", snap.journal
+        )
+        yield _gauge(
+            "outbox_rows", "Django outbox rows waiting, as the relay last saw.", s["outbox_pending"]
+        )
+        yield _gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest Django outbox row.",
+            s["outbox_oldest_age_seconds"],
         )
         state = GaugeMetricFamily(
             _name("breaker_state"), "1 for the circuit breaker's current state.", labels=["state"]

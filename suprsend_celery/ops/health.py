@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..buffer.connection import connect
+from ..buffer.outbox_figures import outbox_figures
 from ..buffer.redis_buffer import RedisBuffer
 from ..buffer.sharded import open_buffer, shards_in_use
 from ..delivery.tally import LAST_FLUSH_AT
@@ -60,24 +61,31 @@ def _age(seconds: float) -> str:
 def check(buffer: RedisBuffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
     stats = buffer.stats()
+    outbox = outbox_figures(buffer)  # waits too, in the database, as its relay last saw
     pipe = buffer.pipeline()
     pipe.time()
     pipe.hget(buffer.metrics_key, LAST_FLUSH_AT)
     pipe.hmget(buffer.breaker_key, "open_since", "reason")
     now_pair, last_flush, (open_since, reason) = pipe.execute()
     now = float(now_pair[0]) + float(now_pair[1]) / 1e6
-    waiting = stats["pending"]
+    waiting = stats["pending"] + outbox["outbox_pending"]
     for part in buffer.parts():  # due retries and journal entries wait too
         pipe = part.pipeline()
         pipe.zcount(part.retry_key, "-inf", now)
         pipe.zcount(part.journal_key, "-inf", now)
         waiting += sum(int(n) for n in pipe.execute())
     problems: list[str] = []
-    problems += _stale(limits, now, last_flush, waiting, stats["oldest_age_seconds"])
+    oldest = max(stats["oldest_age_seconds"], outbox["outbox_oldest_age_seconds"])
+    problems += _stale(limits, now, last_flush, waiting, oldest)
     if limits.max_age is not None and stats["oldest_age_seconds"] > limits.max_age:
         problems.append(
             f"the oldest record waited {_age(stats['oldest_age_seconds'])} "
             f"(--max-age {limits.max_age:g}s)"
+        )
+    if limits.max_age is not None and outbox["outbox_oldest_age_seconds"] > limits.max_age:
+        problems.append(
+            f"the oldest Django outbox row waited {_age(outbox['outbox_oldest_age_seconds'])} "
+            f"(--max-age {limits.max_age:g}s): is Redis up, and a worker set up with Django?"
         )
     if limits.max_dead is not None and stats["dead"] > limits.max_dead:
         problems.append(

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ..buffer.outbox_figures import outbox_figures
 from ..delivery.client import USER_AGENT
 from ..events.model import AcceptedRecord, Event, accept, event_from_call
 from ..exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
@@ -106,5 +107,7 @@ def _push(app: Any, records: list[AcceptedRecord]) -> None:
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:
     """``pending``, ``in_flight``, ``scheduled_retries``, ``dead``, ``oldest_age_seconds``,
-    ``breaker`` ("closed" | "open" | "half_open")."""
-    return get_buffer(app).stats()
+    ``breaker`` ("closed" | "open" | "half_open"); and the Django outbox's
+    ``outbox_pending`` and ``outbox_oldest_age_seconds`` (0 without one)."""
+    buffer = get_buffer(app)
+    return {**buffer.stats(), **outbox_figures(buffer)}
