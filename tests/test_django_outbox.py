@@ -248,6 +248,7 @@ class TestWrite:
         assert isinstance(caught.value, SuprsendCeleryError)
 
 
+@pytest.mark.slow
 class TestDelivery:
     """Exactly the committed events reach SuprSend, each once, through every failure."""
 
