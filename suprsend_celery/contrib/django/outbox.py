@@ -368,9 +368,10 @@ def relay_outbox(
 
 def relay_before_flush(app: Any) -> None:
     """The relay as ``flush_buffer`` runs it: failures are logged, never raised, and
-    this thread's database connections are closed afterwards, as Django does after a
-    request (a worker without Celery's Django fix-up keeps none open between runs)."""
-    from django.db import close_old_connections
+    this thread's database connections are closed afterwards if obsolete, as Django
+    does after a request (a worker without Celery's Django fix-up keeps none open
+    between runs); never one inside a transaction (a run called eagerly in a view)."""
+    from django.db import connections
 
     try:
         report = relay_outbox(app)
@@ -389,7 +390,9 @@ def relay_before_flush(app: Any) -> None:
                 report.remaining,
             )
     finally:
-        close_old_connections()
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()
 
 
 def _short(exc: BaseException) -> str:
