@@ -228,7 +228,26 @@ class TestWrite:
 
         with pytest.raises(InvalidEventError, match="event_name"):
             outbox_event("alice", "$reserved", using=db)
+        with pytest.raises(InvalidEventError, match="event_name"):
+            outbox_event("alice", using=db)
         assert outbox_rows(db) == 0
+
+    def test_an_event_instance_keeps_its_fields(
+        self, outbox_app: Celery, db: str, redis_url: str
+    ) -> None:
+        """``outbox_event(event)``, like ``buffer_event(event)``: key, tenant and brand kept."""
+        from suprsend_celery.contrib.django import outbox_event
+
+        event = Event("alice", "order_placed", {"n": 1}, idempotency_key="k-1", tenant_id="t")
+        assert outbox_event(event, using=db) == "k-1"
+        client = redis.Redis.from_url(redis_url)
+        try:
+            (item,) = client.lrange("{suprsend_celery}:pending", 0, -1)
+        finally:
+            client.close()
+        record = json.loads(item)
+        assert (record["distinct_id"], record["tenant_id"]) == ("alice", "t")
+        assert record["properties"]["n"] == 1
 
     def test_a_full_outbox_refuses_with_a_clear_error(
         self, app_factory: Callable[..., Celery], db: str, redis_url: str

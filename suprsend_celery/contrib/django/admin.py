@@ -21,7 +21,6 @@ class OutboxEventAdmin(admin.ModelAdmin):  # type: ignore[misc]
 
     list_display = ("id", "created_at", "event_name", "distinct_id", "idempotency_key", "leased")
     search_fields = ("=idempotency_key", "=distinct_id", "event_name")
-    date_hierarchy = "created_at"
     fields = ("id", "created_at", "event_name", "distinct_id", "idempotency_key", "lease_until")
     readonly_fields = fields
     list_per_page = 100

@@ -83,7 +83,7 @@ class OutboxFullError(BufferFullError):
 
 def outbox_event(
     distinct_id: Any,
-    event_name: str,
+    event_name: str | None = None,
     properties: Any = None,
     *,
     idempotency_key: str | None = None,
