@@ -22,6 +22,19 @@ BUFFER_MAX_LENGTH = 1_000_000
 """Records the buffer holds (dead letters included) before ``buffer_event`` raises
 ``BufferFullError``."""
 
+OUTBOX_MAX_ROWS = 1_000_000
+"""Rows the Django outbox holds before ``outbox_event`` raises ``OutboxFullError``."""
+
+OUTBOX_DATABASES = ("default",)
+"""Django database aliases whose outbox the relay moves into the buffer."""
+
+OUTBOX_RELAY_BATCH = 500
+"""Outbox rows one relay step locks, pushes to the buffer in one round trip, and deletes."""
+
+OUTBOX_LEASE = 60.0
+"""Seconds a relay owns the rows it took where the database has no ``SKIP LOCKED``
+(SQLite); a relay killed mid-move leaves them to the next one after this."""
+
 FLUSH_INTERVAL = 5.0
 """Seconds between beat-scheduled ``flush_buffer`` runs; 0 disables the beat entry."""
 

@@ -19,6 +19,8 @@ was never sharded is shard 0 as it stands), shard ``i`` is ``{prefix:i}``::
     {p}:metrics      HASH   counters, histograms and the last flush run's time, kept by
                             the scripts (see ``delivery.tally``)
     {p}:shards       SET    every shard index ever used (shard 0's only; ``sharded``)
+    {p}:outbox       HASH   the Django outbox's depth as its relay last saw it (shard 0's
+                            only; ``outbox_figures``)
 
 A record is the event's JSON exactly as it will be sent. A record that has failed
 before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
@@ -61,6 +63,8 @@ class Keys:
     metrics: str
     #: The shard registry: used on shard 0 only (``registry_key``).
     shards: str
+    #: The Django outbox's depth as its relay last saw it: shard 0 only (``outbox_figures``).
+    outbox: str
 
     @classmethod
     def of(cls, prefix: str, shard: int = 0) -> Keys:
@@ -80,6 +84,7 @@ class Keys:
             journal_expires=f"{tag}:journal_expires",
             metrics=f"{tag}:metrics",
             shards=f"{tag}:shards",
+            outbox=f"{tag}:outbox",
         )
 
     def claim(self, claim_id: str) -> str:
@@ -102,4 +107,5 @@ class Keys:
             self.journal,
             self.journal_expires,
             self.metrics,
+            self.outbox,
         )

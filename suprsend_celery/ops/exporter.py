@@ -17,6 +17,8 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``dead_letters``                                        dead letters held
 ``oldest_record_age_seconds``                           age of the oldest waiting record
 ``journal_records``                                     direct-path records not settled yet
+``outbox_rows``                                         Django outbox rows, as its relay last saw
+``outbox_oldest_age_seconds``                           age of the oldest Django outbox row
 ``breaker_state{state}``                                1 for the breaker's current state
 ``breaker_open_seconds``                                how long it has been open (0 closed)
 ``last_flush_timestamp_seconds``                        end of the latest flush run
@@ -60,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the exporter needs prometheus_client: pip install 'suprsend-celery[prometheus]'"
     ) from exc
 
+from ..buffer.outbox_figures import outbox_figures
 from ..buffer.protocol import Buffer
 from ..buffer.snapshot import Snapshot
 from ..delivery.tally import BUCKETS, FLUSH_SECONDS, PAST_WINDOW, REQUEST_SECONDS, bucket_field
@@ -134,18 +137,19 @@ class BufferCollector(Collector):
                 assert self._open is not None
                 self._buffer = self._open()
             snap = self._buffer.snapshot()
+            outbox = outbox_figures(self._buffer)
         except redis.RedisError as exc:
             logger.warning("metrics: Redis did not answer (%s: %s)", type(exc).__name__, exc)
             yield _gauge("redis_up", "1 if Redis answered this scrape.", 0)
             return
         yield _gauge("redis_up", "1 if Redis answered this scrape.", 1)
-        yield from self._gauges(snap)
+        yield from self._gauges(snap, outbox)
         yield from self._counters(snap.counters)
         yield from self._histograms(snap.counters)
 
     @staticmethod
-    def _gauges(snap: Snapshot) -> Iterator[Metric]:
-        s = snap.stats()
+    def _gauges(snap: Snapshot, outbox: dict[str, Any]) -> Iterator[Metric]:
+        s = {**snap.stats(), **outbox}
         yield _gauge("pending_records", "Buffered records waiting to be claimed.", s["pending"])
         yield _gauge("in_flight_records", "Records claimed by a flusher.", s["in_flight"])
         yield _gauge(
@@ -161,6 +165,14 @@ class BufferCollector(Collector):
         )
         yield _gauge(
             "journal_records", "Direct-path records whose task has not settled.", snap.journal
+        )
+        yield _gauge(
+            "outbox_rows", "Django outbox rows waiting, as the relay last saw.", s["outbox_pending"]
+        )
+        yield _gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest Django outbox row.",
+            s["outbox_oldest_age_seconds"],
         )
         state = GaugeMetricFamily(
             _name("breaker_state"), "1 for the circuit breaker's current state.", labels=["state"]

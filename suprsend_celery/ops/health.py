@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..buffer.eviction import describe_redis, refusal
 from ..buffer.opening import open_buffer
+from ..buffer.outbox_figures import outbox_figures
 from ..buffer.protocol import Buffer
 from ..buffer.sharded import ShardedBuffer
 from ..pipeline.runtime import buffer_config
@@ -59,12 +60,20 @@ def _age(seconds: float) -> str:
 def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
     snap = buffer.snapshot(due=True)  # due retries and journal entries wait too
+    outbox = outbox_figures(buffer)  # waits too, in the database, as its relay last saw
     now, oldest_age, breaker = snap.now, snap.oldest_age_seconds, snap.breaker
+    waiting = (snap.waiting or 0) + outbox["outbox_pending"]
     problems = _evicting(buffer)
-    problems += _stale(limits, now, snap.last_flush_at, snap.waiting or 0, oldest_age)
+    oldest = max(oldest_age, outbox["outbox_oldest_age_seconds"])
+    problems += _stale(limits, now, snap.last_flush_at, waiting, oldest)
     if limits.max_age is not None and oldest_age > limits.max_age:
         problems.append(
             f"the oldest record waited {_age(oldest_age)} (--max-age {limits.max_age:g}s)"
+        )
+    if limits.max_age is not None and outbox["outbox_oldest_age_seconds"] > limits.max_age:
+        problems.append(
+            f"the oldest Django outbox row waited {_age(outbox['outbox_oldest_age_seconds'])} "
+            f"(--max-age {limits.max_age:g}s): is Redis up, and a worker set up with Django?"
         )
     if limits.max_dead is not None and snap.dead > limits.max_dead:
         problems.append(

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
+from ..buffer.outbox_figures import outbox_figures
 from ..delivery.client import USER_AGENT
 from ..events.model import AcceptedRecord, Event, accept, event_from_call
 from ..exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
@@ -245,5 +246,7 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:
     """``pending``, ``in_flight``, ``scheduled_retries``, ``dead``, ``oldest_age_seconds``,
-    ``breaker`` ("closed" | "open" | "half_open")."""
-    return runtime_of(app).buffer().stats()
+    ``breaker`` ("closed" | "open" | "half_open"); and the Django outbox's
+    ``outbox_pending`` and ``outbox_oldest_age_seconds`` (0 without one)."""
+    buffer = runtime_of(app).buffer()
+    return {**buffer.stats(), **outbox_figures(buffer)}

@@ -147,6 +147,17 @@ def _proxy_url(key: str, value: object) -> str:
     return text
 
 
+def _names(key: str, value: object) -> tuple[str, ...]:
+    """A list of names, or one string of them separated by commas (an environment variable)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigurationError(f"{key} must be a list of names; got {value!r}")
+    names = tuple(_text(key, item) for item in items if not isinstance(item, str) or item.strip())
+    if not names:
+        raise ConfigurationError(f"{key} must name at least one; got {value!r}")
+    return names
+
+
 def _ca_bundle(key: str, value: object) -> str:
     text = _text(key, value)
     if not os.path.exists(text):
@@ -190,6 +201,10 @@ class Settings:
     ca_bundle: str | None = None
     #: The broker's visibility timeout: no retry countdown may reach it (celery#5935).
     visibility_timeout: float = defaults.VISIBILITY_TIMEOUT
+    #: Django outbox: rows held before ``outbox_event`` raises ``OutboxFullError``.
+    outbox_max_rows: int = defaults.OUTBOX_MAX_ROWS
+    #: Django outbox: the database aliases flush runs relay (a list, or comma-separated).
+    outbox_databases: tuple[str, ...] = defaults.OUTBOX_DATABASES
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -251,6 +266,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "dry_run": _flag,
     "proxy_url": _proxy_url,
     "ca_bundle": _ca_bundle,
+    "outbox_max_rows": _number(int, 1),
+    "outbox_databases": _names,
 }
 
 

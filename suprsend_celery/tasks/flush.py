@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -17,9 +18,20 @@ from ..exceptions import ConfigurationError
 from ..pipeline.runtime import get_flusher
 from .beat import schedule_on_bind
 
-__all__ = ["FLUSH_TASK", "FailureSummary", "FlushBufferTask", "failures_of", "flush_buffer"]
+__all__ = [
+    "FLUSH_TASK",
+    "FailureSummary",
+    "FlushBufferTask",
+    "before_run",
+    "failures_of",
+    "flush_buffer",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Called with the app as each run starts, before the buffer is drained: the Django
+#: outbox's relay (``suprsend_celery.contrib.django``) adds itself here when Django loads it.
+before_run: list[Callable[[Any], None]] = []
 
 
 class FlushBufferTask(Task):  # type: ignore[misc]
@@ -101,6 +113,11 @@ def flush_buffer(
     A Redis failure fails the run (the next one resumes): whatever this run had
     claimed but not settled returns to the buffer when its lease runs out.
     """
+    for hook in before_run:
+        try:
+            hook(self.app)
+        except Exception:  # a hook's failure must not stop the buffer's drain
+            logger.exception("flush_buffer: %s failed; draining the buffer anyway", hook)
     try:
         report = get_flusher(self.app).run(
             time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,

@@ -1,15 +1,11 @@
-"""Placing an order: one transaction, events sent only if it commits."""
-
-import logging
+"""Placing an order: one transaction, and its events commit (or roll back) with it."""
 
 from django.db import transaction
 
-from suprsend_celery import BufferUnavailableError, PublishError, track_event
-from suprsend_celery.contrib.django import buffer_event_on_commit
+from suprsend_celery import Event
+from suprsend_celery.contrib.django import outbox_events
 
 from .models import Order, Product
-
-logger = logging.getLogger(__name__)
 
 
 class OutOfStock(Exception):
@@ -17,43 +13,38 @@ class OutOfStock(Exception):
 
 
 def place_order(customer: str, sku: str, quantity: int) -> tuple[Order, list[str]]:
-    """Create the order, queue its events, take the stock; all or nothing.
+    """Create the order, write its events, take the stock; all or nothing.
 
-    The events are validated here but published only when the transaction commits:
-    if taking the stock fails below, the order row disappears and no event is sent.
-    Returns the order and the events' idempotency keys.
-
-    With Redis or the broker down, the on-commit publish fails within
-    ``suprsend_accept_timeout`` (``BufferUnavailableError`` / ``PublishError``), after
-    the order committed (Django then skips the remaining on-commit callbacks): the order
-    stands and the events' keys are logged, to be sent again with the same keys
-    (SuprSend skips a key it already has).
+    The events are validated here (bad input raises) and written into the outbox table
+    in this very transaction: if taking the stock fails below, the order row and the
+    event rows disappear together. Nothing talks to Redis before the commit, so the
+    order is placed even while Redis is down; its events wait in the outbox and the
+    worker's next ``flush_buffer`` run relays them once Redis is back. With Redis up
+    they reach the buffer right after the commit. Returns the order and the events'
+    idempotency keys.
     """
-    try:
-        with transaction.atomic():
-            product = Product.objects.select_for_update().get(sku=sku)
-            order = Order.objects.create(customer=customer, product=product, quantity=quantity)
-            properties = {"order_id": str(order.public_id), "sku": sku, "quantity": quantity}
-            keys = [
-                # Direct path: one Celery task, published on commit.
-                track_event.delay_on_commit(
+    with transaction.atomic():
+        product = Product.objects.select_for_update().get(sku=sku)
+        order = Order.objects.create(customer=customer, product=product, quantity=quantity)
+        properties = {"order_id": str(order.public_id), "sku": sku, "quantity": quantity}
+        keys = outbox_events(
+            [
+                Event(
                     customer,
                     "order_placed",
                     properties,
                     idempotency_key=f"order-{order.public_id}-placed",
                 ),
-                # Buffered path: appended to the Redis buffer on commit, flushed in bulk.
-                buffer_event_on_commit(
+                Event(
                     customer,
                     "product_purchased",
                     properties,
                     idempotency_key=f"order-{order.public_id}-purchased",
                 ),
             ]
-            if product.stock < quantity:
-                raise OutOfStock(f"only {product.stock} {sku} left")
-            product.stock -= quantity
-            product.save(update_fields=["stock"])
-    except (BufferUnavailableError, PublishError) as exc:
-        logger.error("order %s placed; events %s may be unsent: %s", order.public_id, keys, exc)
+        )
+        if product.stock < quantity:
+            raise OutOfStock(f"only {product.stock} {sku} left")
+        product.stock -= quantity
+        product.save(update_fields=["stock"])
     return order, keys

@@ -1,4 +1,4 @@
-"""``POST /orders/`` places an order; its events go out only if the order commits."""
+"""``POST /orders/`` places an order; its events commit with it, in the outbox."""
 
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
@@ -33,6 +33,6 @@ def place_order_view(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": str(exc), "events": []}, status=409)
     except InvalidEventError as exc:  # e.g. a customer id SuprSend would refuse
         return JsonResponse({"error": str(exc)}, status=400)
-    except SuprsendCeleryError as exc:  # anything else accepting an event can raise
+    except SuprsendCeleryError as exc:  # e.g. OutboxFullError: no relay for a long time
         return JsonResponse({"error": f"notifications unavailable: {exc}"}, status=503)
     return JsonResponse({"order": str(order.public_id), "events": keys}, status=201)

@@ -15,6 +15,9 @@ ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,test
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
+    # The outbox table (python manage.py migrate), and suprsend-celery's tasks for the
+    # worker: shop/celery.py's autodiscover_tasks() finds them in this app.
+    "suprsend_celery.contrib.django",
     "orders",
 ]
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
@@ -37,8 +40,6 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery")
-# Load suprsend-celery's tasks (track_event, flush_buffer) in the worker.
-CELERY_IMPORTS = ("suprsend_celery.tasks",)
 # Task events, so Flower shows each send, its retries and results.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True

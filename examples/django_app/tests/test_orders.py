@@ -2,8 +2,9 @@
 
 They expect what ``tests/test_django_example.py`` in the repository starts: Redis at
 ``CELERY_BROKER_URL``, a sandbox at ``SUPRSEND_BASE_URL`` and ``celery -A shop worker
---beat``. Transactions really commit here (``transaction=True``), because events are
-published by ``on_commit`` callbacks, which a rolled-back test transaction never runs.
+--beat``. Transactions really commit here (``transaction=True``): an order's events
+are written into the outbox in its transaction and moved to the Redis buffer right
+after the commit, which a rolled-back test transaction never reaches.
 """
 
 import os
@@ -16,6 +17,7 @@ from django.test import Client
 from orders.models import Order, Product
 
 from suprsend_celery import buffer_stats
+from suprsend_celery.contrib.django.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +53,7 @@ def products() -> None:
 
 
 def test_committed_order_sends_both_events(client: Client) -> None:
-    """The direct event (track_event) and the buffered one (flush_buffer) both arrive."""
+    """Both events arrive: written with the order, moved after commit, sent in bulk."""
     response = client.post("/orders/", {"customer": "cust-commit", "sku": "tea", "quantity": "2"})
     assert response.status_code == 201, response.content
     placed_key, purchased_key = response.json()["events"]
@@ -65,6 +67,7 @@ def test_committed_order_sends_both_events(client: Client) -> None:
         assert event["properties"]["quantity"] == 2
         assert event["properties"]["order_id"] == response.json()["order"]
     assert Product.objects.get(sku="tea").stock == 98
+    assert not OutboxEvent.objects.exists(), "moved to the buffer after the commit"
 
 
 def test_rolled_back_order_sends_nothing(client: Client) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ...buffer.eviction import refusal
+from ...buffer.outbox_figures import outbox_figures
 from ...pipeline.flusher import FlushReport
 from .base import app_of, buffer_of, clean_errors, cli, echo_json, fail, say_target, source_of
 
@@ -24,7 +25,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if not as_json:
         say_target(ctx, buffer, "read")
     snap = buffer.snapshot()
-    figures: dict[str, Any] = {**source_of(buffer), **snap.stats()}
+    figures: dict[str, Any] = {**source_of(buffer), **snap.stats(), **outbox_figures(buffer)}
     is_open = snap.breaker.state != "closed"
     figures["breaker_reason"] = snap.breaker.reason if is_open else ""
     figures["breaker_retry_in"] = snap.breaker.retry_in if is_open else 0.0
@@ -43,6 +44,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ("sent past 24 h", figures["sent_past_dedup_window"]),
         ("oldest age", f"{figures['oldest_age_seconds']:.1f}s"),
         ("breaker", figures["breaker"]),
+        ("outbox (Django)", _outbox_text(figures)),
     ]
     if figures["breaker"] != "closed":
         rows.append(("  reason", figures["breaker_reason"] or "-"))
@@ -51,6 +53,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label:<{width}}  {value}")
+
+
+def _outbox_text(figures: dict[str, Any]) -> str:
+    if not figures["outbox_pending"]:
+        return "0"
+    return f"{figures['outbox_pending']}, oldest {figures['outbox_oldest_age_seconds']:.1f}s"
 
 
 def _policy_text(policy: str | None) -> str:

@@ -1,4 +1,13 @@
-"""Django helpers: send events only when the view's transaction commits.
+"""Django: events that commit with the business rows they belong to.
+
+Two ways, both validating at once (bad input raises in the view):
+
+- the transactional outbox (add ``"suprsend_celery.contrib.django"`` to
+  ``INSTALLED_APPS`` and migrate): ``outbox_event``/``outbox_events`` write the accepted
+  record in the caller's transaction; flush runs relay committed rows to the buffer;
+- after commit: ``track_event_on_commit``/``buffer_event_on_commit`` publish or buffer
+  in ``transaction.on_commit`` (nothing if the transaction rolls back), for when a
+  Redis outage at that moment may cost the event.
 
     from suprsend_celery.contrib.django import buffer_event_on_commit, track_event_on_commit
 
@@ -17,13 +26,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
-from ..events.model import Event
-from ..exceptions import ConfigurationError
-from ..pipeline.producers import DistinctId, accept_batch, event_call, event_of
-from ..pipeline.runtime import runtime_of
-from ..tasks.direct import track_event
+from ...events.model import Event
+from ...exceptions import ConfigurationError
+from ...pipeline.producers import DistinctId, accept_batch, event_call, event_of
+from ...pipeline.runtime import runtime_of
+from ...tasks.direct import track_event
+from .outbox import OutboxFullError, outbox_event, outbox_events, relay_outbox
 
-__all__ = ["buffer_event_on_commit", "track_event_on_commit"]
+__all__ = [
+    "OutboxFullError",
+    "buffer_event_on_commit",
+    "outbox_event",
+    "outbox_events",
+    "relay_outbox",
+    "track_event_on_commit",
+]
 
 
 def _on_commit(callback: Callable[[], object], using: str | None = None) -> None:
