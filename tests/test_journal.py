@@ -203,6 +203,35 @@ class TestNextAttemptTime:
         assert buffer.hold_journal(_record("never-journaled"), 10) == "absent"
         assert buffer.recover_journal() == 0
 
+    def test_a_slow_request_is_not_sent_twice(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """With a grace of 1 s and SuprSend taking 3 s to answer, the flusher running all
+        along leaves the event to the worker that holds it: one request, counted once."""
+        app = app_factory(suprsend_journal_grace=1)
+        sandbox.set_faults({"paths": ["/v2/event/"], "rules": [{"delay": 3, "count": 1}]})
+        flusher = get_flusher(app)
+        with in_process_worker(app, concurrency=1):
+            result = track_event.delay("u1", "order_placed", idempotency_key="slow-1")
+            wait_for(
+                lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                20,
+                message="the request to be in flight",
+            )
+
+            def flushed_nothing_until_done() -> bool:
+                assert flusher.run(time_budget=0.5).sent == 0
+                return bool(result.ready())
+
+            wait_for(flushed_nothing_until_done, 20, 0.1, "the task to finish")
+            assert result.get(timeout=10)["status_code"] == 202
+        assert sandbox.stats()["events_received"] == 1
+        buffer = get_buffer(app)
+        assert buffer is not None
+        counters = _counters(buffer)
+        assert (counters["direct:sent"], counters.get("records:sent", 0)) == (1, 0)
+        assert journal_size(app) == 0
+
     def test_recovery_leaves_a_tombstone(self, app_factory: Callable[..., Celery]) -> None:
         """A record the flusher takes over is remembered by its SHA1: a later hold answers
         ``taken``, a retry's journal entry is not written again, and a late settle counts
