@@ -17,6 +17,8 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``dead_letters``                                        dead letters held
 ``oldest_record_age_seconds``                           age of the oldest waiting record
 ``journal_records``                                     direct-path records not settled yet
+``journal_overdue_seconds``                             how long the first due entry waits
+``journal_oldest_age_seconds``                          age of that entry's event
 ``breaker_state{state}``                                1 for the breaker's current state
 ``breaker_open_seconds``                                how long it has been open (0 closed)
 ``last_flush_timestamp_seconds``                        end of the latest flush run
@@ -89,9 +91,10 @@ OUTCOME_COUNTERS = (
     ),
     (
         "direct_events",
-        "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept.",
+        "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept, and "
+        "taken_over (sent from the journal by the flusher after the task went silent).",
         "direct",
-        ("sent", "retried", "dead_lettered", "kept"),
+        ("sent", "retried", "dead_lettered", "kept", "taken_over"),
     ),
 )
 PATHS = ("bulk", "direct")
@@ -161,6 +164,16 @@ class BufferCollector(Collector):
         )
         yield _gauge(
             "journal_records", "Direct-path records whose task has not settled.", snap.journal
+        )
+        yield _gauge(
+            "journal_overdue_seconds",
+            "Seconds the journal entry due first is past due: no flush run sent it (0: none).",
+            snap.journal_overdue_seconds,
+        )
+        yield _gauge(
+            "journal_oldest_age_seconds",
+            "Age of the event whose journal entry is due first (0: no entries).",
+            snap.journal_oldest_age_seconds,
         )
         state = GaugeMetricFamily(
             _name("breaker_state"), "1 for the circuit breaker's current state.", labels=["state"]
