@@ -181,11 +181,10 @@ def startup_report(app: Any, *, embedded_beat: bool) -> tuple[str | None, list[s
 
 
 def _uses_suprsend(app: Any) -> bool:
-    """Whether ``app`` is configured for SuprSend at all: the standalone relay, or a
-    ``suprsend_*`` key in its config, or a ``SUPRSEND_*`` environment variable."""
-    if getattr(app, "main", None) == "suprsend_celery" or any(
-        name.upper().startswith("SUPRSEND_") for name in os.environ
-    ):
+    """Whether ``app`` is configured for SuprSend at all: the standalone relay, a
+    ``suprsend_*`` key in its config, or a setting's ``SUPRSEND_*`` environment variable."""
+    variables = {f"SUPRSEND_{name.upper()}" for name in Settings.__dataclass_fields__}
+    if getattr(app, "main", None) == "suprsend_celery" or variables & set(os.environ):
         return True
     try:
         keys = list(app.conf.keys())
