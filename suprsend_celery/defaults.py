@@ -99,6 +99,21 @@ CLAIM_DUE_RETRIES_LIMIT = 1000
 JOURNAL_RECOVER_LIMIT = 1000
 """Due journal records one flush run moves to pending."""
 
+JOURNAL_GRACE = 60.0
+"""Seconds a direct-path event's journal entry waits past its task's next attempt time
+(publish plus countdown; an attempt's start plus its longest request) before the
+flusher sends it instead: a worker killed holding the task (OOM, node lost) then delays
+the event by about this much, not by the broker's visibility timeout (an hour). Longer
+spares duplicate requests while a queue lags; ``suprsend_journal_grace``."""
+
+JOURNAL_GRACE_MAX = 86_400.0
+"""Upper bound of ``suprsend_journal_grace``."""
+
+JOURNAL_TAKEN_KEEP = DEDUP_WINDOW
+"""Seconds the journal remembers (by SHA1) a record the flusher took over, so a task
+the broker redelivers later skips it rather than send and count it again: as long as
+SuprSend would skip a repeat anyway, after which a second send would be processed."""
+
 SETTLED_TOMBSTONE_SECONDS = 60
 """How long a settled claim is remembered, so a re-sent SETTLE is answered, not refused."""
 

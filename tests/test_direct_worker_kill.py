@@ -4,6 +4,11 @@ Real prefork workers run as subprocesses of the standalone relay app
 (``suprsend_celery.app``, configured from the environment) on the test Redis; the
 sandbox holds the first request open (a delay fault) so the kill lands while it is in
 flight. SuprSend's idempotency then turns the resend into a counted duplicate.
+
+A whole worker killed (its process group: an OOM kill, a node lost) under the broker's
+default visibility timeout of an hour: the journal delivers the event within the grace
+of the missed attempt (``TestWorkerLostForAnHour``), and the broker's redelivery, made
+to come early here by ageing kombu's ``unacked_index``, sends and counts nothing more.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +33,8 @@ from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
 from suprsend_celery import track_event
 from suprsend_celery.dev.sandbox import Sandbox
+from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
+from suprsend_celery.tasks.attempt import TAKEN_STATUS
 
 pytestmark = pytest.mark.slow
 
@@ -273,3 +281,157 @@ def test_killed_task_stores_no_record(
         # The sandbox answers the held request after its delay, killed client or not:
         # let it finish here, not in the next test.
         wait_for(lambda: sandbox.stats()["events_processed"] == 1, 30, 0.1, "the held request")
+
+
+#: The journal's grace in these tests (``suprsend_journal_grace``; a minute by default).
+GRACE = 2.0
+#: The workers' request timeout: an attempt holds its entry for this plus the connect
+#: timeout (3.05 s) plus the grace.
+REQUEST_TIMEOUT = 2.0
+#: Kombu's default visibility timeout: the broker redelivers after an hour.
+HOUR = 3600
+
+
+class TestWorkerLostForAnHour:
+    """Issue 21 item 5: a worker killed holding a direct event (mid-request, or while its
+    retry's countdown runs) under an hour-long visibility timeout: the flusher sends the
+    event from the journal within the grace of the missed attempt, SuprSend processes it
+    once, and the broker's later redelivery sends nothing and counts nothing."""
+
+    def _workers(
+        self, relay_workers: Callable[[], RelayWorkers], app_factory: Callable[..., Celery]
+    ) -> tuple[RelayWorkers, Celery]:
+        workers = relay_workers()
+        workers.env.update(
+            CELERY_BROKER_VISIBILITY_TIMEOUT=str(HOUR),
+            SUPRSEND_JOURNAL_GRACE=str(GRACE),
+            SUPRSEND_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT),
+        )
+        app = app_factory(task_default_queue=workers.queue, suprsend_journal_grace=GRACE)
+        return workers, app
+
+    @staticmethod
+    def _kill_worker(proc: subprocess.Popen[bytes]) -> float:
+        """SIGKILL the worker's whole process group (main process and pool); when."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        return time.monotonic()
+
+    @staticmethod
+    def _flushed_within(app: Celery, sandbox: Sandbox, since: float, bound: float) -> float:
+        """Run the flusher (as beat would) until SuprSend processed the event; seconds taken."""
+        flusher = get_flusher(app)
+
+        def delivered() -> bool:
+            flusher.run(time_budget=1)
+            return bool(sandbox.stats()["events_processed"] >= 1)
+
+        wait_for(delivered, bound, interval=0.2, message="the flusher to send the journaled event")
+        return time.monotonic() - since
+
+    @staticmethod
+    def _redeliver(admin: redis.Redis, workers: RelayWorkers) -> None:
+        """What the broker does an hour later: a live worker restores the dead worker's
+        unacknowledged message. Its ``unacked_index`` score (when it was taken) is aged
+        past the visibility timeout, so the next sweep (every second) restores it now."""
+        tags = admin.zrange("unacked_index", 0, -1)
+        assert len(tags) == 1, tags  # the dead worker's message, and nothing else
+        admin.zadd("unacked_index", {tags[0]: 1})
+        workers.start()
+
+    def _no_second_delivery(
+        self, app: Celery, sandbox: Sandbox, result: AsyncResult, key: str, requests: int
+    ) -> dict[str, float]:
+        """The redelivered task reports the event sent from the journal; nothing more was
+        sent or counted. Returns the metrics."""
+        wait_for(lambda: result.state == "SUCCESS", 60, 0.2, "the redelivered task to run")
+        assert result.result["status"] == TAKEN_STATUS
+        assert result.result["idempotency_key"] == key
+        stats = sandbox.stats()
+        assert stats["requests"] == requests, stats  # the redelivery sent nothing
+        assert (stats["events_processed"], stats["duplicates_skipped"]) == (1, 0), stats
+        assert [e["$idempotency_key"] for e in sandbox.events()] == [key]
+        buffer = get_buffer(app)
+        assert buffer is not None
+        assert buffer.redis.zcard(buffer.keys.journal) == 0
+        counters = buffer.snapshot().counters
+        assert counters.get("direct:sent", 0) == 0, counters
+        assert (counters["records:sent"], counters["direct:taken_over"]) == (1, 1), counters
+        return counters
+
+    def test_killed_mid_request(
+        self,
+        app_factory: Callable[..., Celery],
+        sandbox: Sandbox,
+        relay_workers: Callable[[], RelayWorkers],
+        redis_client: redis.Redis,
+    ) -> None:
+        """The worker dies while SuprSend holds its request (which then fails): the event
+        arrives within the attempt's hold (request timeout + connect timeout + grace)
+        plus a flush, not an hour later; the redelivered task sends nothing."""
+        workers, app = self._workers(relay_workers, app_factory)
+        sandbox.set_faults(
+            {"paths": ["/v2/event/"], "rules": [{"delay": 3, "status": 503, "count": 1}]}
+        )
+        key = f"lost-mid-request-{uuid.uuid4().hex[:8]}"
+        first = workers.start()
+        with diagnostics(workers, sandbox):
+            result = _publish(app, key)
+            wait_for(
+                lambda: _request_in_flight(sandbox), 60, 0.05, "the request to reach the sandbox"
+            )
+            killed_at = self._kill_worker(first)
+            took = self._flushed_within(app, sandbox, killed_at, 60)
+            hold = REQUEST_TIMEOUT + 3.05 + GRACE
+            assert took < hold + 10, f"delivered {took:.1f}s after the kill"  # not 3600 s
+            requests = sandbox.stats()["requests"]  # the held request and the bulk one
+            self._redeliver(redis_client, workers)
+            counters = self._no_second_delivery(app, sandbox, result, key, requests)
+            # The killed attempt was never settled, and the redelivery made no request.
+            assert not [f for f in counters if f.startswith("requests:direct:")], counters
+
+    def test_killed_mid_countdown(
+        self,
+        app_factory: Callable[..., Celery],
+        sandbox: Sandbox,
+        relay_workers: Callable[[], RelayWorkers],
+        redis_client: redis.Redis,
+    ) -> None:
+        """A 503 with ``Retry-After: 20``: the retry waits in the worker (an ETA task) when
+        the worker dies. The journal entry is due at the retry's time plus the grace, and
+        the event arrives then, not an hour later; the redelivered retry sends nothing."""
+        workers, app = self._workers(relay_workers, app_factory)
+        countdown = 20
+        sandbox.set_faults(
+            {
+                "paths": ["/v2/event/"],
+                "rules": [{"status": 503, "retry_after": str(countdown), "count": 1}],
+            }
+        )
+        key = f"lost-mid-countdown-{uuid.uuid4().hex[:8]}"
+        first = workers.start()
+        with diagnostics(workers, sandbox):
+            result = _publish(app, key)
+            wait_for(
+                lambda: (
+                    result.state == "RETRY"
+                    and redis_client.hlen("unacked") == 1
+                    and redis_client.llen(workers.queue) == 0
+                ),
+                60,
+                0.1,
+                "the worker to hold the retry, waiting for its countdown",
+            )
+            buffer = get_buffer(app)
+            assert buffer is not None
+            ((_, due),) = buffer.redis.zrange(buffer.keys.journal, 0, -1, withscores=True)
+            assert countdown - 5 < due - buffer.snapshot().now <= countdown + GRACE
+            killed_at = self._kill_worker(first)
+            took = self._flushed_within(app, sandbox, killed_at, 90)
+            assert took < countdown + GRACE + 10, f"delivered {took:.1f}s after the kill"
+            requests = sandbox.stats()["requests"]
+            assert requests == 2  # the refused attempt, then the flusher's bulk request
+            self._redeliver(redis_client, workers)
+            counters = self._no_second_delivery(app, sandbox, result, key, requests)
+            # The first attempt was counted with its retry's journal entry, once.
+            assert (counters["direct:retried"], counters["requests:direct:5xx"]) == (1, 1)

@@ -170,21 +170,37 @@ def _calls() -> dict[str, Labelled]:
         ),
         "journal": Labelled(
             lua.journal_call(K, b"{rec}", 16.0, COUNTS, 17.0),
-            {"journal": K.journal, "metrics": K.metrics, "expiring": K.journal_expires},
+            {
+                "journal": K.journal,
+                "metrics": K.metrics,
+                "expiring": K.journal_expires,
+                "taken": K.journal_taken,
+            },
             {"seconds": 16.0, "record": b"{rec}", "expires_in": 17.0},
         ),
         "settle_journal": Labelled(
             lua.settle_journal_call(K, b"{rec}", COUNTS),
-            {"journal": K.journal, "expiring": K.journal_expires},
+            {"journal": K.journal, "expiring": K.journal_expires, "taken": K.journal_taken},
             {"record": b"{rec}"},
+        ),
+        "hold_journal": Labelled(
+            lua.hold_journal_call(K, b"{rec}", 19.5),
+            {"journal": K.journal, "expiring": K.journal_expires, "taken": K.journal_taken},
+            {"record": b"{rec}", "seconds": 19.5},
         ),
         "finish_run": Labelled(
             lua.finish_run_call(K, COUNTS), {"metrics": K.metrics, "retry": K.retry}, {}
         ),
         "recover_journal": Labelled(
-            lua.recover_journal_call(K, 18),
-            {"journal": K.journal, "pending": K.pending, "expiring": K.journal_expires},
-            {"limit": 18},
+            lua.recover_journal_call(K, 18, 20.5),
+            {
+                "journal": K.journal,
+                "pending": K.pending,
+                "expiring": K.journal_expires,
+                "taken": K.journal_taken,
+                "metrics": K.metrics,
+            },
+            {"limit": 18, "keep_seconds": 20.5},
         ),
     }
 

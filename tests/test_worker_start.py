@@ -105,6 +105,27 @@ def test_healthy_worker_without_beat_says_so(
     assert "(no beat in this worker); Redis answers" in start
 
 
+def test_app_without_suprsend_settings_gets_no_start_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``celery`` worker of an environment with the package loads it (the
+    ``celery suprsend`` command): an app on a Redis broker with no ``suprsend_*``
+    setting anywhere is not told that it lacks credentials."""
+    for name in list(os.environ):
+        if name.startswith("SUPRSEND_"):
+            monkeypatch.delenv(name)
+    app = Celery("unrelated", broker=redis_url, set_as_current=False)
+    try:
+        assert startup_report(app, embedded_beat=False) == (None, [])
+        app.conf.suprsend_workspace_key = "WSKEY_unrelated_0123456789"
+        line, problems = startup_report(app, embedded_beat=False)
+        assert line is not None and "suprsend_workspace_secret" in line, line
+        assert [p for p in problems if p.startswith("nothing can be sent")], problems
+    finally:
+        reset_settings(app)
+        app.close()
+
+
 def test_evicting_redis_is_a_start_problem(sandbox: Sandbox) -> None:
     with RedisServer(
         appendonly=False, extra_args=["--maxmemory", "16mb", "--maxmemory-policy", "allkeys-lru"]

@@ -16,6 +16,8 @@ was never sharded is shard 0 as it stands), shard ``i`` is ``{prefix:i}``::
                             went silent (a broker message lost; see ``journal``)
     {p}:journal_expires ZSET journal records of tasks published with ``expires`` ->
                             when they expire (never sent from the journal after that)
+    {p}:journal_taken ZSET  SHA1 of each record the flusher took over from the journal ->
+                            when (a redelivery of its task then skips it; ``journal``)
     {p}:metrics      HASH   counters, histograms and the last flush run's time, kept by
                             the scripts (see ``delivery.tally``)
     {p}:shards       SET    every shard index ever used (shard 0's only; ``sharded``)
@@ -60,6 +62,7 @@ class Keys:
     breaker: str
     journal: str
     journal_expires: str
+    journal_taken: str
     metrics: str
     #: The shard registry: used on shard 0 only (``registry_key``).
     shards: str
@@ -82,6 +85,7 @@ class Keys:
             breaker=f"{tag}:breaker",
             journal=f"{tag}:journal",
             journal_expires=f"{tag}:journal_expires",
+            journal_taken=f"{tag}:journal_taken",
             metrics=f"{tag}:metrics",
             shards=f"{tag}:shards",
             outbox=f"{tag}:outbox",
@@ -106,6 +110,7 @@ class Keys:
             self.breaker,
             self.journal,
             self.journal_expires,
+            self.journal_taken,
             self.metrics,
             self.outbox,
         )

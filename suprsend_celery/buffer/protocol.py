@@ -12,6 +12,7 @@ from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from .dead_letter_list import Requeued
+from .journal import JournalHold
 from .queue import Claim
 from .scripts import Settled
 from .snapshot import Snapshot
@@ -66,8 +67,12 @@ class Buffer(Protocol):
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
         """Make a journal entry due in ``seconds``."""
 
-    def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
-        """The task settled this record: drop its entry, count how it went."""
+    def hold_journal(self, record: bytes, seconds: float) -> JournalHold:
+        """An attempt starts: push the entry's due time on (``journal.DirectJournal.hold``)."""
+
+    def settle_journal(self, record: bytes, counts: Tally | None = None) -> bool:
+        """The task settled this record: drop its entry, count how it went (False: the
+        flusher had taken it over, and counts it)."""
 
     def dead_letter(self, entry: bytes) -> None:
         """Keep a record that will not be delivered without help."""

@@ -23,7 +23,7 @@ from ..delivery.tally import Tally
 from .breaker import CircuitBreaker
 from .connection import close_client
 from .dead_letter_list import DeadLetterList, Requeued
-from .journal import DirectJournal
+from .journal import DirectJournal, JournalHold
 from .keys import Keys
 from .queue import Claim, Queue
 from .scripts import Breaker, Settled
@@ -110,8 +110,11 @@ class RedisBuffer:
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
         self.direct_journal.reschedule(record, seconds)
 
-    def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
-        self.direct_journal.settle(record, counts)
+    def hold_journal(self, record: bytes, seconds: float) -> JournalHold:
+        return self.direct_journal.hold(record, seconds)
+
+    def settle_journal(self, record: bytes, counts: Tally | None = None) -> bool:
+        return self.direct_journal.settle(record, counts)
 
     def recover_journal(self, limit: int = defaults.JOURNAL_RECOVER_LIMIT) -> int:
         return self.direct_journal.recover(limit)

@@ -28,6 +28,7 @@ __all__ = [
     "EXTEND",
     "FINISH_RUN",
     "GATE",
+    "HOLD_JOURNAL",
     "JOURNAL",
     "PUSH",
     "RECOVER_JOURNAL",
@@ -46,6 +47,7 @@ __all__ = [
     "extend_call",
     "finish_run_call",
     "gate_call",
+    "hold_journal_call",
     "journal_call",
     "push_call",
     "recover_journal_call",
@@ -121,7 +123,7 @@ class Script:
 
 # The names below are the scripts' own locals, in their order (lua/<name>.lua).
 _HELD = ("pending", "inflight", "retry", "dead")
-_JOURNAL = ("journal", "metrics", "expiring")
+_JOURNAL = ("journal", "metrics", "expiring", "taken")
 
 PUSH = Script("push", _HELD, ("max_length",), "records", ("unpack", "held"))
 CLAIM = Script(
@@ -182,6 +184,9 @@ JOURNAL = Script(
     "journal", _JOURNAL, ("seconds", "record", "expires_in"), "metric increments", ("now", "count")
 )
 SETTLE_JOURNAL = Script("settle_journal", _JOURNAL, ("record",), "metric increments", ("count",))
+HOLD_JOURNAL = Script(
+    "hold_journal", ("journal", "expiring", "taken"), ("record", "seconds"), preludes=("now",)
+)
 FINISH_RUN = Script(
     "finish_run",
     ("pending", "inflight", "retry", "metrics"),
@@ -190,7 +195,10 @@ FINISH_RUN = Script(
     ("now", "count"),
 )
 RECOVER_JOURNAL = Script(
-    "recover_journal", ("journal", "pending", "expiring"), ("limit",), preludes=("now",)
+    "recover_journal",
+    ("journal", "pending", "expiring", "taken", "metrics"),
+    ("limit", "keep_seconds"),
+    preludes=("now",),
 )
 
 SCRIPTS = (
@@ -202,6 +210,7 @@ SCRIPTS = (
     REQUEUE,
     REHOME,
     JOURNAL,
+    HOLD_JOURNAL,
     SETTLE_JOURNAL,
     FINISH_RUN,
     RECOVER_JOURNAL,
@@ -328,7 +337,12 @@ def rehome_call(k: Keys, max_length: int, record: bytes, dead_entry: bytes) -> C
 
 
 def _journal_keys(k: Keys) -> dict[str, str]:
-    return {"journal": k.journal, "metrics": k.metrics, "expiring": k.journal_expires}
+    return {
+        "journal": k.journal,
+        "metrics": k.metrics,
+        "expiring": k.journal_expires,
+        "taken": k.journal_taken,
+    }
 
 
 def journal_call(
@@ -348,11 +362,24 @@ def settle_journal_call(k: Keys, record: bytes, counts: Tally | None) -> Call:
     return SETTLE_JOURNAL.call(_journal_keys(k), {"record": record}, tail)
 
 
+def hold_journal_call(k: Keys, record: bytes, seconds: float) -> Call:
+    keys = {"journal": k.journal, "expiring": k.journal_expires, "taken": k.journal_taken}
+    return HOLD_JOURNAL.call(keys, {"record": record, "seconds": seconds})
+
+
 def finish_run_call(k: Keys, counts: Tally) -> Call:
     keys = {"pending": k.pending, "inflight": k.inflight, "retry": k.retry, "metrics": k.metrics}
     return FINISH_RUN.call(keys, {}, counts.args())
 
 
-def recover_journal_call(k: Keys, limit: int) -> Call:
-    keys = {"journal": k.journal, "pending": k.pending, "expiring": k.journal_expires}
-    return RECOVER_JOURNAL.call(keys, {"limit": limit})
+def recover_journal_call(
+    k: Keys, limit: int, keep_seconds: float = defaults.JOURNAL_TAKEN_KEEP
+) -> Call:
+    keys = {
+        "journal": k.journal,
+        "pending": k.pending,
+        "expiring": k.journal_expires,
+        "taken": k.journal_taken,
+        "metrics": k.metrics,
+    }
+    return RECOVER_JOURNAL.call(keys, {"limit": limit, "keep_seconds": keep_seconds})

@@ -38,6 +38,7 @@ from ..delivery.tally import Tally
 from ..exceptions import BufferFullError
 from .connection import close_client
 from .dead_letter_list import Requeued
+from .journal import JournalHold
 from .keys import registry_key, shard_prefix
 from .queue import Claim, ClaimMode
 from .redis_buffer import RedisBuffer
@@ -199,8 +200,11 @@ class ShardedBuffer:
     def reschedule_journal(self, record: bytes, seconds: float) -> None:
         self._of_record(record).reschedule_journal(record, seconds)
 
-    def settle_journal(self, record: bytes, counts: Tally | None = None) -> None:
-        self._of_record(record).settle_journal(record, counts)
+    def hold_journal(self, record: bytes, seconds: float) -> JournalHold:
+        return self._of_record(record).hold_journal(record, seconds)
+
+    def settle_journal(self, record: bytes, counts: Tally | None = None) -> bool:
+        return self._of_record(record).settle_journal(record, counts)
 
     def dead_letter(self, entry: bytes) -> None:
         self._producer_order()[0].dead_letter(entry)

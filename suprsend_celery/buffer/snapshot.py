@@ -1,7 +1,8 @@
 """Every figure of the buffer, read in one pipeline per shard: ``buffer_stats()``, the
 exporter, ``check`` and ``status`` all read them here.
 
-pending, in flight, scheduled retries, dead letters, journal entries, the oldest
+pending, in flight, scheduled retries, dead letters, the direct path's journal (its
+entries, how long the first due is overdue and how old its event is), the oldest
 record's age, the breaker, the metrics hash (counters, histograms, the last flush
 run's time) and Redis's clock, in one round trip; a second, small one only when a
 claim is out (its first record may be the oldest) or when due records are asked for
@@ -46,6 +47,14 @@ class Snapshot:
     now: float
     #: Pending records plus retries and journal entries already due (``due=True``).
     waiting: int | None = None
+    #: How long the journal entry due first is past due (0: none is): the flusher sends
+    #: due entries as a run starts, so a large figure means no flush runs (or none that
+    #: knows ``flush_buffer``: see README "Registering the tasks").
+    journal_overdue_seconds: float = 0.0
+    #: Age of that entry's event (from its ``$time``; 0 without entries).
+    journal_oldest_age_seconds: float = 0.0
+    #: Journal entries already due (``due=True``; else None).
+    journal_due: int | None = None
 
     def stats(self) -> dict[str, Any]:
         """The ``buffer_stats()`` figures."""
@@ -68,6 +77,7 @@ class Snapshot:
             for name, value in shard.counters.items():
                 counters[name] = counters.get(name, 0) + value
         waiting = [s.waiting for s in shards]
+        dues = [s.journal_due for s in shards]
         return cls(
             pending=sum(s.pending for s in shards),
             in_flight=sum(s.in_flight for s in shards),
@@ -80,6 +90,9 @@ class Snapshot:
             last_flush_at=first.last_flush_at,
             now=first.now,
             waiting=None if None in waiting else sum(w or 0 for w in waiting),
+            journal_overdue_seconds=max(s.journal_overdue_seconds for s in shards),
+            journal_oldest_age_seconds=max(s.journal_oldest_age_seconds for s in shards),
+            journal_due=None if None in dues else sum(d or 0 for d in dues),
         )
 
 
@@ -98,17 +111,18 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
     pipe.lindex(keys.pending, 0)
     pipe.zrange(keys.claims, 0, 0)
     pipe.zrange(keys.retry, 0, 0)
+    pipe.zrange(keys.journal, 0, 0, withscores=True)
     pipe.hgetall(keys.breaker)
     pipe.hgetall(keys.metrics)
     pipe.time()
     pending, inflight, retries, dead, journal, head, oldest_claim, *rest = pipe.execute()
-    first_retry, breaker, raw, clock = rest
+    first_retry, first_entry, breaker, raw, clock = rest
     now = redis_seconds(clock)
     # Approximately the oldest record: the head of pending, the first record of the
     # claim due back first and the retry due first (records keep their $time).
     candidates = [head] if head else []
     candidates.extend(first_retry)
-    waiting = None
+    waiting = journal_due = None
     if oldest_claim or due:
         pipe = slot.pipeline()
         if oldest_claim:
@@ -118,12 +132,19 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
             pipe.zcount(keys.journal, "-inf", now)
         replies = pipe.execute()
         if due:
-            waiting = int(pending) + int(replies[-2]) + int(replies[-1])
+            journal_due = int(replies[-1])
+            waiting = int(pending) + int(replies[-2]) + journal_due
         if oldest_claim and replies[0]:
             candidates.append(replies[0])
     times = (record_time(c) for c in candidates)  # None for an unreadable item
     oldest_ms = [t for t in times if t is not None]
     oldest_age = max(0.0, time.time() - min(oldest_ms) / 1000) if oldest_ms else 0.0
+    overdue = entry_age = 0.0
+    if first_entry:
+        entry, entry_due = first_entry[0]
+        overdue = max(0.0, now - float(entry_due))
+        entry_ms = record_time(entry)
+        entry_age = max(0.0, time.time() - entry_ms / 1000) if entry_ms is not None else 0.0
     counters = {field.decode(): _number(value) for field, value in raw.items()}
     last_flush = counters.get(LAST_FLUSH_AT)
     return Snapshot(
@@ -138,4 +159,7 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
         last_flush_at=None if last_flush is None else float(last_flush),
         now=now,
         waiting=waiting,
+        journal_overdue_seconds=round(overdue, 3),
+        journal_oldest_age_seconds=round(entry_age, 3),
+        journal_due=journal_due,
     )

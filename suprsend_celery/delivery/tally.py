@@ -7,7 +7,8 @@ and counting costs no round trip of its own. Fields::
 
     records:<outcome>            buffered records: sent, retried, dead_lettered,
                                  returned (unsent, untouched), lease_expired
-    direct:<outcome>             direct-path events: sent, retried, dead_lettered, kept
+    direct:<outcome>             direct-path events: sent, retried, dead_lettered, kept,
+                                 taken_over (by the flusher, from the journal)
     requests:<path>:<class>      HTTP requests: path bulk|direct, class 2xx..5xx|error
     hist:<name>:<le>             observations in one histogram bucket (not cumulative;
                                  the exporter accumulates), le as in ``BUCKETS``

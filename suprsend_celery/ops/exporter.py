@@ -19,6 +19,8 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``journal_records``                                     direct-path records not settled yet
 ``outbox_rows``                                         Django outbox rows, as its relay last saw
 ``outbox_oldest_age_seconds``                           age of the oldest Django outbox row
+``journal_overdue_seconds``                             how long the first due entry waits
+``journal_oldest_age_seconds``                          age of that entry's event
 ``breaker_state{state}``                                1 for the breaker's current state
 ``breaker_open_seconds``                                how long it has been open (0 closed)
 ``last_flush_timestamp_seconds``                        end of the latest flush run
@@ -92,9 +94,10 @@ OUTCOME_COUNTERS = (
     ),
     (
         "direct_events",
-        "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept.",
+        "Direct-path (track_event) outcomes: sent, retried, dead_lettered, kept, and "
+        "taken_over (sent from the journal by the flusher after the task went silent).",
         "direct",
-        ("sent", "retried", "dead_lettered", "kept"),
+        ("sent", "retried", "dead_lettered", "kept", "taken_over"),
     ),
 )
 PATHS = ("bulk", "direct")
@@ -173,6 +176,16 @@ class BufferCollector(Collector):
             "outbox_oldest_age_seconds",
             "Age of the oldest Django outbox row.",
             s["outbox_oldest_age_seconds"],
+        )
+        yield _gauge(
+            "journal_overdue_seconds",
+            "Seconds the journal entry due first is past due: no flush run sent it (0: none).",
+            snap.journal_overdue_seconds,
+        )
+        yield _gauge(
+            "journal_oldest_age_seconds",
+            "Age of the event whose journal entry is due first (0: no entries).",
+            snap.journal_oldest_age_seconds,
         )
         state = GaugeMetricFamily(
             _name("breaker_state"), "1 for the circuit breaker's current state.", labels=["state"]

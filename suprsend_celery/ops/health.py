@@ -5,6 +5,11 @@ Every problem is a line of text; none means healthy. What is caught, and from wh
 - no flush run for 3 flush intervals while records wait: every flush run writes
   ``last_flush_at`` (Redis TIME) into the metrics hash as it ends, so a dead beat (or
   no worker consuming its tasks) shows as a stale time next to waiting records;
+- direct-path events overdue in the journal: the flusher sends each due entry as a
+  run starts, so one overdue by more than 3 flush intervals plus a run's time budget
+  (``journal_window``) means no flush runs, or the workers do not know our tasks
+  (``app.conf.imports``; a worker logs "Received unregistered task"), and those
+  events wait unseen by ``pending``;
 - the oldest record older than ``max_age``; more than ``max_dead`` dead letters;
 - the breaker open longer than ``breaker_open`` (``open_since`` in its hash, kept
   through failed probes, cleared when it closes);
@@ -24,10 +29,11 @@ from ..buffer.opening import open_buffer
 from ..buffer.outbox_figures import outbox_figures
 from ..buffer.protocol import Buffer
 from ..buffer.sharded import ShardedBuffer
+from ..defaults import FLUSH_TIME_BUDGET
 from ..pipeline.runtime import buffer_config
 from ..pipeline.settings import Settings
 
-__all__ = ["STALE_INTERVALS", "Thresholds", "check", "quick_buffer"]
+__all__ = ["STALE_INTERVALS", "Thresholds", "check", "journal_window", "quick_buffer"]
 
 STALE_INTERVALS = 3
 """Flush intervals without a flush run, while records wait, that make a problem."""
@@ -66,6 +72,7 @@ def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     problems = _evicting(buffer)
     oldest = max(oldest_age, outbox["outbox_oldest_age_seconds"])
     problems += _stale(limits, now, snap.last_flush_at, waiting, oldest)
+    problems += _journal_overdue(limits, snap.journal_due or 0, snap.journal_overdue_seconds)
     if limits.max_age is not None and oldest_age > limits.max_age:
         problems.append(
             f"the oldest record waited {_age(oldest_age)} (--max-age {limits.max_age:g}s)"
@@ -102,6 +109,24 @@ def _evicting(buffer: Buffer) -> list[str]:
         if why is not None and why not in found:
             found.append(f"{why}; until then buffer_event and track_event refuse every event")
     return found
+
+
+def journal_window(flush_interval: float) -> float:
+    """How long a journal entry may be overdue before ``check`` says so: the flusher
+    takes due entries as each run starts, and a run may last its time budget."""
+    return STALE_INTERVALS * max(flush_interval, 0.0) + FLUSH_TIME_BUDGET
+
+
+def _journal_overdue(limits: Thresholds, due: int, overdue: float) -> list[str]:
+    window = journal_window(limits.flush_interval)
+    if due == 0 or overdue <= window:
+        return []
+    return [
+        f"{due} direct-path event(s) (track_event) overdue in the journal, the first by "
+        f"{_age(overdue)} (> {window:g}s): no flush run has sent them. Do the workers know "
+        "suprsend_celery's tasks (a worker log saying 'Received unregistered task of type "
+        "suprsend_celery...' means no: see README, Registering the tasks), and is beat running?"
+    ]
 
 
 def _stale(

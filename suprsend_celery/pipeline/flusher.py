@@ -162,7 +162,7 @@ class Flusher:
         if recovered:
             logger.warning(
                 "%d direct-path record(s) were never settled by their task (a lost broker "
-                "message); sending them from the buffer",
+                "message, or a worker that died holding it); sending them from the buffer",
                 recovered,
             )
         in_flight: dict[Future[ClaimOutcome], _InFlight] = {}

@@ -189,6 +189,8 @@ class Settings:
     accept_timeout: float = defaults.ACCEPT_TIMEOUT
     buffer_shards: int = defaults.BUFFER_SHARDS
     buffer_min_replicas: int = defaults.BUFFER_MIN_REPLICAS
+    #: How long past its task's next attempt a direct event waits before the flusher sends it.
+    journal_grace: float = defaults.JOURNAL_GRACE
     #: Sentinel's name of the master (``sentinel://`` URLs); else the broker's option.
     redis_master_name: str | None = None
     #: ``broker_transport_options['sentinel_kwargs']``: how to reach the sentinels.
@@ -261,6 +263,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "accept_timeout": _number(float, 0.1, defaults.ACCEPT_TIMEOUT_MAX),
     "buffer_shards": _number(int, 1, defaults.BUFFER_SHARDS_MAX),
     "buffer_min_replicas": _number(int, 0, defaults.BUFFER_MIN_REPLICAS_MAX),
+    "journal_grace": _number(float, 1, defaults.JOURNAL_GRACE_MAX),
     "redis_master_name": _text,
     "before_send": load_hook,
     "dry_run": _flag,

@@ -1,11 +1,15 @@
 """One run of ``track_event``: send the record once, decide, carry the decision out.
 
-``decide_direct`` (pure, in ``delivery.decisions``) says what the request's outcome
-means; ``DirectAttempt`` applies it: a delivered event's journal entry is settled, a
-failed one is dead-lettered or, when SuprSend refused the credentials or the URL is
-wrong, moved to the buffer (never dead-lettered), then settled; a retry is returned as
-``RetryLater`` for the task to publish. The run's counters travel in its own ``Tally``,
-counted in Redis by the settle or by the retry's journal entry.
+First the attempt holds its journal entry (``DirectJournal.hold``), so the flusher
+leaves the event alone while this run may still send it; if the flusher already sent
+it from the journal (the task was redelivered after its worker died), the run reports
+that and sends nothing. ``decide_direct`` (pure, in ``delivery.decisions``) says what
+the request's outcome means; ``DirectAttempt`` applies it: a delivered event's journal
+entry is settled, a failed one is dead-lettered or, when SuprSend refused the
+credentials or the URL is wrong, moved to the buffer (never dead-lettered), then
+settled; a retry is returned as ``RetryLater`` for the task to publish. The run's
+counters travel in its own ``Tally``, counted in Redis by the settle or by the retry's
+journal entry.
 
 No Celery here: publishing the retry (``Task.retry``) is the task's part. Log lines
 and errors name the idempotency key, never the record.
@@ -31,7 +35,7 @@ from ..pipeline.signals import send_dead_lettered
 from .journal import DirectJournal
 from .redaction import meta_of
 
-__all__ = ["REDIS_RETRY_SECONDS", "DirectAttempt", "RetryLater"]
+__all__ = ["REDIS_RETRY_SECONDS", "TAKEN_STATUS", "DirectAttempt", "RetryLater"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,11 @@ REDIS_RETRY_SECONDS = 30.0
 """How soon a task tries again when the buffer's Redis refused its dead letter or the
 kept event (at most the broker-safe countdown): losing the event is worse than sending
 it again, which its key makes safe."""
+
+
+TAKEN_STATUS = "sent_from_journal"
+"""The task result's ``status`` when a redelivered task found its event already taken
+over by the flusher (sent from the journal, or dead-lettered there): nothing was sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class DirectAttempt:
         (``DeliveryError``) or kept in the buffer (``ConfigurationError``). Any other
         exception leaves the journal entry for the flusher.
         """
+        if self.journal.hold(self.record, task_id=self.task_id) == "taken":
+            return self._taken()
         response: dict[str, Any] = {}
         error: DeliveryError | None = None
         try:
@@ -107,9 +118,32 @@ class DirectAttempt:
             self.tally.request("direct", status, time.monotonic() - sent_at)
         return response
 
+    def _taken(self) -> dict[str, Any]:
+        """The flusher sent this event from the journal after the task went silent (its
+        worker died holding it): the broker's redelivery sends and counts nothing."""
+        logger.info(
+            "event %s (task %s): already sent from the journal after its worker went "
+            "silent; not sent again",
+            self.key,
+            self.task_id,
+        )
+        return {
+            "status": TAKEN_STATUS,
+            "status_code": None,
+            "message_id": None,
+            "idempotency_key": self.key,
+            "attempts": self.number,
+        }
+
     def _sent(self, response: dict[str, Any]) -> dict[str, Any]:
         self.tally.add("direct:sent")
-        self.journal.settle(self.record, self.tally)
+        if not self.journal.settle(self.record, self.tally):
+            logger.info(
+                "event %s (task %s): sent, but its attempt outlived the journal's grace and "
+                "the flusher sent it too (skipped by key); counted once, by the flusher",
+                self.key,
+                self.task_id,
+            )
         return {
             "status": response["status"],
             "status_code": response["status_code"],

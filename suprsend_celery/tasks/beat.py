@@ -19,6 +19,7 @@ evicting, settings that stop sending).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import redis
@@ -133,7 +134,11 @@ def startup_report(app: Any, *, embedded_beat: bool) -> tuple[str | None, list[s
     """The worker's start line and its problems: the buffer's Redis (masked) and key
     prefix, the flush schedule (or no beat in this worker), whether Redis answers
     (within ``STARTUP_REDIS_TIMEOUT``) and may evict keys, and settings that stop
-    sending. None for an app that does not use SuprSend."""
+    sending. None for an app that does not use SuprSend (no ``suprsend_*`` setting in its
+    config or environment): every ``celery`` worker of an environment with this package
+    installed loads it (``ops.celery_command``), whatever app it runs."""
+    if not _uses_suprsend(app):
+        return None, []
     try:
         settings = load_settings(app.conf, require_credentials=False)
     except ConfigurationError as exc:
@@ -173,6 +178,19 @@ def startup_report(app: Any, *, embedded_beat: bool) -> tuple[str | None, list[s
         f"{schedule}; {state}",
         problems,
     )
+
+
+def _uses_suprsend(app: Any) -> bool:
+    """Whether ``app`` is configured for SuprSend at all: the standalone relay, a
+    ``suprsend_*`` key in its config, or a setting's ``SUPRSEND_*`` environment variable."""
+    variables = {f"SUPRSEND_{name.upper()}" for name in Settings.__dataclass_fields__}
+    if getattr(app, "main", None) == "suprsend_celery" or variables & set(os.environ):
+        return True
+    try:
+        keys = list(app.conf.keys())
+    except (AttributeError, TypeError):
+        return True
+    return any(isinstance(k, str) and "suprsend_" in k.lower() for k in keys)
 
 
 STARTUP_REDIS_TIMEOUT = 2.0

@@ -1,12 +1,18 @@
 """The direct path's safety net in the buffer's journal: note, settle, reschedule.
 
 Celery's Redis transport pops a message (BRPOP) before it notes it as unacknowledged,
-so a worker or Redis killed in between loses the message. Each published
-``track_event`` record is therefore noted in the buffer's journal
-(``RedisBuffer.journal``) until a worker settles it; an entry still there once the
-broker's visibility timeout (plus any countdown) has passed is sent by the flusher
-instead, and SuprSend skips the repeat by its idempotency key if the task did run.
-Without ``suprsend_redis_url`` there is no journal: the broker's own guarantee remains.
+so a worker or Redis killed in between loses the message; and a worker killed while it
+holds one (an OOM kill, a node lost, a deploy past its grace period) has it redelivered
+only after the broker's visibility timeout (an hour by default). Each published
+``track_event`` record is therefore noted in the buffer's journal (``buffer.journal``)
+until a worker settles it, due at the task's next attempt time plus
+``suprsend_journal_grace`` (a minute): publish plus countdown, and again as each attempt
+starts (``hold``: its longest request plus the grace). An entry still there when due is
+sent by the flusher instead; SuprSend skips the repeat by its idempotency key if the
+task did run, and a task that runs after the flusher took its event over finds the
+tombstone the flusher left (``hold`` answers ``taken``) and reports the event as sent
+from the journal, neither sending nor counting it again. Without
+``suprsend_redis_url`` there is no journal: the broker's own guarantee remains.
 
 An entry is released only once its event is delivered, dead-lettered, kept in the
 buffer, or discarded by Celery (revoked, expired); or when its publish failed, so
@@ -22,6 +28,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from ..buffer.journal import JournalHold
+from ..defaults import CONNECT_TIMEOUT
 from ..delivery.tally import Tally
 from ..exceptions import BufferUnavailableError, PublishError
 from ..pipeline.runtime import find_buffer
@@ -64,7 +72,7 @@ class DirectJournal:
         data = record.encode("utf-8")
         key = meta_of(record)["idempotency_key"]
         if self.buffer is not None:
-            seconds = get_settings(self.app).visibility_timeout + delay_of(options)
+            seconds = get_settings(self.app).journal_grace + delay_of(options)
             try:
                 self.buffer.journal(data, seconds, retry, expires_in(options))
             except BufferUnavailableError as exc:
@@ -85,14 +93,42 @@ class DirectJournal:
                 raise PublishError.for_event(key, "could not be published", exc) from exc
             raise
 
-    def settle(self, record: str, tally: Tally | None = None) -> None:
-        """The event was delivered, dead-lettered or kept: drop its entry, count ``tally``."""
+    def hold(self, record: str, *, task_id: str | None) -> JournalHold:
+        """An attempt at ``record`` starts: keep its entry from coming due while the
+        attempt may still be sending (its longest request plus the grace).
+
+        ``taken``: the flusher already sent the event from the journal, so the attempt
+        must not send it. A Redis that fails answers ``absent`` (send: a repeat is
+        skipped by key, while not sending could lose the event).
+        """
         if self.buffer is None:
-            return
+            return "absent"
+        settings = get_settings(self.app)
+        seconds = settings.request_timeout + CONNECT_TIMEOUT + settings.journal_grace
         try:
-            self.buffer.settle_journal(record.encode("utf-8"), tally)
+            return self.buffer.hold_journal(record.encode("utf-8"), seconds)
+        except redis.RedisError as exc:
+            logger.warning(
+                "event %s (task %s): journal entry not held (%s); sending anyway",
+                meta_of(record)["idempotency_key"],
+                task_id,
+                exc,
+            )
+            return "absent"
+
+    def settle(self, record: str, tally: Tally | None = None) -> bool:
+        """The event was delivered, dead-lettered or kept: drop its entry, count ``tally``.
+
+        False when the flusher had taken the event over meanwhile (the attempt outlived
+        its grace): it is then counted there, and only the attempt's requests here.
+        """
+        if self.buffer is None:
+            return True
+        try:
+            return self.buffer.settle_journal(record.encode("utf-8"), tally)
         except redis.RedisError as exc:  # the flusher will re-send it: a duplicate, skipped
             logger.warning("journal entry not settled (%s)", exc)
+            return True
 
     def retry_not_published(
         self, record: str, countdown: float, *, task_id: str | None, why: object

@@ -20,12 +20,18 @@ __all__ = ["flush", "status"]
 @click.pass_context
 @clean_errors
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the buffer: pending, in flight, retries, dead letters, breaker."""
+    """Show the buffer: pending, in flight, retries, dead letters, the direct path's
+    journal, breaker."""
     buffer = buffer_of(ctx)
     if not as_json:
         say_target(ctx, buffer, "read")
-    snap = buffer.snapshot()
+    snap = buffer.snapshot(due=True)
     figures: dict[str, Any] = {**source_of(buffer), **snap.stats(), **outbox_figures(buffer)}
+    # track_event events no worker has settled yet (see README "Registering the tasks").
+    figures["journal"] = snap.journal
+    figures["journal_due"] = snap.journal_due
+    figures["journal_overdue_seconds"] = snap.journal_overdue_seconds
+    figures["journal_oldest_age_seconds"] = snap.journal_oldest_age_seconds
     is_open = snap.breaker.state != "closed"
     figures["breaker_reason"] = snap.breaker.reason if is_open else ""
     figures["breaker_retry_in"] = snap.breaker.retry_in if is_open else 0.0
@@ -43,6 +49,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ("dead letters", figures["dead"]),
         ("sent past 24 h", figures["sent_past_dedup_window"]),
         ("oldest age", f"{figures['oldest_age_seconds']:.1f}s"),
+        ("direct journal", _journal_text(figures)),
         ("breaker", figures["breaker"]),
         ("outbox (Django)", _outbox_text(figures)),
     ]
@@ -59,6 +66,18 @@ def _outbox_text(figures: dict[str, Any]) -> str:
     if not figures["outbox_pending"]:
         return "0"
     return f"{figures['outbox_pending']}, oldest {figures['outbox_oldest_age_seconds']:.1f}s"
+
+
+def _journal_text(figures: dict[str, Any]) -> str:
+    """``3 (2 due, overdue 75s; oldest 80.0s)``: direct events not settled by a worker."""
+    count = figures["journal"]
+    if not count:
+        return "0"
+    detail = f"oldest {figures['journal_oldest_age_seconds']:.1f}s"
+    if figures["journal_due"]:
+        overdue = figures["journal_overdue_seconds"]
+        detail = f"{figures['journal_due']} due, overdue {overdue:.0f}s; {detail}"
+    return f"{count} ({detail})"
 
 
 def _policy_text(policy: str | None) -> str:

@@ -58,9 +58,11 @@ def check(
 ) -> None:
     """Health check: exit 0 when healthy, else 1 with one line per problem.
 
-    Always checks that Redis answers and, while records wait, that a flush run
-    happened within 3 flush intervals (a dead beat or no worker); the options add
-    limits on the oldest record, dead letters and how long the breaker stays open.
+    Always checks that Redis answers, that it does not evict keys, that a flush run
+    happened within 3 flush intervals while records wait (a dead beat or no worker),
+    and that no track_event is overdue in the journal (workers that do not know our
+    tasks); the options add limits on the oldest record, dead letters and how long the
+    breaker stays open.
     """
     from ...delivery.routing import mask_url
     from ..health import Thresholds, quick_buffer
