@@ -428,7 +428,11 @@ def report_unknown(conf: Any) -> None:
             if where in _reported:
                 continue
             _reported.add(where)
-        hint = f"did you mean {nearest}?" if nearest else "see docs/configuration.md"
+        hint = (
+            f"did you mean {nearest}?"
+            if nearest
+            else "see the Configuration page (docs/configuration.md)"
+        )
         logger.warning(
             "suprsend-celery ignores the %s: no setting has that name; %s",
             where,
