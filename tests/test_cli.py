@@ -249,15 +249,30 @@ class TestDeadLetters:
     def test_requeue_all_and_unknown_key(
         self, celery_app: Celery, sandbox: Any, dead_keys: list[str]
     ) -> None:
-        """``--all`` requeues everything; an unknown key is reported, not an error."""
+        """``--all`` requeues everything; an unknown key is reported on stderr, exit 1."""
         missing = run(celery_app, "dead-letters", "requeue", "--key", "no-such-key")
-        assert missing.exit_code == 0
+        assert missing.exit_code == 1
         assert "requeued 0" in missing.stdout
-        assert "1 key(s) not found" in missing.stdout
+        assert "1 key(s) not found" in missing.stderr
+        figures = json.loads(run(celery_app, "status", "--json").stdout)
+        assert (figures["pending"], figures["dead"]) == (0, 2)
         result = run(celery_app, "dead-letters", "requeue", "--all")
         assert "requeued 2 dead letter(s)" in result.stdout
         run(celery_app, "flush")
         assert sandbox.stats()["events_processed"] == 3
+
+    def test_requeue_with_an_unknown_key_requeues_the_known_and_exits_1(
+        self, celery_app: Celery, dead_keys: list[str]
+    ) -> None:
+        """A known and an unknown ``--key``: the known one is requeued, the exit status is 1."""
+        result = run(
+            celery_app, "dead-letters", "requeue", "--key", dead_keys[0], "--key", "typo-key"
+        )
+        assert result.exit_code == 1
+        assert "requeued 1 dead letter(s)" in result.stdout
+        assert "1 key(s) not found among the dead letters" in result.stderr
+        figures = json.loads(run(celery_app, "status", "--json").stdout)
+        assert (figures["pending"], figures["dead"]) == (1, 1)
 
     def test_purge_asks_first(self, celery_app: Celery, dead_keys: list[str]) -> None:
         """Without ``--yes`` purge asks; answering no keeps every letter."""
@@ -504,8 +519,8 @@ class TestSandboxCommand:
         """The sandbox verb prints URL and credentials, serves, and stops cleanly on SIGTERM."""
         process, banner = sandbox_process
         url = banner[0].rsplit(" ", 1)[1]
-        assert f"SUPRSEND_BASE_URL={url}" in banner
-        assert "SUPRSEND_WORKSPACE_KEY=WSKEY_cli_test_0123" in banner
+        assert f"export SUPRSEND_BASE_URL={url}" in banner
+        assert "export SUPRSEND_WORKSPACE_KEY=WSKEY_cli_test_0123" in banner
         uid_line = "SUPRSEND_WORKSPACE_UID=ws_uid_cli_test_0123456789"
         assert any(line.endswith(uid_line) for line in banner)
         stats = requests.get(url + "_sandbox/stats", timeout=5).json()

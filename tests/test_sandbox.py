@@ -868,6 +868,69 @@ class TestCommand:
         assert SECRET not in text and "SSAPIKEY_given" not in text
         assert "SUPRSEND_WORKSPACE_SECRET=<the one you gave; not shown>" in text
 
+    def test_prints_export_lines_a_shell_takes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The banner's ``export`` lines, pasted into a shell, configure an app that sends
+        to this sandbox; the API-key pair stays commented out (both pairs is an error)."""
+        from celery import Celery
+
+        from suprsend_celery import Event
+        from suprsend_celery.pipeline.runtime import close_runtime, get_client
+
+        for name in (
+            "SUPRSEND_WORKSPACE_KEY",
+            "SUPRSEND_WORKSPACE_SECRET",
+            "SUPRSEND_WORKSPACE_UID",
+            "SUPRSEND_API_KEY",
+            "SUPRSEND_BASE_URL",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        out = io.StringIO()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=serve, args=("127.0.0.1", 0), kwargs={"out": out, "stop": stop}
+        )
+        thread.start()
+        try:
+            deadline = time.monotonic() + 5
+            while "Ctrl-C" not in out.getvalue():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            banner = out.getvalue().splitlines()
+            url = banner[0].rsplit(" ", 1)[1]
+            assert f"export SUPRSEND_BASE_URL={url}" in banner
+            pasted = "\n".join(banner[1:-1])  # between "listening on" and "Press Ctrl-C"
+            shell = subprocess.run(
+                ["sh", "-c", f"{pasted}\nenv"],
+                env={"PATH": os.environ["PATH"]},
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            exported = dict(
+                line.split("=", 1)
+                for line in shell.stdout.splitlines()
+                if line.startswith("SUPRSEND_")
+            )
+            assert set(exported) == {
+                "SUPRSEND_BASE_URL",
+                "SUPRSEND_WORKSPACE_KEY",
+                "SUPRSEND_WORKSPACE_SECRET",
+            }
+            assert exported["SUPRSEND_BASE_URL"] == url
+            for name, value in exported.items():
+                monkeypatch.setenv(name, value)
+            app = Celery("pasted", set_as_current=False)
+            try:
+                assert get_client(app).send_event(Event("u1", "signed_up"))["status_code"] == 202
+            finally:
+                close_runtime(app)
+            stats = requests.get(url + "_sandbox/stats", timeout=5).json()
+            assert (stats["events_processed"], stats["auth_failures"]) == (1, 0)
+        finally:
+            stop.set()
+            thread.join(5)
+
     @pytest.mark.slow
     def test_python_dash_m(self) -> None:
         """``python -m suprsend_celery.sandbox`` serves until SIGTERM, then exits 0."""

@@ -17,7 +17,7 @@ protocol); every script still touches one slot. Around them:
   fewer shards configured still drains the others: changing the count strands nothing.
 
 Tags hash to slots like any key; with the default prefix, shards 0, 1 and 2 land on
-the three masters of a cluster made by ``redis-cli --cluster create`` (see README).
+the three masters of a cluster made by ``redis-cli --cluster create`` (see docs/scaling.md).
 """
 
 from __future__ import annotations

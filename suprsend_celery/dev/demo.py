@@ -173,7 +173,7 @@ class _Worker:
             sys.executable, "-m", "celery", "-A", "suprsend_celery.app",
             "worker", "--beat",
             "--loglevel", "WARNING",
-            "--pool", "threads", "--concurrency", "16",  # I/O-bound: see README "Scaling"
+            "--pool", "threads", "--concurrency", "16",  # I/O-bound: see docs/scaling.md
             "--queues", QUEUE,
             "--hostname", f"demo-{uuid.uuid4().hex[:6]}@%h",
             "--schedule", str(workdir / "beat-schedule"),

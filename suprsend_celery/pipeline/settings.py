@@ -431,7 +431,11 @@ def report_unknown(conf: Any) -> None:
             if where in _reported:
                 continue
             _reported.add(where)
-        hint = f"did you mean {nearest}?" if nearest else "see the README's Configuration"
+        hint = (
+            f"did you mean {nearest}?"
+            if nearest
+            else "see the Configuration page (docs/configuration.md)"
+        )
         logger.warning(
             "suprsend-celery ignores the %s: no setting has that name; %s",
             where,

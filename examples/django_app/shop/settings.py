@@ -1,7 +1,7 @@
 """Settings of the example shop; every deployment-specific value comes from the environment.
 
 The suprsend-celery part is the block of ``CELERY_SUPRSEND_*`` settings below; see the
-project README's configuration table for every key.
+configuration table in docs/configuration.md for every key.
 """
 
 import os

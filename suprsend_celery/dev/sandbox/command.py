@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from .server import (
     Sandbox,
 )
 
-__all__ = ["DEFAULT_PORT", "build_parser", "main", "serve"]
+__all__ = ["DEFAULT_PORT", "build_parser", "export_lines", "main", "serve"]
 
 DEFAULT_PORT = 8787
 
@@ -40,7 +41,8 @@ def serve(
     Credentials (both modes are accepted) default to ``SUPRSEND_WORKSPACE_KEY``/
     ``SUPRSEND_WORKSPACE_SECRET`` and ``SUPRSEND_WORKSPACE_UID``/``SUPRSEND_API_KEY``,
     then to the sandbox's own. The first line printed is ``... listening on <url>`` so a
-    parent process started with ``port=0`` can read the URL. Returns an exit status.
+    parent process started with ``port=0`` can read the URL; ``export`` lines to paste
+    follow. Returns an exit status.
     """
     out = sys.stdout if out is None else out
     env = os.environ.get
@@ -67,12 +69,9 @@ def serve(
         return 1
     try:
         print(f"SuprSend sandbox listening on {sandbox.url}", file=out)
-        print(f"  SUPRSEND_BASE_URL={sandbox.url}", file=out)
-        print(f"  SUPRSEND_WORKSPACE_KEY={key}", file=out)
-        print(f"  SUPRSEND_WORKSPACE_SECRET={_shown(secret, DEFAULT_WORKSPACE_SECRET)}", file=out)
-        print(f"  or, in API-key mode: SUPRSEND_WORKSPACE_UID={uid}", file=out)
-        print(f"                       SUPRSEND_API_KEY={_shown(token, DEFAULT_API_KEY)}", file=out)
-        print(f"  inspect: {sandbox.url}_sandbox/stats  {sandbox.url}_sandbox/events", file=out)
+        for line in export_lines(sandbox.url, key, secret, uid, token):
+            print(line, file=out)
+        print(f"# inspect: {sandbox.url}_sandbox/stats  {sandbox.url}_sandbox/events", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         stop.wait()
     except KeyboardInterrupt:
@@ -91,9 +90,29 @@ def serve(
     return 0
 
 
-def _shown(value: str, default: str) -> str:
-    """The sandbox's own (public) default as it is; a secret you gave stays hidden."""
-    return value if value == default else "<the one you gave; not shown>"
+def export_lines(url: str, key: str, secret: str, uid: str, api_key: str) -> list[str]:
+    """Shell lines that point an app and its worker at this sandbox, ready to paste.
+
+    The sandbox's own credentials are public and printed as they are; a secret or API
+    key the user gave is never printed (its line is a comment saying so). API-key mode
+    is commented out: setting both credential pairs is a configuration error.
+    """
+
+    def assign(name: str, value: str, default: str | None = None) -> str:
+        if default is not None and value != default:
+            return f"{name}=<the one you gave; not shown>"
+        return f"export {name}={shlex.quote(value)}"
+
+    secret_line = assign("SUPRSEND_WORKSPACE_SECRET", secret, DEFAULT_WORKSPACE_SECRET)
+    return [
+        "# paste into each shell that runs your app or its worker:",
+        assign("SUPRSEND_BASE_URL", url),
+        assign("SUPRSEND_WORKSPACE_KEY", key),
+        secret_line if secret_line.startswith("export ") else f"# {secret_line}",
+        "# or, in API-key mode, instead of the key and the secret:",
+        f"#   {assign('SUPRSEND_WORKSPACE_UID', uid)}",
+        f"#   {assign('SUPRSEND_API_KEY', api_key, DEFAULT_API_KEY)}",
+    ]
 
 
 def build_parser(prog: str = "suprsend-celery sandbox") -> argparse.ArgumentParser:

@@ -116,7 +116,10 @@ _ALL_OPTION = click.option("--all", "all_", is_flag=True, help="Every dead lette
 @click.pass_context
 @clean_errors
 def requeue_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool) -> None:
-    """Put dead letters back in the buffer (attempts reset); the next flush sends them."""
+    """Put dead letters back in the buffer (attempts reset); the next flush sends them.
+
+    Exits 1 when a ``--key`` is not among the dead letters (the others are requeued).
+    """
     selection = _selection(keys, all_)
     buffer = buffer_of(ctx)
     say_target(ctx, buffer, "requeueing from")
@@ -134,8 +137,12 @@ def requeue_dead_letters(ctx: click.Context, keys: tuple[str, ...], all_: bool) 
             f"{late} of them were first accepted more than 24 h ago: SuprSend deduplicates "
             "a key for 24 h only, so one it already processed will be processed again"
         )
-    if selection is not None and moved < len(set(selection)):
-        click.echo(f"{len(set(selection)) - moved} key(s) not found among the dead letters")
+    missing = 0 if selection is None else len(set(selection)) - moved - kept
+    if missing > 0:
+        # A mistyped key must not pass for done in a script: the others are requeued,
+        # and the exit status says that some were not found.
+        click.echo(f"{missing} key(s) not found among the dead letters", err=True)
+        ctx.exit(1)
 
 
 @dead_letters.command("purge")
