@@ -39,6 +39,7 @@ from ..buffer.opening import open_buffer
 from ..buffer.protocol import Buffer
 from ..buffer.queue import check_push
 from ..buffer.redis_buffer import RedisBuffer
+from ..delivery.tracing import with_trace_context
 from ..events.model import AcceptedRecord, Event
 from ..exceptions import BufferUnavailableError
 from .producers import accept_call, accept_events, naming_keys
@@ -138,7 +139,7 @@ async def _push_payloads(app: Any, records: list[AcceptedRecord]) -> None:
     name one plain server and one shard push on the async client at once; a cluster
     node answers MOVED if the slot is elsewhere, and the call then takes the thread.
     """
-    payloads = [r.payload for r in records]
+    payloads = with_trace_context([r.payload for r in records])  # the caller's, never sent
     buffer = built_buffer(app)
     if buffer is None and _one_server_by_settings(get_settings(app)):
         try:

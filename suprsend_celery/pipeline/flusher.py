@@ -45,6 +45,7 @@ from ..delivery.client import SuprsendClient, chunk_payloads
 from ..delivery.decisions import Batch, ClaimOutcome, Settlement, decide
 from ..delivery.retry import RetryPolicy, past_dedup_window
 from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
+from ..delivery.tracing import ClaimSpans, claim_spans, traced_flush
 from . import signals
 
 __all__ = ["FlushReport", "Flusher"]
@@ -94,6 +95,8 @@ class _InFlight:
     claim: Claim
     batch: Batch
     renewed: float
+    #: The spans of its bulk requests (``delivery.tracing``), ended once it is settled.
+    spans: ClaimSpans
 
 
 class _Run:
@@ -146,6 +149,7 @@ class Flusher:
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
 
+    @traced_flush
     def run(
         self,
         time_budget: float = defaults.FLUSH_TIME_BUDGET,
@@ -208,11 +212,11 @@ class Flusher:
                 return
             run.batches += 1
             batch = Batch.of(claim.items)
-            entry = _InFlight(claim, batch, time.monotonic())
+            entry = _InFlight(claim, batch, time.monotonic(), claim_spans(claim.id, batch))
             if not batch.payloads:  # nothing but unreadable items: dead-letter them now
                 self._settle(entry, ClaimOutcome(), run)
                 continue
-            future = self._executor().submit(self._send, claim.id, batch.payloads)
+            future = self._executor().submit(self._send, claim.id, batch.payloads, entry.spans)
             in_flight[future] = entry
 
     def _renew(self, in_flight: Iterable[_InFlight]) -> None:
@@ -237,6 +241,7 @@ class Flusher:
         _log_settlement(outcome, settlement)
         report.requests += outcome.requests
         settled, change = self.buffer.settle(claim.id, settlement, outcome.tally)
+        entry.spans.settled(settlement if settled else None)
         signals.send_breaker_change(self.buffer.prefix, change, settlement.reason)
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
@@ -293,7 +298,7 @@ class Flusher:
 
     # -- a request thread: one claim's requests ------------------------------------------
 
-    def _send(self, claim_id: str, payloads: Sequence[bytes]) -> ClaimOutcome:
+    def _send(self, claim_id: str, payloads: Sequence[bytes], spans: ClaimSpans) -> ClaimOutcome:
         outcome = ClaimOutcome()
         _note_past_window(payloads, outcome)
         first = True
@@ -303,16 +308,20 @@ class Flusher:
                 outcome.unsent_from = offset
                 break
             first = False
-            self._send_chunk(offset, chunk, outcome)
+            self._send_chunk(offset, chunk, outcome, spans)
             if outcome.unsent_from is not None:
                 # Credentials refused, or the API failing as a whole: sending the rest
                 # of this claim now would only add load (and breaker failures).
                 break
         return outcome
 
-    def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
+    def _send_chunk(
+        self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome, spans: ClaimSpans
+    ) -> None:
         sent_at = time.monotonic()
-        response = self.client.post_bulk(chunk)
+        with spans.request(offset, len(chunk)) as span:
+            response = self.client.post_bulk(chunk)
+            span.answered(response)
         outcome.requests += 1
         error = response.request_error
         status = 200 if error is None else error.status_code  # None: no answer at all
@@ -336,9 +345,9 @@ class Flusher:
             # A whole bulk request refused for good: find the culprit by halves
             # rather than dead-letter the records that were fine.
             half = len(chunk) // 2
-            self._send_chunk(offset, chunk[:half], outcome)
+            self._send_chunk(offset, chunk[:half], outcome, spans)
             if outcome.unsent_from is None:
-                self._send_chunk(offset + half, chunk[half:], outcome)
+                self._send_chunk(offset + half, chunk[half:], outcome, spans)
             return
         outcome.failures.append((offset, error))
 

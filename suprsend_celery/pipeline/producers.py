@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..delivery.client import USER_AGENT
+from ..delivery.tracing import with_trace_context
 from ..events.model import AcceptedRecord, Event, accept, event_from_call
 from ..exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
 from .hooks import Dropped, run_hook
@@ -101,7 +102,8 @@ def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
 
 def _push(app: Any, records: list[AcceptedRecord]) -> None:
     with naming_keys(records):
-        get_buffer(app).push([r.payload for r in records])
+        # The caller's trace context is stored beside each record, never sent.
+        get_buffer(app).push(with_trace_context([r.payload for r in records]))
 
 
 def buffer_stats(*, app: Any = None) -> dict[str, Any]:

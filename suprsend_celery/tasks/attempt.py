@@ -59,6 +59,9 @@ class DirectAttempt:
         self.task_id = task_id
         self.shown = meta_of(record)
         self.key = self.shown["idempotency_key"]
+        self.event_name: str | None = self.shown["event"]
+        #: The HTTP status of this run's request (None: no answer, or not sent yet).
+        self.status_code: int | None = None
         #: What this run did (its request, its outcome), counted where it is settled.
         self.tally = Tally()
         self.settings = get_settings(app)
@@ -104,6 +107,7 @@ class DirectAttempt:
             status = exc.status_code
             raise
         finally:
+            self.status_code = status
             self.tally.request("direct", status, time.monotonic() - sent_at)
         return response
 
