@@ -16,11 +16,12 @@ message (a server may quote a value in it) or a credential. The trace context is
 never sent to SuprSend: it travels beside the record (``events.records``) or in the
 task message's headers.
 
-Costs nothing when OpenTelemetry is absent or unused: the API is imported only once
-something else in the process has imported ``opentelemetry.trace`` (an SDK being
-configured, an instrumentation), so until then every call here is one dict lookup.
-When the API is there but no SDK is configured, the current span is invalid and the
-spans started are non-recording: nothing is captured, no link is parsed.
+Costs nothing measurable when OpenTelemetry is absent or not configured (BENCHMARKS.md):
+the API is imported only once something else in the process has imported
+``opentelemetry.trace`` (the application configuring an SDK, an instrumentation, or
+redis-py, which does when the API is installed), so without it every call here is one
+dict lookup. With the API but no SDK, the current span is invalid and the spans
+started are non-recording: nothing is captured, no link is parsed.
 """
 
 from __future__ import annotations

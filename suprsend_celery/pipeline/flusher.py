@@ -168,6 +168,7 @@ class Flusher:
                 "%d direct-path record(s) were never settled by their task (a lost broker "
                 "message); sending them from the buffer",
                 recovered,
+                extra={"records": recovered, "outcome": "recovered"},
             )
         in_flight: dict[Future[ClaimOutcome], _InFlight] = {}
         try:
@@ -205,7 +206,11 @@ class Flusher:
             if claim.mode == "open":
                 run.report.breaker = "open"
                 run.stopped = True
-                logger.info("breaker open: not sending for %.1fs more", claim.wait)
+                logger.info(
+                    "breaker open: not sending for %.1fs more",
+                    claim.wait,
+                    extra={"outcome": "breaker_open"},
+                )
                 return
             if not claim.items:
                 run.stopped = True
@@ -229,7 +234,10 @@ class Flusher:
                     self.buffer.extend(entry.claim.id, self.lease)
                 except redis.RedisError as exc:  # the settle will fail the run if Redis is gone
                     logger.warning(
-                        "could not extend the lease of claim %s: %s", entry.claim.id, exc
+                        "could not extend the lease of claim %s: %s",
+                        entry.claim.id,
+                        exc,
+                        extra={"claim": entry.claim.id, "records": len(entry.claim.items)},
                     )
                     continue
                 entry.renewed = now
@@ -238,7 +246,7 @@ class Flusher:
         """Apply ``decide``'s settlement to Redis in one step, log it, count it."""
         claim, report = entry.claim, run.report
         settlement = decide(outcome, entry.batch, self.policy)
-        _log_settlement(outcome, settlement)
+        _log_settlement(outcome, settlement, claim.id)
         report.requests += outcome.requests
         settled, change = self.buffer.settle(claim.id, settlement, outcome.tally)
         entry.spans.settled(settlement if settled else None)
@@ -253,6 +261,7 @@ class Flusher:
                 "to the buffer and will be re-sent (SuprSend skips repeated idempotency keys)",
                 claim.id,
                 len(claim.items),
+                extra={"claim": claim.id, "records": len(claim.items), "outcome": "returned"},
             )
             report.returned += len(claim.items)
             return
@@ -279,6 +288,7 @@ class Flusher:
                 report.remaining,
                 report.requests,
                 report.seconds,
+                extra={"outcome": "flushed", **report.as_result(), "returned": report.returned},
             )
         signals.flush_completed.send(sender=self.buffer.prefix, **report.as_result())
         return report
@@ -359,8 +369,9 @@ def _note_past_window(payloads: Sequence[bytes], outcome: ClaimOutcome) -> None:
         outcome.tally.add(PAST_WINDOW, len(late))
 
 
-def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
-    """Say what a settlement does, naming keys, never records."""
+def _log_settlement(outcome: ClaimOutcome, settlement: Settlement, claim_id: str) -> None:
+    """Say what a settlement does, naming keys, never records; the fields say it again
+    for log pipelines (``extra=``)."""
     shared = outcome.request_error  # one error for a whole request's records
     if outcome.auth_error is not None:
         logger.error(
@@ -368,22 +379,54 @@ def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
             "configuration is fixed",
             outcome.auth_error,
             len(settlement.back),
+            extra={
+                "claim": claim_id,
+                "records": len(settlement.back),
+                "outcome": "kept",
+                "status_code": outcome.auth_error.status_code,
+            },
         )
     for retry in settlement.retries:
         if retry.error is not shared:
+            key = retry.key
             logger.warning(
                 "record %s will be retried in %.1fs (attempt %d): %s",
-                retry.key,
+                key,
                 retry.delay,
                 retry.attempt,
                 retry.error,
+                extra={
+                    "idempotency_key": key,
+                    "claim": claim_id,
+                    "attempt": retry.attempt,
+                    "outcome": "retry",
+                    "status_code": retry.error.status_code,
+                },
             )
     for dead in settlement.dead:
-        logger.error("record %s dead-lettered: %s", dead.key or "(unreadable)", dead.reason)
+        key = dead.key
+        logger.error(
+            "record %s dead-lettered: %s",
+            key or "(unreadable)",
+            dead.reason,
+            extra={
+                "idempotency_key": key,
+                "claim": claim_id,
+                "attempt": dead.attempt,
+                "outcome": "dead_lettered",
+                "status_code": dead.error.status_code,
+            },
+        )
     if shared is not None:
         logger.warning(
             "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
             shared,
             len(settlement.retries),
             len(settlement.back),
+            extra={
+                "claim": claim_id,
+                "records": len(settlement.retries) + len(settlement.back),
+                "outcome": "retry",
+                "status_code": shared.status_code,
+            },
         )

@@ -131,6 +131,7 @@ class DirectAttempt:
             decision.attempt,
             self.policy.max_retries,
             decision.countdown,
+            extra=self._fields("retry", error),
         )
         self.tally.add("direct:retried")
         reason = TransientDeliveryError(
@@ -159,6 +160,7 @@ class DirectAttempt:
             self.task_id,
             decision.reason,
             where,
+            extra=self._fields("dead_lettered" if buffer is not None else "failed", error),
         )
         send_dead_lettered([entry], stored=buffer is not None)
         self.journal.settle(self.record, self.tally)
@@ -174,6 +176,7 @@ class DirectAttempt:
         is moved to the buffer (sent once this is fixed), not dead-lettered."""
         buffer = self.journal.buffer
         where = "the event could not be kept (no suprsend_redis_url)"
+        outcome = "failed"
         if buffer is not None:
             entry = direct_dead_letter(self.record, self.shown, decision.reason, error, self.number)
             try:
@@ -185,16 +188,40 @@ class DirectAttempt:
             else:
                 where = "the buffer is full, so the event was dead-lettered"
                 send_dead_lettered([entry])
-            self.tally.add("direct:kept" if kept else "direct:dead_lettered")
-        logger.error("event %s (task %s): %s; %s", self.key, self.task_id, error, where)
+            outcome = "kept" if kept else "dead_lettered"
+            self.tally.add(f"direct:{outcome}")
+        logger.error(
+            "event %s (task %s): %s; %s",
+            self.key,
+            self.task_id,
+            error,
+            where,
+            extra=self._fields(outcome, error),
+        )
         self.journal.settle(self.record, self.tally)
         raise ConfigurationError(f"event {self.key}: {error}; {where}") from None
+
+    def _fields(self, outcome: str, error: DeliveryError) -> dict[str, Any]:
+        """The structured fields of this run's log lines (keys and counts, no content)."""
+        return {
+            "idempotency_key": self.key,
+            "task_id": self.task_id,
+            "attempt": self.number,
+            "outcome": outcome,
+            "status_code": error.status_code,
+        }
 
     def _redis_down(self, error: DeliveryError, action: str, redis_exc: Exception) -> RetryLater:
         """The buffer's Redis is unreachable: keep the event in the broker, try again later."""
         countdown = min(REDIS_RETRY_SECONDS, self.settings.max_countdown)
         reason = f"{error}; {action} failed ({type(redis_exc).__name__}); retry in {countdown:.1f}s"
-        logger.error("event %s (task %s): %s", self.key, self.task_id, reason)
+        logger.error(
+            "event %s (task %s): %s",
+            self.key,
+            self.task_id,
+            reason,
+            extra=self._fields("retry", error),
+        )
         retry_error = type(error)(
             f"{reason} (idempotency key {self.key})",
             status_code=error.status_code,
