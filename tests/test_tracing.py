@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -547,40 +548,58 @@ class TestLogFields:
             "status_code": 503,
         }
 
-    def test_the_readme_json_recipe(
-        self, app_factory: Callable[..., Celery], sandbox: Sandbox
-    ) -> None:
-        """The README's python-json-logger setup turns a retry line into indexed JSON."""
-        json_formatter = pytest.importorskip("pythonjsonlogger.json")
-        stream: list[str] = []
-
-        class ListHandler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                stream.append(self.format(record))
-
-        handler = ListHandler()
-        handler.setFormatter(
-            json_formatter.JsonFormatter("{asctime}{levelname}{name}{message}", style="{")
+    def test_the_readme_json_recipe(self) -> None:
+        """The README's ``LOGGING`` (python-json-logger), applied as written in a fresh
+        process, turns a retry line into JSON with the fields as keys."""
+        pytest.importorskip("pythonjsonlogger.json")
+        readme = Path(REPO, "README.md").read_text(encoding="utf-8")
+        block = readme[readme.index("LOGGING = {") :]
+        block = block[: block.index("```")]
+        script = textwrap.dedent(
+            f"""
+            import logging.config, sys
+            sys.path.insert(0, {os.path.join(REPO, "tests")!r})
+            """
         )
-        logger = logging.getLogger("suprsend_celery")
-        logger.addHandler(handler)
-        old_level = logger.level
-        logger.setLevel(logging.INFO)
-        try:
-            app = app_factory()
-            key = buffer_event("u-1", "order_placed", idempotency_key="k-json", app=app)
-            sandbox.set_faults({"rules": [{"count": 1, "record_errors": [{"status": 503}]}]})
-            get_flusher(app).run(10)
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(old_level)
-        lines = [json.loads(line) for line in stream]
+        script += block + textwrap.dedent(
+            """
+            logging.config.dictConfig(LOGGING)
+            from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, make_app
+            from suprsend_celery import buffer_event
+            from suprsend_celery.dev.redis_server import RedisServer
+            from suprsend_celery.dev.sandbox import Sandbox
+            from suprsend_celery.pipeline.runtime import get_flusher
+
+            with RedisServer(appendonly=False) as server, Sandbox(
+                workspace_key=WORKSPACE_KEY, workspace_secret=WORKSPACE_SECRET
+            ) as sandbox:
+                app = make_app(server.url, sandbox.url)
+                buffer_event("u-1", "order_placed", idempotency_key="k-json", app=app)
+                sandbox.set_faults({"rules": [{"count": 1, "record_errors": [{"status": 503}]}]})
+                get_flusher(app).run(10)
+                app.close()
+            """
+        )
+        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
         (retry,) = [line for line in lines if line.get("outcome") == "retry"]
-        assert retry["idempotency_key"] == key
+        assert retry["idempotency_key"] == "k-json"
         assert retry["attempt"] == 1
         assert retry["status_code"] == 503
         assert retry["levelname"] == "WARNING"
+        assert retry["name"] == "suprsend_celery.pipeline.flusher"
         assert "will be retried" in retry["message"]
+        (summary,) = [line for line in lines if line.get("outcome") == "flushed"]
+        assert summary["retry_scheduled"] == 1
 
 
 # -- no cost when absent or not configured ---------------------------------------------
