@@ -141,6 +141,8 @@ class _Attempt(Protocol):
     def task_id(self) -> str | None: ...
     @property
     def status_code(self) -> int | None: ...
+    @property
+    def outcome(self) -> str | None: ...
 
 
 class SendEventSpan:
@@ -167,7 +169,7 @@ class SendEventSpan:
         if span is None:
             return
         if not self.outcome:
-            self.outcome = _direct_outcome(error)
+            self.outcome = attempt.outcome or _direct_outcome(error)
         if self.outcome in ("dead_lettered", "kept"):
             span.add_event(
                 "dead_letter" if self.outcome == "dead_lettered" else "kept_in_buffer",
@@ -184,12 +186,11 @@ class SendEventSpan:
 
 
 def _direct_outcome(error: BaseException | None) -> str:
+    """A run's outcome when the attempt did not say (sent, or an unexpected error)."""
     if error is None:
         return "sent"
-    if isinstance(error, DeliveryError):
-        return "dead_lettered"  # the attempt raises it once the event is dead-lettered
-    if isinstance(error, ConfigurationError):
-        return "kept"  # refused credentials: the event waits in the buffer
+    if isinstance(error, DeliveryError | ConfigurationError):
+        return "failed"
     return "error"
 
 

@@ -62,6 +62,8 @@ class DirectAttempt:
         self.event_name: str | None = self.shown["event"]
         #: The HTTP status of this run's request (None: no answer, or not sent yet).
         self.status_code: int | None = None
+        #: How a run that failed for good ended: "dead_lettered", "kept" or "failed".
+        self.outcome: str | None = None
         #: What this run did (its request, its outcome), counted where it is settled.
         self.tally = Tally()
         self.settings = get_settings(app)
@@ -154,13 +156,14 @@ class DirectAttempt:
                 return self._redis_down(error, "dead-lettering", redis_exc)
             where = "moved to the dead-letter list"
             self.tally.add("direct:dead_lettered")
+        self.outcome = "dead_lettered" if buffer is not None else "failed"
         logger.error(
             "event %s (task %s) not delivered: %s; %s",
             self.key,
             self.task_id,
             decision.reason,
             where,
-            extra=self._fields("dead_lettered" if buffer is not None else "failed", error),
+            extra=self._fields(self.outcome, error),
         )
         send_dead_lettered([entry], stored=buffer is not None)
         self.journal.settle(self.record, self.tally)
@@ -176,7 +179,7 @@ class DirectAttempt:
         is moved to the buffer (sent once this is fixed), not dead-lettered."""
         buffer = self.journal.buffer
         where = "the event could not be kept (no suprsend_redis_url)"
-        outcome = "failed"
+        outcome = self.outcome = "failed"
         if buffer is not None:
             entry = direct_dead_letter(self.record, self.shown, decision.reason, error, self.number)
             try:
@@ -188,7 +191,7 @@ class DirectAttempt:
             else:
                 where = "the buffer is full, so the event was dead-lettered"
                 send_dead_lettered([entry])
-            outcome = "kept" if kept else "dead_lettered"
+            outcome = self.outcome = "kept" if kept else "dead_lettered"
             self.tally.add(f"direct:{outcome}")
         logger.error(
             "event %s (task %s): %s; %s",
