@@ -101,5 +101,6 @@ class DirectJournal:
                 "%d direct-path record(s) expired (Celery expires) before any worker ran "
                 "their task; dropped from the journal, not sent",
                 dropped,
+                extra={"records": int(dropped), "outcome": "expired"},
             )
         return int(moved)

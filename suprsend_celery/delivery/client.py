@@ -267,7 +267,12 @@ class SuprsendClient:
         """
         payload, key = self._payload(event)
         if self.dry_run:
-            logger.info("dry run: event %s not sent (%d bytes)", key, len(payload))
+            logger.info(
+                "dry run: event %s not sent (%d bytes)",
+                key,
+                len(payload),
+                extra={"idempotency_key": key, "outcome": "dry_run"},
+            )
             return {
                 "status": "dry_run",
                 "status_code": None,
@@ -297,7 +302,11 @@ class SuprsendClient:
         """
         size = len(payloads)
         if self.dry_run:
-            logger.info("dry run: bulk request of %d record(s) not sent", size)
+            logger.info(
+                "dry run: bulk request of %d record(s) not sent",
+                size,
+                extra={"records": size, "outcome": "dry_run"},
+            )
             return BulkResponse(size, failures=[])
         field = self._env_field
         body = b"[" + b", ".join([with_env(p, field) for p in payloads]) + b"]"

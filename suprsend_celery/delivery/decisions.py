@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..events.records import join_item, key_of, read_item, split_item
+from ..events.records import join_item, key_of, parse_item, split_item
 from ..exceptions import DeliveryError, PermanentDeliveryError
 from .dead_letters import dead_letter_entry, parse_dead_letter
 from .retry import RetryPolicy, failure_reason, should_retry
@@ -66,13 +66,15 @@ class Batch:
 
     ``unreadable``: stored items that are not records at all (junk written into Redis by
     something else); they are never sent and are dead-lettered byte for byte, so they
-    cannot hold up the records claimed with them.
+    cannot hold up the records claimed with them. ``traceparents``: the trace context
+    each record was accepted in (None: none), kept on its retries.
     """
 
     items: Sequence[bytes]
     payloads: Sequence[bytes]
     attempts: Sequence[int] | None = None
     unreadable: Sequence[bytes] = ()
+    traceparents: Sequence[bytes | None] = ()
 
     @classmethod
     def of(cls, items: Sequence[bytes]) -> Batch:
@@ -83,19 +85,27 @@ class Batch:
         payloads: list[bytes] = []
         attempts: list[int] = []
         unreadable: list[bytes] = []
+        traceparents: list[bytes | None] = []
         for item in items:
-            found = read_item(item)
+            found = parse_item(item)
             if found is None:
                 unreadable.append(item)
                 continue
             kept.append(item)
-            attempts.append(found[0])
-            payloads.append(found[1])
-        return cls(kept, payloads, attempts, unreadable)
+            attempts.append(found.attempts)
+            payloads.append(found.record)
+            traceparents.append(found.traceparent)
+        if not any(traceparents):
+            traceparents = []
+        return cls(kept, payloads, attempts, unreadable, traceparents)
 
     def attempt(self, index: int) -> int:
         """The attempt number the last send of record ``index`` was (1-based)."""
         return (self.attempts[index] if self.attempts else 0) + 1
+
+    def traceparent(self, index: int) -> bytes | None:
+        """The trace context record ``index`` was accepted in, if any."""
+        return self.traceparents[index] if self.traceparents else None
 
 
 @dataclass(slots=True)
@@ -180,7 +190,7 @@ def decide(outcome: ClaimOutcome, batch: Batch, policy: RetryPolicy) -> Settleme
         payload = batch.payloads[index]
         if should_retry(error, attempt, policy.max_retries):
             delay = policy.delay(attempt, error.retry_after)
-            item = join_item(attempt, payload)
+            item = join_item(attempt, payload, batch.traceparent(index))
             settlement.retries.append(RetryDecision(index, attempt, delay, item, error))
             continue
         reason = failure_reason(error, attempt)

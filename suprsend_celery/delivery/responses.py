@@ -208,6 +208,8 @@ class BulkResponse:
     size: int
     request_error: DeliveryError | None = None
     failures: list[tuple[int, DeliveryError]] | None = None
+    #: The HTTP status of an answered request (a failed one's is ``request_error``'s).
+    status_code: int | None = None
 
 
 def _record_error(record: object, payload: bytes) -> DeliveryError:
@@ -243,4 +245,4 @@ def bulk_response(status: int, parsed: object, payloads: Sequence[bytes]) -> Bul
             idempotency_key=key_of(payloads[index]),
         )
         failures.append((index, error))
-    return BulkResponse(size, failures=failures)
+    return BulkResponse(size, failures=failures, status_code=status)

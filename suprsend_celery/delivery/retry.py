@@ -33,11 +33,13 @@ def past_dedup_window(payloads: Sequence[bytes]) -> list[int]:
     deduplicates their keys, so one it processed before may be processed again."""
     late = accepted_before(payloads, int((time.time() - defaults.DEDUP_WINDOW) * 1000))
     if late:
+        key = key_of(payloads[late[0]])
         logger.warning(
             "%d record(s) sent more than 24 h after they were accepted (e.g. %s): SuprSend "
             "deduplicates a key for 24 h only, so one it already processed may be again",
             len(late),
-            key_of(payloads[late[0]]),
+            key,
+            extra={"records": len(late), "idempotency_key": key, "outcome": "past_window"},
         )
     return late
 

@@ -1,24 +1,36 @@
 """A record's bytes: the few fields read or written without parsing its JSON.
 
 A record is the event's JSON exactly as it will be sent, minus ``env`` (spliced in
-when it is sent, ``with_env``). A record that has failed before is stored with its
-attempt count as a prefix, ``b"3|{...}"``: records start with ``{``, so the prefix is
-unambiguous and is stripped without parsing JSON (``split_item``).
+when it is sent, ``with_env``). A stored item is a record with optional prefixes, each
+ending in ``|``: records start with ``{`` and no prefix holds one, so the prefixes are
+unambiguous and are stripped without parsing JSON (``parse_item``)::
+
+    {...}                                      a fresh record
+    3|{...}                                    failed 3 times before
+    00-<trace id>-<span id>-01|{...}           accepted inside a traced request
+    3|00-<trace id>-<span id>-01|{...}         both
+
+The trace context (a W3C ``traceparent``) is the caller's, kept so the bulk request
+that sends the record can link to its trace; it is never sent to SuprSend.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .validation import json_default
 
 __all__ = [
+    "StoredItem",
     "accepted_before",
     "encode_json",
     "env_field",
     "join_item",
     "key_of",
+    "parse_item",
     "read_item",
     "record_time",
     "split_item",
@@ -100,16 +112,40 @@ def accepted_before(records: Sequence[bytes], cutoff_ms: int) -> list[int]:
     return found
 
 
-def read_item(item: bytes) -> tuple[int, bytes] | None:
-    """``(attempts, record)`` of a stored item (``b"3|{...}"`` or a bare ``b"{...}"``), or
-    None when it is not one of ours: anything can be written into a Redis list, and an
-    item that cannot be read must be set aside, never crash the reader."""
+class StoredItem(NamedTuple):
+    """A stored item's parts: attempts so far, the record, the caller's ``traceparent``."""
+
+    attempts: int
+    record: bytes
+    traceparent: bytes | None
+
+
+#: A W3C ``traceparent`` as OpenTelemetry writes it (version, trace id, span id, flags).
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def parse_item(item: bytes) -> StoredItem | None:
+    """The parts of a stored item (see the module docstring), or None when it is not one
+    of ours: anything can be written into a Redis list, and an item that cannot be read
+    must be set aside, never crash the reader."""
     if item[:1] == b"{":
-        return 0, item
-    head, bar, record = item.partition(b"|")
-    if bar and 0 < len(head) <= _ATTEMPT_DIGITS and head.isdigit() and record[:1] == b"{":
-        return int(head), record
+        return StoredItem(0, item, None)
+    head, bar, rest = item.partition(b"|")
+    attempts = 0
+    if bar and 0 < len(head) <= _ATTEMPT_DIGITS and head.isdigit():
+        attempts = int(head)
+        if rest[:1] == b"{":
+            return StoredItem(attempts, rest, None)
+        head, bar, rest = rest.partition(b"|")
+    if bar and rest[:1] == b"{" and _TRACEPARENT.fullmatch(head):
+        return StoredItem(attempts, rest, head)
     return None
+
+
+def read_item(item: bytes) -> tuple[int, bytes] | None:
+    """``(attempts, record)`` of a stored item, or None when it is not one of ours."""
+    found = parse_item(item)
+    return None if found is None else (found.attempts, found.record)
 
 
 def split_item(item: bytes) -> tuple[int, bytes]:
@@ -124,7 +160,11 @@ def split_item(item: bytes) -> tuple[int, bytes]:
 _ATTEMPT_DIGITS = 9
 
 
-def join_item(attempts: int, record: bytes) -> bytes:
+def join_item(attempts: int, record: bytes, traceparent: bytes | None = None) -> bytes:
+    """The stored item of a record (``parse_item``'s inverse): a fresh, untraced record
+    is stored as it is."""
+    if traceparent:
+        record = b"%s|%s" % (traceparent, record)
     return record if attempts <= 0 else b"%d|%s" % (attempts, record)
 
 

@@ -27,6 +27,7 @@ import redis
 
 from ..buffer.async_push import serves_async
 from ..buffer.connection import SENTINEL_SCHEME
+from ..delivery.tracing import with_trace_context
 from ..events.model import Event
 from .producers import (
     Accepted,
@@ -56,6 +57,7 @@ async def _push_payloads(runtime: Runtime, payloads: list[bytes]) -> None:
     name one plain server and one shard push on the async client at once; a cluster
     node answers MOVED if the slot is elsewhere, and the call then takes the thread.
     """
+    payloads = with_trace_context(payloads)  # the caller's trace context, never sent
     buffer = runtime.built_buffer
     if buffer is None and _one_server_by_settings(runtime.settings):
         try:

@@ -45,6 +45,7 @@ from ..delivery.client import SuprsendClient, chunk_payloads
 from ..delivery.decisions import Batch, ClaimOutcome, Settlement, decide
 from ..delivery.retry import RetryPolicy, past_dedup_window
 from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
+from ..delivery.tracing import ClaimSpans, claim_spans, traced_flush
 from . import signals
 
 __all__ = ["FlushReport", "Flusher"]
@@ -94,6 +95,8 @@ class _InFlight:
     claim: Claim
     batch: Batch
     renewed: float
+    #: The spans of its bulk requests (``delivery.tracing``), ended once it is settled.
+    spans: ClaimSpans
 
 
 class _Run:
@@ -146,6 +149,7 @@ class Flusher:
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
 
+    @traced_flush
     def run(
         self,
         time_budget: float = defaults.FLUSH_TIME_BUDGET,
@@ -164,6 +168,7 @@ class Flusher:
                 "%d direct-path record(s) were never settled by their task (a lost broker "
                 "message, or a worker that died holding it); sending them from the buffer",
                 recovered,
+                extra={"records": recovered, "outcome": "recovered"},
             )
         in_flight: dict[Future[ClaimOutcome], _InFlight] = {}
         try:
@@ -201,18 +206,22 @@ class Flusher:
             if claim.mode == "open":
                 run.report.breaker = "open"
                 run.stopped = True
-                logger.info("breaker open: not sending for %.1fs more", claim.wait)
+                logger.info(
+                    "breaker open: not sending for %.1fs more",
+                    claim.wait,
+                    extra={"outcome": "breaker_open"},
+                )
                 return
             if not claim.items:
                 run.stopped = True
                 return
             run.batches += 1
             batch = Batch.of(claim.items)
-            entry = _InFlight(claim, batch, time.monotonic())
+            entry = _InFlight(claim, batch, time.monotonic(), claim_spans(claim.id, batch))
             if not batch.payloads:  # nothing but unreadable items: dead-letter them now
                 self._settle(entry, ClaimOutcome(), run)
                 continue
-            future = self._executor().submit(self._send, claim.id, batch.payloads)
+            future = self._executor().submit(self._send, claim.id, batch.payloads, entry.spans)
             in_flight[future] = entry
 
     def _renew(self, in_flight: Iterable[_InFlight]) -> None:
@@ -225,7 +234,10 @@ class Flusher:
                     self.buffer.extend(entry.claim.id, self.lease)
                 except redis.RedisError as exc:  # the settle will fail the run if Redis is gone
                     logger.warning(
-                        "could not extend the lease of claim %s: %s", entry.claim.id, exc
+                        "could not extend the lease of claim %s: %s",
+                        entry.claim.id,
+                        exc,
+                        extra={"claim": entry.claim.id, "records": len(entry.claim.items)},
                     )
                     continue
                 entry.renewed = now
@@ -234,9 +246,10 @@ class Flusher:
         """Apply ``decide``'s settlement to Redis in one step, log it, count it."""
         claim, report = entry.claim, run.report
         settlement = decide(outcome, entry.batch, self.policy)
-        _log_settlement(outcome, settlement)
+        _log_settlement(outcome, settlement, claim.id)
         report.requests += outcome.requests
         settled, change = self.buffer.settle(claim.id, settlement, outcome.tally)
+        entry.spans.settled(settlement if settled else None)
         signals.send_breaker_change(self.buffer.prefix, change, settlement.reason)
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
@@ -248,6 +261,7 @@ class Flusher:
                 "to the buffer and will be re-sent (SuprSend skips repeated idempotency keys)",
                 claim.id,
                 len(claim.items),
+                extra={"claim": claim.id, "records": len(claim.items), "outcome": "returned"},
             )
             report.returned += len(claim.items)
             return
@@ -274,6 +288,7 @@ class Flusher:
                 report.remaining,
                 report.requests,
                 report.seconds,
+                extra={"outcome": "flushed", **report.as_result(), "returned": report.returned},
             )
         signals.flush_completed.send(sender=self.buffer.prefix, **report.as_result())
         return report
@@ -293,7 +308,7 @@ class Flusher:
 
     # -- a request thread: one claim's requests ------------------------------------------
 
-    def _send(self, claim_id: str, payloads: Sequence[bytes]) -> ClaimOutcome:
+    def _send(self, claim_id: str, payloads: Sequence[bytes], spans: ClaimSpans) -> ClaimOutcome:
         outcome = ClaimOutcome()
         _note_past_window(payloads, outcome)
         first = True
@@ -303,16 +318,20 @@ class Flusher:
                 outcome.unsent_from = offset
                 break
             first = False
-            self._send_chunk(offset, chunk, outcome)
+            self._send_chunk(offset, chunk, outcome, spans)
             if outcome.unsent_from is not None:
                 # Credentials refused, or the API failing as a whole: sending the rest
                 # of this claim now would only add load (and breaker failures).
                 break
         return outcome
 
-    def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
+    def _send_chunk(
+        self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome, spans: ClaimSpans
+    ) -> None:
         sent_at = time.monotonic()
-        response = self.client.post_bulk(chunk)
+        with spans.request(offset, len(chunk)) as span:
+            response = self.client.post_bulk(chunk)
+            span.answered(response)
         outcome.requests += 1
         error = response.request_error
         status = 200 if error is None else error.status_code  # None: no answer at all
@@ -336,9 +355,9 @@ class Flusher:
             # A whole bulk request refused for good: find the culprit by halves
             # rather than dead-letter the records that were fine.
             half = len(chunk) // 2
-            self._send_chunk(offset, chunk[:half], outcome)
+            self._send_chunk(offset, chunk[:half], outcome, spans)
             if outcome.unsent_from is None:
-                self._send_chunk(offset + half, chunk[half:], outcome)
+                self._send_chunk(offset + half, chunk[half:], outcome, spans)
             return
         outcome.failures.append((offset, error))
 
@@ -350,8 +369,9 @@ def _note_past_window(payloads: Sequence[bytes], outcome: ClaimOutcome) -> None:
         outcome.tally.add(PAST_WINDOW, len(late))
 
 
-def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
-    """Say what a settlement does, naming keys, never records."""
+def _log_settlement(outcome: ClaimOutcome, settlement: Settlement, claim_id: str) -> None:
+    """Say what a settlement does, naming keys, never records; the fields say it again
+    for log pipelines (``extra=``)."""
     shared = outcome.request_error  # one error for a whole request's records
     if outcome.auth_error is not None:
         logger.error(
@@ -359,22 +379,54 @@ def _log_settlement(outcome: ClaimOutcome, settlement: Settlement) -> None:
             "configuration is fixed",
             outcome.auth_error,
             len(settlement.back),
+            extra={
+                "claim": claim_id,
+                "records": len(settlement.back),
+                "outcome": "kept",
+                "status_code": outcome.auth_error.status_code,
+            },
         )
     for retry in settlement.retries:
         if retry.error is not shared:
+            key = retry.key
             logger.warning(
                 "record %s will be retried in %.1fs (attempt %d): %s",
-                retry.key,
+                key,
                 retry.delay,
                 retry.attempt,
                 retry.error,
+                extra={
+                    "idempotency_key": key,
+                    "claim": claim_id,
+                    "attempt": retry.attempt,
+                    "outcome": "retry",
+                    "status_code": retry.error.status_code,
+                },
             )
     for dead in settlement.dead:
-        logger.error("record %s dead-lettered: %s", dead.key or "(unreadable)", dead.reason)
+        key = dead.key
+        logger.error(
+            "record %s dead-lettered: %s",
+            key or "(unreadable)",
+            dead.reason,
+            extra={
+                "idempotency_key": key,
+                "claim": claim_id,
+                "attempt": dead.attempt,
+                "outcome": "dead_lettered",
+                "status_code": dead.error.status_code,
+            },
+        )
     if shared is not None:
         logger.warning(
             "bulk request failed (%s): %d record(s) scheduled for retry, %d returned unsent",
             shared,
             len(settlement.retries),
             len(settlement.back),
+            extra={
+                "claim": claim_id,
+                "records": len(settlement.retries) + len(settlement.back),
+                "outcome": "retry",
+                "status_code": shared.status_code,
+            },
         )

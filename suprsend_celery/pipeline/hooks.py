@@ -89,7 +89,13 @@ def run_hook(hook: BeforeSend, event: Event) -> Event | Dropped:
         ) from exc
     if result is None:
         key = event.idempotency_key or str(uuid.uuid4())
-        logger.debug("event %s (%s) dropped by %s", key, event.event_name, _KEY)
+        logger.debug(
+            "event %s (%s) dropped by %s",
+            key,
+            event.event_name,
+            _KEY,
+            extra={"idempotency_key": key, "outcome": "dropped"},
+        )
         return Dropped(key)
     if not isinstance(result, Event):
         raise ConfigurationError(

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ..buffer.outbox_figures import outbox_figures
 from ..delivery.client import USER_AGENT
+from ..delivery.tracing import with_trace_context
 from ..events.model import AcceptedRecord, Event, accept, event_from_call
 from ..exceptions import BufferUnavailableError, InvalidEventError, ReplicationError
 from .hooks import Dropped, run_hook
@@ -192,7 +193,8 @@ def naming_keys(records: list[AcceptedRecord]) -> Iterator[None]:
 def _push(runtime: Runtime, accepted: Accepted) -> None:
     if accepted.records:
         with naming_keys(accepted.records):
-            runtime.buffer().push(accepted.payloads)
+            # The caller's trace context is stored beside each record, never sent.
+            runtime.buffer().push(with_trace_context(accepted.payloads))
 
 
 @overload

@@ -68,6 +68,11 @@ class DirectAttempt:
         self.task_id = task_id
         self.shown = meta_of(record)
         self.key = self.shown["idempotency_key"]
+        self.event_name: str | None = self.shown["event"]
+        #: The HTTP status of this run's request (None: no answer, or not sent yet).
+        self.status_code: int | None = None
+        #: How a run that failed for good ended: "dead_lettered", "kept" or "failed".
+        self.outcome: str | None = None
         #: What this run did (its request, its outcome), counted where it is settled.
         self.tally = Tally()
         self.settings = get_settings(app)
@@ -115,6 +120,7 @@ class DirectAttempt:
             status = exc.status_code
             raise
         finally:
+            self.status_code = status
             self.tally.request("direct", status, time.monotonic() - sent_at)
         return response
 
@@ -161,6 +167,7 @@ class DirectAttempt:
             decision.attempt,
             self.policy.max_retries,
             decision.countdown,
+            extra=self._fields("retry", error),
         )
         self.tally.add("direct:retried")
         reason = TransientDeliveryError(
@@ -183,12 +190,14 @@ class DirectAttempt:
                 return self._redis_down(error, "dead-lettering", redis_exc)
             where = "moved to the dead-letter list"
             self.tally.add("direct:dead_lettered")
+        self.outcome = "dead_lettered" if buffer is not None else "failed"
         logger.error(
             "event %s (task %s) not delivered: %s; %s",
             self.key,
             self.task_id,
             decision.reason,
             where,
+            extra=self._fields(self.outcome, error),
         )
         send_dead_lettered([entry], stored=buffer is not None)
         self.journal.settle(self.record, self.tally)
@@ -204,6 +213,7 @@ class DirectAttempt:
         is moved to the buffer (sent once this is fixed), not dead-lettered."""
         buffer = self.journal.buffer
         where = "the event could not be kept (no suprsend_redis_url)"
+        outcome = self.outcome = "failed"
         if buffer is not None:
             entry = direct_dead_letter(self.record, self.shown, decision.reason, error, self.number)
             try:
@@ -215,16 +225,40 @@ class DirectAttempt:
             else:
                 where = "the buffer is full, so the event was dead-lettered"
                 send_dead_lettered([entry])
-            self.tally.add("direct:kept" if kept else "direct:dead_lettered")
-        logger.error("event %s (task %s): %s; %s", self.key, self.task_id, error, where)
+            outcome = self.outcome = "kept" if kept else "dead_lettered"
+            self.tally.add(f"direct:{outcome}")
+        logger.error(
+            "event %s (task %s): %s; %s",
+            self.key,
+            self.task_id,
+            error,
+            where,
+            extra=self._fields(outcome, error),
+        )
         self.journal.settle(self.record, self.tally)
         raise ConfigurationError(f"event {self.key}: {error}; {where}") from None
+
+    def _fields(self, outcome: str, error: DeliveryError) -> dict[str, Any]:
+        """The structured fields of this run's log lines (keys and counts, no content)."""
+        return {
+            "idempotency_key": self.key,
+            "task_id": self.task_id,
+            "attempt": self.number,
+            "outcome": outcome,
+            "status_code": error.status_code,
+        }
 
     def _redis_down(self, error: DeliveryError, action: str, redis_exc: Exception) -> RetryLater:
         """The buffer's Redis is unreachable: keep the event in the broker, try again later."""
         countdown = min(REDIS_RETRY_SECONDS, self.settings.max_countdown)
         reason = f"{error}; {action} failed ({type(redis_exc).__name__}); retry in {countdown:.1f}s"
-        logger.error("event %s (task %s): %s", self.key, self.task_id, reason)
+        logger.error(
+            "event %s (task %s): %s",
+            self.key,
+            self.task_id,
+            reason,
+            extra=self._fields("retry", error),
+        )
         retry_error = type(error)(
             f"{reason} (idempotency key {self.key})",
             status_code=error.status_code,

@@ -22,6 +22,7 @@ from celery.signals import task_revoked
 
 from ..defaults import TRACK_TASK
 from ..delivery.tally import Tally
+from ..delivery.tracing import send_event_span, trace_headers
 from ..events.model import Event, event_from_call
 from ..exceptions import ConfigurationError
 from ..pipeline.hooks import Dropped, dropped_result
@@ -116,6 +117,10 @@ class TrackEventTask(Task):  # type: ignore[misc]
         retry: Tally | None,
     ) -> Any:
         options.update(prepared.options)
+        # The caller's trace context rides in the message headers (never in the record).
+        headers = trace_headers()
+        if headers:
+            options["headers"] = {**(options.get("headers") or {}), **headers}
         # Celery's own publish; bound here, since super() needs the method's frame.
         publish = super().apply_async
         result = DirectJournal(self.app).publish(
@@ -146,10 +151,13 @@ class TrackEventTask(Task):  # type: ignore[misc]
         # ``request.retries`` counts the retries Celery published for this task id.
         number = int(self.request.retries or 0) + 1
         attempt = DirectAttempt(self.app, record, number=number, task_id=self.request.id)
-        outcome = attempt.run()
-        if isinstance(outcome, RetryLater):
-            raise self._retry(attempt, outcome)
-        return outcome
+        # Message headers are attributes of ``request`` (Celery's protocol 2).
+        with send_event_span(self.request.get, attempt) as span:
+            outcome = attempt.run()
+            if isinstance(outcome, RetryLater):
+                span.retrying(outcome.countdown, attempt.status_code, outcome.error)
+                raise self._retry(attempt, outcome)  # published inside: same trace
+            return outcome
 
     def _accept_in_worker(self, args: Any, kwargs: Any) -> PreparedEvent | Dropped:
         """The record of a call published by name (``app.send_task``) or made directly.

@@ -75,19 +75,32 @@ class FailureSummary:
                 "summarised every %gs)",
                 cause,
                 self.every,
+                extra={"outcome": "failed", "failed_runs": count},
             )
         elif count == 1:
             logger.error(
-                "flush_buffer failed: %s (repeats are summarised every %gs)", cause, self.every
+                "flush_buffer failed: %s (repeats are summarised every %gs)",
+                cause,
+                self.every,
+                extra={"outcome": "failed", "failed_runs": count},
             )
         elif due:
-            logger.error("flush_buffer has failed %d runs in a row; the latest: %s", count, cause)
+            logger.error(
+                "flush_buffer has failed %d runs in a row; the latest: %s",
+                count,
+                cause,
+                extra={"outcome": "failed", "failed_runs": count},
+            )
 
     def succeeded(self) -> None:
         with self._lock:
             count, self.count = self.count, 0
         if count:
-            logger.warning("flush_buffer runs again after %d failed run(s)", count)
+            logger.warning(
+                "flush_buffer runs again after %d failed run(s)",
+                count,
+                extra={"outcome": "recovered", "failed_runs": count},
+            )
 
 
 _summaries: weakref.WeakKeyDictionary[Any, FailureSummary] = weakref.WeakKeyDictionary()

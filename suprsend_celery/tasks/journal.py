@@ -79,7 +79,11 @@ class DirectJournal:
                 if retry is None:
                     raise PublishError.for_event(key, "could not be journaled", exc) from exc
                 logger.warning(
-                    "event %s (task %s): retry not journaled again (%s)", key, task_id, exc
+                    "event %s (task %s): retry not journaled again (%s)",
+                    key,
+                    task_id,
+                    exc,
+                    extra={"idempotency_key": key, "task_id": task_id, "outcome": "retry"},
                 )
         try:
             return publish()
@@ -127,7 +131,13 @@ class DirectJournal:
         try:
             return self.buffer.settle_journal(record.encode("utf-8"), tally)
         except redis.RedisError as exc:  # the flusher will re-send it: a duplicate, skipped
-            logger.warning("journal entry not settled (%s)", exc)
+            key = meta_of(record)["idempotency_key"]
+            logger.warning(
+                "journal entry of event %s not settled (%s)",
+                key,
+                exc,
+                extra={"idempotency_key": key, "outcome": "unsettled"},
+            )
             return True
 
     def retry_not_published(
@@ -147,22 +157,27 @@ class DirectJournal:
                 where = f"the flusher sends it from the journal in {countdown:.1f}s"
             except redis.RedisError:
                 where = "the flusher sends it from the journal when its entry is due"
+        key = meta_of(record)["idempotency_key"]
         logger.error(
             "event %s (task %s): the retry could not be published (%s); %s",
-            meta_of(record)["idempotency_key"],
+            key,
             task_id,
             why,
             where,
+            extra={"idempotency_key": key, "task_id": task_id, "outcome": "not_published"},
         )
 
     def discarded(self, record: str, *, task_id: str | None, expired: bool) -> None:
         """Celery discarded the task (revoked, or expired when a worker took it): it is
         not to be sent later from the journal either. (An expired message no worker
         took is dropped by ``recover_journal`` when its entry comes due.)"""
+        key = meta_of(record)["idempotency_key"]
+        outcome = "expired" if expired else "revoked"
         logger.warning(
             "event %s (task %s) %s: not sent",
-            meta_of(record)["idempotency_key"],
+            key,
             task_id,
-            "expired" if expired else "revoked",
+            outcome,
+            extra={"idempotency_key": key, "task_id": task_id, "outcome": outcome},
         )
         self.settle(record)
