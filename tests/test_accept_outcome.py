@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ import redis
 from celery import Celery
 from conftest import REDIS_KILLED, current_app, wait_for
 
+import suprsend_celery
 from suprsend_celery import (
     BufferUnavailableError,
     PublishError,
@@ -43,6 +45,8 @@ from suprsend_celery.pipeline.runtime import get_buffer, get_flusher
 from suprsend_celery.tasks.journal import never_sent
 
 QUEUE = "suprsend-tests"  # conftest's task_default_queue
+#: Where the package under test is imported from (for a subprocess).
+PACKAGE_ROOT = str(Path(suprsend_celery.__file__).resolve().parents[1])
 BOUND = 1.0  # suprsend_accept_timeout in these tests
 FREEZE = 1.5  # longer than the bound: some calls fail, some succeed once Redis resumes
 #: What a call may take beyond the bound: the event loop's (or a thread's) own lag on
@@ -434,3 +438,73 @@ class TestDirectFrozen:
             )
             assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-p"]
             buffer.redis.close()
+
+
+DJANGO_ON_COMMIT = r"""
+import json, os
+import django
+from django.conf import settings
+
+settings.configure(
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    INSTALLED_APPS=[],
+    USE_TZ=True,
+)
+django.setup()
+
+from celery import Celery
+from django.db import transaction
+
+from suprsend_celery import SuprsendCeleryError
+from suprsend_celery.contrib.django import buffer_event_on_commit, track_event_on_commit
+
+url = os.environ["TEST_REDIS_URL"]
+app = Celery("on_commit_refused")
+app.conf.update(
+    broker_url=url,
+    suprsend_workspace_key="WSKEY_test_0123456789abcdef",
+    suprsend_workspace_secret="WSSECRET_test_0123456789",
+    suprsend_accept_timeout=1,
+    suprsend_flush_interval=0,
+)
+app.set_current()
+app.set_default()
+out = {}
+for name, helper in (("buffer", buffer_event_on_commit), ("track", track_event_on_commit)):
+    try:
+        with transaction.atomic():
+            helper("u1", "order_placed", idempotency_key=f"oc-{name}")
+    except SuprsendCeleryError as exc:
+        out[name] = [type(exc).__name__, exc.accepted, list(exc.idempotency_keys), str(exc)]
+print(json.dumps(out))
+"""
+
+
+class TestDjangoOnCommit:
+    """The on-commit helpers' accept errors, raised when the transaction commits."""
+
+    @pytest.mark.slow
+    def test_refused_on_commit(self) -> None:
+        """Nothing listening: each helper's error names its key and says not accepted.
+        Django runs in a subprocess so its settings never leak into other tests."""
+        import subprocess
+        import sys
+
+        server = RedisServer(appendonly=False)
+        server.start()
+        url = server.url
+        server.stop()
+        done = subprocess.run(
+            [sys.executable, "-c", DJANGO_ON_COMMIT],
+            env={"PATH": "/usr/bin:/bin", "TEST_REDIS_URL": url, "PYTHONPATH": PACKAGE_ROOT},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["buffer"][:3] == ["BufferUnavailableError", False, ["oc-buffer"]]
+        assert out["track"][:3] == ["PublishError", False, ["oc-track"]]
+        for name in ("buffer", "track"):
+            assert VERDICT[False] in out[name][3]
