@@ -309,7 +309,8 @@ class TestAsyncFrozen:
     @pytest.mark.parametrize("how", ["sigstop", "WRITE"])
     def test_outcome_per_event_and_bound(self, sandbox: Sandbox, how: str) -> None:
         """Calls on connections that had written their push (``None``) and calls that
-        never sent (``False``) agree with Redis; every call, one that succeeded as Redis
+        never sent (``False``: a frozen server's new connections cannot finish their
+        handshake) agree with Redis; every call, one that succeeded as Redis
         resumed included, ends within the bound plus the loop's lag."""
         with RedisServer(appendonly=False) as server, app_on(server, sandbox) as app:
             outcomes = asyncio.run(self._waves(app, server, how))
@@ -318,7 +319,9 @@ class TestAsyncFrozen:
                 outcomes, stored_keys(client, "{suprsend_celery}:pending"), BufferUnavailableError
             )
             client.close()
-        assert seen.get(None) and seen.get(False) and seen.get("ok"), seen
+        assert seen.get(None) and seen.get("ok"), seen
+        if how == "sigstop":  # a paused write lets new connections' handshakes through
+            assert seen.get(False), seen
         slowest = max(took for _, _, took in outcomes)
         assert slowest < BOUND + MARGIN, f"a call took {slowest:.2f}s ({seen})"
 

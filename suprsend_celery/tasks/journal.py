@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from kombu.exceptions import KombuError
+from kombu.exceptions import OperationalError
 
 from ..delivery.tally import Tally
 from ..exceptions import BufferUnavailableError, PublishError
@@ -177,12 +177,18 @@ _CONNECTING = frozenset(
 )
 
 
+#: The errors of a connection: each must have been raised while connecting. py-amqp's
+#: own (``AMQPError``) are told by their module: amqp is kombu's dependency, not ours.
+_CONNECTION_ERRORS = (OSError, redis.RedisError, OperationalError)
+
+
 def never_sent(exc: BaseException) -> bool:
     """Whether a publish failure certainly happened before any of the message was
     written: every connection error in its chain (``__cause__``/``__context__``) was
     raised while connecting, or is a refused connection or an unknown host. A failure
     while writing or reading (a timeout, a reset) may have left the message with the
-    broker, and so has any chain this cannot read."""
+    broker, and so may one with no connection error at all (a ``after_task_publish``
+    receiver that raised, say): those are not certain."""
     found = False
     seen: set[int] = set()
     link: BaseException | None = exc
@@ -190,7 +196,7 @@ def never_sent(exc: BaseException) -> bool:
         seen.add(id(link))
         if isinstance(link, (ConnectionRefusedError, socket.gaierror)):
             found = True
-        elif isinstance(link, (OSError, redis.RedisError, KombuError)):
+        elif isinstance(link, _CONNECTION_ERRORS) or type(link).__module__.startswith("amqp"):
             if not _raised_connecting(link):
                 return False
             found = True
