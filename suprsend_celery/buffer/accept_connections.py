@@ -124,6 +124,15 @@ current_attempt: ContextVar[AcceptAttempt | None] = ContextVar(
 )
 
 
+def _read(conn: Any, attempt: AcceptAttempt) -> Any:
+    """One reply, by the attempt's deadline: the connection's own socket timeout when
+    that ends sooner (no timeout to set and restore: the common case, a few µs)."""
+    wait = attempt.wait()
+    if conn.socket_timeout is not None and conn.socket_timeout <= wait:
+        return conn.read_response()
+    return conn.read_response(timeout=wait)
+
+
 def _eval(
     conn: Any,
     script: Script,
@@ -142,19 +151,19 @@ def _eval(
         attempt.sending()
         conn.send_packed_command(packed, check_health=False)
         try:
-            result = conn.read_response(timeout=attempt.wait())
+            result = _read(conn, attempt)
         except redis.exceptions.ResponseError as exc:
             attempt.answered()  # an error reply: the script did not run
             if command == "EVAL" or not isinstance(exc, redis.exceptions.NoScriptError):
                 raise  # the connection is dropped (WAIT's reply unread)
             if wait:
-                conn.read_response(timeout=attempt.wait())  # WAIT's, to stay in step
+                _read(conn, attempt)  # WAIT's, to stay in step
             continue
         attempt.answered()
         if not wait:
             return result, 0
         try:
-            return result, int(conn.read_response(timeout=attempt.wait()))
+            return result, int(_read(conn, attempt))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()  # its WAIT reply may still come: never reuse it
             return result, 0
