@@ -57,12 +57,13 @@ class DirectJournal:
     ) -> _T:
         """Note ``record`` in the journal, then ``publish()`` it; returns what that returned.
 
-        A call that cannot journal or publish raises ``PublishError`` and leaves nothing
-        behind. ``retry`` is given when this publish is the retry of running task
-        ``task_id``: the tally of its attempt is counted with the entry, and the entry
-        belongs to the running message, so a failed publish keeps it (Celery then drops
-        that message: see ``retry_not_published``) and a journal Redis that fails only
-        loses this refresh of an entry that is already there.
+        A call that cannot journal or publish raises ``PublishError``, whose ``accepted``
+        says what it left behind (``_unpublished``): nothing, when ``False``. ``retry``
+        is given when this publish is the retry of running task ``task_id``: the tally
+        of its attempt is counted with the entry, and the entry belongs to the running
+        message, so a failed publish keeps it (Celery then drops that message: see
+        ``retry_not_published``) and a journal Redis that fails only loses this refresh
+        of an entry that is already there.
         """
         data = record.encode("utf-8")
         key = meta_of(record)["idempotency_key"]
