@@ -13,13 +13,21 @@ Catch ``SuprsendCeleryError`` for everything this package raises::
         ├── TransientDeliveryError   worth retrying (timeouts, 429, 5xx, ...)
         └── PermanentDeliveryError   retrying cannot help (other 4xx)
 
+The three accept errors (``BufferUnavailableError``, ``PublishError``,
+``ReplicationError``) carry ``idempotency_keys`` and ``accepted``: ``False`` when the
+events were certainly not stored, ``None`` when nobody can tell, ``True`` when they
+were; calling again with the same keys is always safe.
+
 Messages never carry event properties or secrets: they name the field, the status
 code and the idempotency key, which is what an operator needs to find an event.
 """
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 __all__ = [
+    "Accepted",
     "BufferFullError",
     "BufferUnavailableError",
     "ConfigurationError",
@@ -30,6 +38,7 @@ __all__ = [
     "ReplicationError",
     "SuprsendCeleryError",
     "TransientDeliveryError",
+    "accept_outcome",
 ]
 
 
@@ -53,34 +62,90 @@ class BufferFullError(SuprsendCeleryError):
     """The buffer holds ``suprsend_buffer_max_length`` records; the event was not accepted."""
 
 
+#: What an accept error knows of its events: ``True`` stored (they will be sent),
+#: ``False`` certainly not stored, ``None`` unknown (see ``_AcceptError.accepted``).
+Accepted = bool | None
+
+
+def accept_outcome(accepted: Accepted) -> str:
+    """The sentence an accept error's message ends with: whether the events were
+    accepted, and that calling again with the same keys is safe."""
+    if accepted is False:
+        return (
+            "the event(s) were not accepted: nothing was stored (accepted=False); call "
+            "again with the same idempotency keys (.idempotency_keys), which is always safe"
+        )
+    if accepted is None:
+        return (
+            "whether the event(s) were accepted is unknown: the request went out but no "
+            "answer came in time, so they may still be stored (accepted=None); call again "
+            "with the same idempotency keys (.idempotency_keys), never new ones: that is "
+            "always safe, SuprSend skips a repeated key"
+        )
+    return (
+        "the event(s) were accepted: they are stored and will be sent (accepted=True); "
+        "calling again with the same idempotency keys (.idempotency_keys) is safe"
+    )
+
+
+_E = TypeVar("_E", bound="_AcceptError")
+
+
 class _AcceptError(SuprsendCeleryError):
     """Accepting an event failed on the way to Redis or the broker (the cause is chained).
 
-    ``idempotency_keys`` are the keys of the events concerned. A timeout cannot tell
-    whether the other side applied the write; calling again with the same keys is then
-    safe, since SuprSend skips a repeated key.
+    ``idempotency_keys`` are the keys of the events concerned. ``accepted`` says what
+    became of them: ``False`` only when they were certainly not stored (the connection
+    was refused, or the request was never written: a failed connect, a policy check
+    that refused before sending); ``None`` when nobody can tell (a timeout or a lost
+    connection after the request was written: Redis may run it when it resumes);
+    ``True`` when they are stored and will be sent. Calling again with the same keys
+    is safe in every case, since SuprSend skips a repeated key; calling again with new
+    keys after ``None`` may send an event twice.
     """
 
-    def __init__(self, message: str, *, idempotency_keys: tuple[str, ...] = ()) -> None:
+    #: See the class docstring; ``None`` (unknown) unless the raiser knows better.
+    accepted: Accepted = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        idempotency_keys: tuple[str, ...] = (),
+        accepted: Accepted = None,
+    ) -> None:
         super().__init__(message)
         self.idempotency_keys = idempotency_keys
+        self.accepted = accepted
+
+    @classmethod
+    def because(cls: type[_E], reason: str, *, accepted: Accepted, **fields: Any) -> _E:
+        """An error whose message is ``reason`` followed by what ``accepted`` means."""
+        return cls(f"{reason}; {accept_outcome(accepted)}", accepted=accepted, **fields)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_accept_error, (type(self), str(self), self.idempotency_keys))
+        return (
+            _rebuild_accept_error,
+            (type(self), str(self), self.idempotency_keys, self.accepted),
+        )
 
 
 class BufferUnavailableError(_AcceptError):
-    """The buffer's Redis refused or did not answer within ``suprsend_accept_timeout``."""
+    """The buffer's Redis refused or did not answer within ``suprsend_accept_timeout``;
+    ``accepted`` says whether the events may be stored all the same."""
 
 
 class ReplicationError(_AcceptError):
     """The master took the events but too few replicas confirmed them in time (``WAIT``).
 
-    The events are most likely buffered and will be delivered; only a failover before
-    the master replicates them loses them. Calling again with the same idempotency
-    keys (``idempotency_keys``) is safe either way: SuprSend skips a repeated key.
-    ``replicas`` confirmed of the ``required`` (``suprsend_buffer_min_replicas``).
+    The events are buffered (``accepted`` is True) and will be delivered; only a
+    failover before the master replicates them loses them. Calling again with the same
+    idempotency keys (``idempotency_keys``) is safe either way: SuprSend skips a
+    repeated key. ``replicas`` confirmed of the ``required``
+    (``suprsend_buffer_min_replicas``).
     """
+
+    accepted: Accepted = True
 
     def __init__(
         self,
@@ -89,28 +154,32 @@ class ReplicationError(_AcceptError):
         replicas: int = 0,
         required: int = 0,
         idempotency_keys: tuple[str, ...] = (),
+        accepted: Accepted = True,
     ) -> None:
-        super().__init__(message, idempotency_keys=idempotency_keys)
+        super().__init__(message, idempotency_keys=idempotency_keys, accepted=accepted)
         self.replicas = replicas
         self.required = required
 
 
 class PublishError(_AcceptError):
-    """``track_event`` could not publish its task, nor note it in the journal, within
-    ``suprsend_accept_timeout``; nothing was published."""
+    """``track_event`` could not note its task in the journal, or publish it;
+    ``accepted`` says whether the event will be sent all the same."""
 
     @classmethod
-    def for_event(cls, key: str, what: str, cause: BaseException) -> PublishError:
-        return cls(
-            f"event {key} {what} ({type(cause).__name__}: {cause}); it was not accepted",
+    def for_event(
+        cls, key: str, what: str, cause: BaseException, *, accepted: Accepted
+    ) -> PublishError:
+        return cls.because(
+            f"event {key} {what} ({type(cause).__name__}: {cause})",
+            accepted=accepted,
             idempotency_keys=(key,),
         )
 
 
 def _rebuild_accept_error(
-    cls: type[_AcceptError], message: str, keys: tuple[str, ...]
+    cls: type[_AcceptError], message: str, keys: tuple[str, ...], accepted: Accepted = None
 ) -> _AcceptError:
-    return cls(message, idempotency_keys=keys)
+    return cls(message, idempotency_keys=keys, accepted=accepted)
 
 
 class DeliveryError(SuprsendCeleryError):

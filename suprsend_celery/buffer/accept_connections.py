@@ -5,6 +5,15 @@
 itself, so ``ProducerConnections.call`` sends a script on a connection it keeps for
 itself: to the server, to Sentinel's current master (a Sentinel connection asks the
 sentinels when it connects), or to the cluster node that owns the slot.
+
+Each call is an ``AcceptAttempt``: one deadline (``suprsend_accept_timeout``) for all
+its round trips, and a record of whether a request that stores records went out
+without its answer. That record is what an accept error's ``accepted`` reports:
+``False`` only when no such request was written (a refused or failed connect, a
+policy reading that failed first), ``None`` when one was written and its answer never
+came (Redis may run it when it resumes). The async push (``async_push``) shares it,
+also across the thread a sharded, Sentinel or cluster push from async code runs in
+(``current_attempt``).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -22,11 +32,11 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from .. import defaults
-from ..exceptions import BufferUnavailableError
+from ..exceptions import Accepted, BufferUnavailableError
 from .eviction import full_error
 from .scripts import Call
 
-__all__ = ["ProducerConnections"]
+__all__ = ["AcceptAttempt", "ProducerConnections", "current_attempt"]
 
 
 #: A cluster node answering for a slot it no longer owns (resharding, a failover):
@@ -40,26 +50,123 @@ _RETRY_FRESH = (redis.ConnectionError, redis.TimeoutError, OSError, *_MOVED)
 #: Seconds between two refreshes of a cluster's slot map after failed calls.
 SLOTS_REFRESH_INTERVAL = 0.5
 
+#: The shortest read timeout a call gives a round trip (a socket timeout of 0 would
+#: make it non-blocking).
+_MIN_WAIT = 0.001
+
+
+class AcceptAttempt:
+    """One accept call: its deadline, and whether a request that stores records went
+    out without its answer. Thread-safe: the async push may give up on a call (``abandon``)
+    while a thread still runs it, and from then on nothing more is sent."""
+
+    __slots__ = ("_abandoned", "_lock", "_maybe_ran", "_unanswered", "deadline", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._unanswered = False  # the request in flight was written, its answer not read
+        self._maybe_ran = False  # an earlier try's request was written and never answered
+        self._abandoned = False
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative once it passed)."""
+        return self.deadline - time.monotonic()
+
+    def wait(self) -> float:
+        """A read timeout that ends at the deadline."""
+        return max(self.left(), _MIN_WAIT)
+
+    def sending(self) -> None:
+        """Note that a request that stores records is about to be written; a
+        ``redis.TimeoutError`` instead (nothing written) once the deadline passed or the
+        caller gave up. Called right before the write, with no I/O in between."""
+        with self._lock:
+            if self._abandoned or self.left() <= 0:
+                raise redis.exceptions.TimeoutError(
+                    f"no time left of suprsend_accept_timeout={self.seconds:g}s to send"
+                )
+            self._unanswered = True
+
+    def answered(self) -> None:
+        """Redis answered the request written last (a reply or an error reply)."""
+        with self._lock:
+            self._unanswered = False
+
+    @property
+    def unanswered(self) -> bool:
+        return self._unanswered
+
+    def next_try(self) -> None:
+        """The try ended in a failure: a request it left unanswered may still run."""
+        with self._lock:
+            self._maybe_ran = self._maybe_ran or self._unanswered
+            self._unanswered = False
+
+    def accepted(self) -> Accepted:
+        """``False`` when no request that stores records went out unanswered, else
+        ``None`` (the caller knows when one was answered with success)."""
+        with self._lock:
+            return None if self._unanswered or self._maybe_ran else False
+
+    def abandon(self) -> Accepted:
+        """The caller gives up: nothing more is sent; returns ``accepted()`` as of now."""
+        with self._lock:
+            self._abandoned = True
+            return None if self._unanswered or self._maybe_ran else False
+
+
+#: The attempt an accept call runs under, when the caller made one (the async
+#: producers, across ``asyncio.to_thread``); else each call makes its own.
+current_attempt: ContextVar[AcceptAttempt | None] = ContextVar(
+    "suprsend_accept_attempt", default=None
+)
+
+
+def _read(conn: Any, attempt: AcceptAttempt) -> Any:
+    """One reply, by the attempt's deadline: the connection's own socket timeout when
+    that ends sooner (no timeout to set and restore: the common case, a few µs)."""
+    wait = attempt.wait()
+    if conn.socket_timeout is not None and conn.socket_timeout <= wait:
+        return conn.read_response()
+    return conn.read_response(timeout=wait)
+
 
 def _eval(
-    conn: Any, script: Script, keys: Sequence[Any], args: Sequence[Any], wait: list[Any]
+    conn: Any,
+    script: Script,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+    wait: list[Any],
+    attempt: AcceptAttempt,
 ) -> tuple[Any, int]:
     """EVALSHA on one connection, then ``wait`` (a ``WAIT`` command) in the same round
     trip when given; EVAL (which caches the script again) if Redis lost it. Returns the script's
-    reply and how many replicas confirmed."""
+    reply and how many replicas confirmed: 0 when the connection failed after the
+    script's reply (the records are stored; the replicas' answer was lost)."""
+    conn.check_health()  # a due PING goes before the request, so it is not counted as sent
     for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
-        conn.send_packed_command(
-            conn.pack_commands([(command, body, len(keys), *keys, *args), *wait])
-        )
+        packed = conn.pack_commands([(command, body, len(keys), *keys, *args), *wait])
+        attempt.sending()
+        conn.send_packed_command(packed, check_health=False)
         try:
-            result = conn.read_response()
-        except redis.exceptions.NoScriptError:
+            result = _read(conn, attempt)
+        except redis.exceptions.ResponseError as exc:
+            attempt.answered()  # an error reply: the script did not run
+            if command == "EVAL" or not isinstance(exc, redis.exceptions.NoScriptError):
+                raise  # the connection is dropped (WAIT's reply unread)
             if wait:
-                conn.read_response()  # WAIT's reply, so the connection stays in step
-            if command == "EVAL":
-                raise
+                _read(conn, attempt)  # WAIT's, to stay in step
             continue
-        return result, int(conn.read_response()) if wait else 0
+        attempt.answered()
+        if not wait:
+            return result, 0
+        try:
+            return result, int(_read(conn, attempt))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()  # its WAIT reply may still come: never reuse it
+            return result, 0
     raise AssertionError("unreachable")
 
 
@@ -73,63 +180,85 @@ class ProducerConnections:
         self.redis = client
         self.key = key
         self.accept_timeout = accept_timeout
-        #: How long a push waits for replicas: less than a read may take (half the bound).
+        #: How long a push waits for replicas: a share of the bound, so the answer comes in it.
         self.wait_seconds = accept_timeout * defaults.MIN_REPLICAS_WAIT_SHARE
         self._idle: deque[Any] = deque()
         self._idle_pid = os.getpid()
         self._refreshing = threading.Lock()
         self._refreshed = 0.0
 
-    def call(self, script: Script, call: Call, *, replicas: int = 0) -> tuple[Any, int]:
-        """Run a script on a connection of our own, bounded in time.
+    def attempt(self) -> AcceptAttempt:
+        """The attempt a call runs under: the caller's (``current_attempt``), else a new
+        one of ``accept_timeout``. One attempt bounds every round trip of a push (the
+        policy reading and the push itself)."""
+        return current_attempt.get() or AcceptAttempt(self.accept_timeout)
 
-        Idle connections are dropped on any error. An idle connection that fails
-        (stale after a Redis restart or a failover, or on a node that no longer owns
-        the slot) gets one more try on a fresh one; a fresh one connects and reads
-        within half of ``accept_timeout`` each, so a call ends within about
-        ``accept_timeout`` and a view never hangs. Any Redis failure raises
-        ``BufferUnavailableError`` with the cause chained. A try whose reply was lost
-        may still have appended its records; the copy carries the same idempotency key
-        and SuprSend skips it. Returns the script's reply and the replicas that
-        confirmed it (``WAIT``, when ``replicas`` asks for some).
+    def call(
+        self,
+        script: Script,
+        call: Call,
+        *,
+        replicas: int = 0,
+        attempt: AcceptAttempt | None = None,
+    ) -> tuple[Any, int]:
+        """Run a script that stores records on a connection of our own, bounded in time.
+
+        Every round trip ends by the attempt's deadline (``accept_timeout`` from its
+        start), so a view never hangs. Idle connections are dropped on any error. An
+        idle connection that fails (stale after a Redis restart or a failover, or on a
+        node that no longer owns the slot) gets one more try on a fresh one while time
+        is left; not after a timeout with the script written (Redis is slow or frozen:
+        a second copy would only queue behind the first). Any Redis failure raises
+        ``BufferUnavailableError`` with the cause chained and ``accepted`` set from the
+        attempt (``None`` when a written script was never answered: Redis may still run
+        it). Returns the script's reply and the replicas that confirmed it (``WAIT``,
+        when ``replicas`` asks for some).
         """
         keys, args = call
         wait = [("WAIT", replicas, int(self.wait_seconds * 1000))] if replicas else []
-        result: tuple[Any, int] = self.run(lambda conn: _eval(conn, script, keys, args, wait))
+        attempt = attempt or self.attempt()
+        result: tuple[Any, int] = self.run(
+            lambda conn: _eval(conn, script, keys, args, wait, attempt), attempt
+        )
         return result
 
-    def run(self, command: Callable[[Any], Any]) -> Any:
+    def run(self, command: Callable[[Any], Any], attempt: AcceptAttempt | None = None) -> Any:
         """``command(connection)`` on one of our connections, bounded as ``call`` says;
-        ``BufferFullError`` (cause chained) when Redis is at its maxmemory."""
+        ``BufferFullError`` (cause chained) when Redis is at its maxmemory. A command that
+        stores records notes its write on ``attempt`` (``AcceptAttempt.sending``)."""
+        attempt = attempt or self.attempt()
         if self._idle_pid != os.getpid():
             self._idle, self._idle_pid = deque(), os.getpid()
             self._refreshing = threading.Lock()  # a refresh thread did not come along
         try:
             conn, fresh = self._idle.pop(), False
         except IndexError:
-            conn, fresh = self._connection(), True
+            conn, fresh = self._connection(attempt), True
         while True:
             try:
-                if fresh:
-                    # connect() itself: a Sentinel connection asks the sentinels for the
-                    # master there (sending on an unconnected one would not).
-                    conn.connect()
+                # connect() itself, before anything is noted as sent: a Sentinel connection
+                # asks the sentinels for the master there (sending on an unconnected one
+                # would not); an idle one still connected returns at once.
+                conn.connect()
                 reply = command(conn)
             except _RETRY_FRESH as exc:
                 conn.disconnect()
                 if isinstance(exc, _MOVED) and isinstance(self.redis, redis.RedisCluster):
                     self.redis.nodes_manager.initialize()  # learn who owns the slot now
-                if not fresh:
-                    conn, fresh = self._connection(), True
+                frozen = attempt.unanswered and isinstance(exc, redis.TimeoutError)
+                attempt.next_try()
+                if not fresh and not frozen and attempt.left() > 0:
+                    conn, fresh = self._connection(attempt), True
                     continue
                 self._refresh_slots()
-                raise self._unavailable(exc) from exc
+                raise self._unavailable(exc, attempt) from exc
             except redis.exceptions.OutOfMemoryError as exc:
                 conn.disconnect()
                 raise full_error(exc) from exc
             except redis.RedisError as exc:
                 conn.disconnect()  # a reply may still be on its way: never reuse it
-                raise self._unavailable(exc) from exc
+                attempt.next_try()
+                raise self._unavailable(exc, attempt) from exc
             except BaseException:
                 conn.disconnect()
                 raise
@@ -181,16 +310,19 @@ class ProducerConnections:
             return node.redis_connection
         return self.redis
 
-    def _connection(self) -> Any:
+    def _connection(self, attempt: AcceptAttempt) -> Any:
+        """A new connection whose connect and handshake end by the attempt's deadline
+        (its later reads are each given the time their own attempt has left)."""
         pool = self.node_client().connection_pool
-        half = self.accept_timeout / 2
-        options = {**pool.connection_kwargs, "socket_timeout": half}
-        options["socket_connect_timeout"] = half
+        left = attempt.wait()
+        options = {**pool.connection_kwargs, "socket_timeout": left}
+        options["socket_connect_timeout"] = left
         options["retry"] = Retry(NoBackoff(), 0)  # not Sentinel's 15 s: the bound is ours
         return pool.connection_class(**options)
 
-    def _unavailable(self, exc: Exception) -> BufferUnavailableError:
-        return BufferUnavailableError(
+    def _unavailable(self, exc: Exception, attempt: AcceptAttempt) -> BufferUnavailableError:
+        return BufferUnavailableError.because(
             f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
-            f"suprsend_accept_timeout={self.accept_timeout:g}s; the event was not accepted"
+            f"suprsend_accept_timeout={self.accept_timeout:g}s",
+            accepted=attempt.accepted(),
         )

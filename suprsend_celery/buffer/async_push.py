@@ -3,36 +3,58 @@
 The push is the sync one's (``PushPlan``: the policy reading, the push script, the
 bound, the errors); only the round trips are awaited. It serves a buffer on one server
 (``serves_async``); a sharded, Sentinel or cluster buffer, whose failover, routing and
-``WAIT`` live in the sync client, pushes in a thread instead (the producers decide).
+``WAIT`` live in the sync client, pushes in a thread instead (the producers decide),
+bounded the same way (``within``).
 
 ``redis.asyncio`` connections belong to the loop that opened them, so each event loop
 has its own ``AsyncBuffer`` with a pool of at most ``defaults.ASYNC_REDIS_CONNECTIONS``:
 more concurrent calls queue for a connection rather than fail.
+
+The bound. A push runs as a task of its own, and the caller waits for it until the
+attempt's deadline (``suprsend_accept_timeout``), then gives up at once: it does not
+wait for the task to unwind, as ``asyncio.wait_for`` does. On Python 3.11, ``wait_for``
+returns the inner result when a cancel and the inner's completion meet (CPython
+gh-86296), and redis-py writes each command under a ``wait_for`` of its own: a push
+cancelled at the deadline just as its write completed carried on, read its reply
+(a frozen Redis answers only when it resumes, up to the socket timeout) and
+succeeded late: 3.08 s against a 2 s bound. Unwinding a cancelled push (the pool's
+condition lock, shared with every waiting caller) added up to 0.2 s more. Now a call
+ends at its deadline plus the event loop's own lag (a busy loop runs timers late;
+``AcceptAttempt`` and ``within`` add a few microseconds). A push given up on sends
+nothing more (``AcceptAttempt.abandon``), so an error's ``accepted`` stays true.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any, TypeGuard
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeGuard, TypeVar
 
 import redis
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.sentinel import SentinelConnectionPool
 
 from .. import defaults
 from ..exceptions import BufferUnavailableError
 from . import scripts as lua
-from .eviction import describe_redis, full_error
+from .accept_connections import AcceptAttempt
+from .eviction import describe_redis, full_error, parse_memory_info
 from .protocol import Buffer
 from .push_plan import PushPlan
 from .redis_buffer import RedisBuffer
 
-__all__ = ["AsyncBuffer", "serves_async"]
+__all__ = ["AsyncBuffer", "serves_async", "within"]
 
-#: The sync client's options the async pool copies (bounded calls, dead connections noticed).
-_TIMEOUTS = ("socket_timeout", "socket_connect_timeout", "health_check_interval")
+_T = TypeVar("_T")
+
+#: The sync client's option the async pool copies (dead connections noticed).
+_HEALTH = "health_check_interval"
+
+#: Errors of a push that the caller reports as ``BufferUnavailableError``.
+_UNAVAILABLE = (redis.RedisError, OSError)
 
 
 def serves_async(buffer: Buffer) -> TypeGuard[RedisBuffer]:
@@ -46,65 +68,151 @@ def serves_async(buffer: Buffer) -> TypeGuard[RedisBuffer]:
     )
 
 
+async def within(attempt: AcceptAttempt, work: Awaitable[_T]) -> _T:
+    """``await work`` until ``attempt``'s deadline, then give up on it at once (see the
+    module docstring): ``BufferUnavailableError`` with ``accepted`` as of that moment,
+    while the work, cancelled, unwinds in the background. A Redis failure inside it
+    becomes ``BufferUnavailableError`` too; other errors (``BufferFullError``, a
+    cluster's MOVED, ``ConfigurationError``) pass as they are. A caller cancelled
+    meanwhile cancels the work (nothing more is sent)."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(attempt.left(), 0.0))
+    except asyncio.CancelledError:
+        attempt.abandon()
+        task.cancel()
+        raise
+    if task in done:
+        try:
+            return task.result()
+        except (redis.exceptions.AskError, redis.exceptions.MovedError, BufferUnavailableError):
+            raise
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc, attempt, attempt.accepted()) from exc
+    accepted = attempt.abandon()
+    task.cancel()
+    task.add_done_callback(_forget)
+    late = TimeoutError(f"no answer within {attempt.seconds:g}s")
+    raise _unavailable(late, attempt, accepted) from late
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve a given-up push's outcome, which nobody waits for any more."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _unavailable(
+    exc: BaseException, attempt: AcceptAttempt, accepted: bool | None
+) -> BufferUnavailableError:
+    return BufferUnavailableError.because(
+        f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
+        f"suprsend_accept_timeout={attempt.seconds:g}s",
+        accepted=accepted,
+    )
+
+
 class AsyncBuffer:
     """One event loop's ``redis.asyncio`` client for pushes into one-server buffers."""
 
     def __init__(self, client: AsyncRedis) -> None:
         self.redis = client
-        self._push = client.register_script(lua.PUSH.source)
+        self._push = client.register_script(lua.PUSH.source)  # its sha and body
 
     @classmethod
     def open(cls, url: str, like: RedisBuffer) -> AsyncBuffer:
-        """A client for ``url`` with the timeouts of ``like``'s sync client (no I/O yet)."""
+        """A client for ``url`` (no I/O yet) whose every wait ends within ``like``'s
+        ``accept_timeout``: for a connection from the pool, a connect, a read. Its
+        connections serve pushes only, so they need no longer; a push given up on
+        holds one at most that long."""
         if not isinstance(like.redis, redis.Redis):
             raise TypeError("a Redis Cluster buffer has no redis.asyncio path")
         options = like.redis.connection_pool.connection_kwargs
+        bound = like.accept_timeout
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=defaults.ASYNC_REDIS_CONNECTIONS,
-            timeout=options.get("socket_timeout"),
-            **{name: options[name] for name in _TIMEOUTS if name in options},
+            timeout=bound,
+            socket_timeout=bound,
+            socket_connect_timeout=bound,
+            retry=Retry(NoBackoff(), 0),  # one try: the bound is the caller's
+            **({_HEALTH: options[_HEALTH]} if _HEALTH in options else {}),
         )
         return cls(AsyncRedis.from_pool(pool))
 
-    async def push(self, buffer: RedisBuffer, records: Sequence[bytes]) -> int:
+    async def push(
+        self,
+        buffer: RedisBuffer,
+        records: Sequence[bytes],
+        attempt: AcceptAttempt | None = None,
+    ) -> int:
         """``buffer.push(records)`` on this loop: ``BufferFullError`` (nothing added) if
-        full, ``BufferUnavailableError`` if Redis fails or takes over ``accept_timeout``,
+        full, ``BufferUnavailableError`` if Redis fails or takes over ``accept_timeout``
+        (``accepted`` says whether the records may be stored all the same),
         ``ConfigurationError`` for an evicting Redis. A cluster node's MOVED or ASK
-        (``AskError``) is raised as is: the caller pushes through the sync client."""
+        (``AskError``) is raised as is: the caller pushes through the sync client.
+        ``attempt``: the caller's, when the push is one step of its call."""
         if not records:
             return 0
-        timeout = buffer.accept_timeout
-        try:
-            return await asyncio.wait_for(self._run(buffer, records), timeout)
-        except (redis.exceptions.AskError, redis.exceptions.MovedError):
-            raise
-        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise BufferUnavailableError(
-                f"the buffer's Redis failed ({type(exc).__name__}: {exc}) within "
-                f"suprsend_accept_timeout={timeout:g}s; the event was not accepted"
-            ) from exc
+        attempt = attempt or AcceptAttempt(buffer.accept_timeout)
+        return await within(attempt, self._run(buffer, records, attempt))
 
-    async def _run(self, buffer: RedisBuffer, records: Sequence[bytes]) -> int:
-        """The sync push's plan (``Queue.push``), its round trips awaited here."""
+    async def _run(
+        self, buffer: RedisBuffer, records: Sequence[bytes], attempt: AcceptAttempt
+    ) -> int:
+        """The sync push's plan (``Queue.push``), its round trips on one connection of
+        this loop's pool, awaited here."""
         plan = PushPlan(buffer.queue, records)
-        if plan.reading_due():
-            plan.take_reading(describe_redis(buffer.redis), await self._memory_info())
-        keys, args = plan.call()
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            reply = await self._push(keys=keys, args=args)
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise full_error(exc) from exc
+            if plan.reading_due():
+                plan.take_reading(describe_redis(buffer.redis), await _memory_info(conn))
+            keys, args = plan.call()
+            try:
+                reply = await _eval(conn, self._push, keys, args, attempt)
+            except redis.exceptions.OutOfMemoryError as exc:
+                raise full_error(exc) from exc
+        except BaseException:
+            await conn.disconnect(nowait=True)  # a reply may still be on its way
+            raise
+        finally:
+            await pool.release(conn)
         return plan.pushed(reply)
-
-    async def _memory_info(self) -> dict[str, Any]:
-        """``INFO memory`` on this loop (empty when an ACL denies it)."""
-        try:
-            info: dict[str, Any] = await self.redis.info("memory")
-        except redis.exceptions.ResponseError:
-            return {}
-        return info
 
     async def aclose(self) -> None:
         """Close this client's connections (its pool is its own)."""
         await self.redis.aclose()
+
+
+async def _memory_info(conn: Any) -> dict[str, Any]:
+    """``INFO memory`` on one connection (empty when an ACL denies it)."""
+    await conn.send_command("INFO", "memory")
+    try:
+        reply = await conn.read_response()
+    except redis.exceptions.ResponseError:
+        return {}
+    return parse_memory_info(reply)
+
+
+async def _eval(
+    conn: Any, script: Any, keys: Sequence[Any], args: Sequence[Any], attempt: AcceptAttempt
+) -> Any:
+    """The push script on one connection: EVALSHA, or EVAL (caching it again) when Redis
+    lost it. The write is noted on ``attempt`` right before it is made (a due health
+    check goes first, so it is not counted), and refused once the caller gave up."""
+    await conn.check_health()
+    for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
+        packed = conn.pack_command(command, body, len(keys), *keys, *args)
+        attempt.sending()
+        await conn.send_packed_command(packed, check_health=False)
+        try:
+            reply = await conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            attempt.answered()  # an error reply: the script did not run
+            if command == "EVAL" or not isinstance(exc, redis.exceptions.NoScriptError):
+                raise
+            continue
+        attempt.answered()
+        return reply
+    raise AssertionError("unreachable")

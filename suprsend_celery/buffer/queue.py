@@ -81,21 +81,26 @@ class Queue:
         ``ConfigurationError`` when this Redis may evict keys (see ``eviction``).
 
         The push's decisions are ``PushPlan``'s, as the async push's; the round trips
-        run on the producers' own connections, with ``WAIT`` in the push's."""
+        run on the producers' own connections, with ``WAIT`` in the push's, all within
+        one ``AcceptAttempt`` (one bound; what an error's ``accepted`` reports)."""
         if not records:
             return 0
         plan = PushPlan(self, records)
-        if plan.reading_due():
-            plan.take_reading(*self.slot.policy_reading())
         producers = self.slot.producers
-        reply, acked = producers.call(self._push, plan.call(), replicas=self.min_replicas)
+        attempt = producers.attempt()
+        if plan.reading_due():
+            plan.take_reading(*self.slot.policy_reading(attempt))
+        reply, acked = producers.call(
+            self._push, plan.call(), replicas=self.min_replicas, attempt=attempt
+        )
         pushed = plan.pushed(reply)
         if acked < self.min_replicas:
-            raise ReplicationError(
+            raise ReplicationError.because(
                 f"{len(records)} event(s) reached the Redis master, but only {acked} of "
                 f"suprsend_buffer_min_replicas={self.min_replicas} replica(s) confirmed them "
-                f"within {producers.wait_seconds:g}s; they will most likely be sent, "
-                "and calling again with the same idempotency keys is safe",
+                f"within {producers.wait_seconds:g}s (only a failover before the master "
+                "replicates them would lose them)",
+                accepted=True,
                 replicas=acked,
                 required=self.min_replicas,
             )

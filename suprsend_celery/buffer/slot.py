@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from .. import defaults
-from .accept_connections import ProducerConnections
+from .accept_connections import AcceptAttempt, ProducerConnections
 from .eviction import (
     PolicyCheck,
     describe_redis,
@@ -49,11 +49,13 @@ class Slot:
         """A pipeline (no MULTI) on the server holding this slot: one round trip."""
         return self.node().pipeline(transaction=False)
 
-    def policy_reading(self) -> tuple[str, dict[str, Any]]:
+    def policy_reading(self, attempt: AcceptAttempt | None = None) -> tuple[str, dict[str, Any]]:
         """Which Redis, and its ``INFO memory`` fields, read on the producers' bounded
-        connections. An ACL that refuses ``INFO`` fails the read like any Redis error
-        there (``BufferUnavailableError``); the async push reads it as "cannot tell"."""
-        return describe_redis(self.node()), parse_memory_info(self.producers.run(info_memory))
+        connections (within ``attempt``'s bound when given: a push's). An ACL that
+        refuses ``INFO`` fails the read like any Redis error there
+        (``BufferUnavailableError``); the async push reads it as "cannot tell"."""
+        reply = self.producers.run(info_memory, attempt)
+        return describe_redis(self.node()), parse_memory_info(reply)
 
     def refuse_eviction(self) -> None:
         """``ConfigurationError`` when this Redis may evict keys (``eviction``); the

@@ -25,7 +25,8 @@ from typing import Any, overload
 
 import redis
 
-from ..buffer.async_push import serves_async
+from ..buffer.accept_connections import AcceptAttempt, current_attempt
+from ..buffer.async_push import serves_async, within
 from ..buffer.connection import SENTINEL_SCHEME
 from ..delivery.tracing import with_trace_context
 from ..events.model import Event
@@ -56,21 +57,29 @@ async def _push_payloads(runtime: Runtime, payloads: list[bytes]) -> None:
     Until the sync buffer has had its first look at Redis (a cluster?), settings that
     name one plain server and one shard push on the async client at once; a cluster
     node answers MOVED if the slot is elsewhere, and the call then takes the thread.
+    One ``AcceptAttempt`` bounds the whole call, the thread's push included (it runs
+    under the attempt: ``current_attempt``), so the call ends within
+    ``suprsend_accept_timeout`` even when the thread pool is busy.
     """
     payloads = with_trace_context(payloads)  # the caller's trace context, never sent
+    attempt = AcceptAttempt(runtime.settings.accept_timeout)
     buffer = runtime.built_buffer
     if buffer is None and _one_server_by_settings(runtime.settings):
         try:
-            await runtime.async_buffer().push(runtime.key_names(), payloads)
+            await runtime.async_buffer().push(runtime.key_names(), payloads, attempt)
             return
         except redis.exceptions.AskError:  # and MovedError: a cluster after all
             pass
     if buffer is None:
-        buffer = await asyncio.to_thread(runtime.buffer)
+        buffer = await within(attempt, asyncio.to_thread(runtime.buffer))
     if serves_async(buffer):
-        await runtime.async_buffer().push(buffer, payloads)
+        await runtime.async_buffer().push(buffer, payloads, attempt)
         return
-    await asyncio.to_thread(buffer.push, payloads)
+    token = current_attempt.set(attempt)  # the thread's context is copied from here
+    try:
+        await within(attempt, asyncio.to_thread(buffer.push, payloads))
+    finally:
+        current_attempt.reset(token)
 
 
 def _one_server_by_settings(settings: Settings) -> bool:

@@ -15,18 +15,21 @@ from the journal, neither sending nor counting it again. Without
 ``suprsend_redis_url`` there is no journal: the broker's own guarantee remains.
 
 An entry is released only once its event is delivered, dead-lettered, kept in the
-buffer, or discarded by Celery (revoked, expired); or when its publish failed, so
-nothing was accepted. No Celery here: the task hands in how it publishes.
+buffer, or discarded by Celery (revoked, expired); or when its publish certainly
+failed (the broker never got a byte), so nothing was accepted. A publish that may have
+reached the broker keeps its entry: the event is then sent either way
+(``PublishError.accepted`` is True). No Celery here: the task hands in how it publishes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from kombu.exceptions import OperationalError
 
 from ..buffer.journal import JournalHold
 from ..defaults import CONNECT_TIMEOUT
@@ -36,7 +39,7 @@ from ..pipeline.runtime import find_buffer
 from ..pipeline.settings import get_settings
 from .redaction import delay_of, expires_in, meta_of
 
-__all__ = ["DirectJournal"]
+__all__ = ["DirectJournal", "never_sent"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +65,13 @@ class DirectJournal:
     ) -> _T:
         """Note ``record`` in the journal, then ``publish()`` it; returns what that returned.
 
-        A call that cannot journal or publish raises ``PublishError`` and leaves nothing
-        behind. ``retry`` is given when this publish is the retry of running task
-        ``task_id``: the tally of its attempt is counted with the entry, and the entry
-        belongs to the running message, so a failed publish keeps it (Celery then drops
-        that message: see ``retry_not_published``) and a journal Redis that fails only
-        loses this refresh of an entry that is already there.
+        A call that cannot journal or publish raises ``PublishError``, whose ``accepted``
+        says what it left behind (``_unpublished``): nothing, when ``False``. ``retry``
+        is given when this publish is the retry of running task ``task_id``: the tally
+        of its attempt is counted with the entry, and the entry belongs to the running
+        message, so a failed publish keeps it (Celery then drops that message: see
+        ``retry_not_published``) and a journal Redis that fails only loses this refresh
+        of an entry that is already there.
         """
         data = record.encode("utf-8")
         key = meta_of(record)["idempotency_key"]
@@ -76,8 +80,11 @@ class DirectJournal:
             try:
                 self.buffer.journal(data, seconds, retry, expires_in(options))
             except BufferUnavailableError as exc:
-                if retry is None:
-                    raise PublishError.for_event(key, "could not be journaled", exc) from exc
+                if retry is None:  # not published: stored only if the entry may be
+                    why = exc.__cause__ or exc  # its own message ends in the same verdict
+                    raise PublishError.for_event(
+                        key, "could not be journaled", why, accepted=exc.accepted
+                    ) from exc
                 logger.warning(
                     "event %s (task %s): retry not journaled again (%s)",
                     key,
@@ -90,12 +97,34 @@ class DirectJournal:
         except BaseException as exc:
             if retry is not None:
                 raise  # Celery turns this into Reject; the journal entry stays
-            if self.buffer is not None:  # nothing was published: nothing to keep
-                with contextlib.suppress(redis.RedisError):
-                    self.buffer.settle_journal(data)
+            accepted = self._unpublished(data, exc)
             if isinstance(exc, Exception):
-                raise PublishError.for_event(key, "could not be published", exc) from exc
+                raise PublishError.for_event(
+                    key, "could not be published", exc, accepted=accepted
+                ) from exc
             raise
+
+    def _unpublished(self, data: bytes, exc: BaseException) -> bool | None:
+        """A first publish failed: release the journal entry only when the message
+        certainly never reached the broker (``never_sent``); returns what the caller is
+        told (``PublishError.accepted``).
+
+        When the broker may have the message (a timeout or a lost connection after the
+        write), the entry stays: the task settles it if the message arrives, else the
+        flusher sends the event when it is due. Either way it is sent: ``True``. Without
+        a journal that is unknown: ``None``. A certain failure is ``False``, unless the
+        entry could not be released (it may then still be sent from it: ``None``).
+        """
+        certain = isinstance(exc, Exception) and never_sent(exc)
+        if self.buffer is None:
+            return False if certain else None
+        if not certain:
+            return True
+        try:
+            self.buffer.settle_journal(data)
+        except redis.RedisError:
+            return None
+        return False
 
     def hold(self, record: str, *, task_id: str | None) -> JournalHold:
         """An attempt at ``record`` starts: keep its entry from coming due while the
@@ -181,3 +210,56 @@ class DirectJournal:
             extra={"idempotency_key": key, "task_id": task_id, "outcome": outcome},
         )
         self.settle(record)
+
+
+#: Functions an error raised inside was raised while connecting: redis-py's, kombu's
+#: and py-amqp's connection set-up. Nothing of the message can have been written yet.
+_CONNECTING = frozenset(
+    {
+        "connect",
+        "_connect",
+        "connect_check_health",
+        "on_connect",
+        "on_connect_check_health",
+        "_ensure_connection",
+        "ensure_connection",
+        "establish_connection",
+        "create_connection",
+    }
+)
+
+
+#: The errors of a connection: each must have been raised while connecting. py-amqp's
+#: own (``AMQPError``) are told by their module: amqp is kombu's dependency, not ours.
+_CONNECTION_ERRORS = (OSError, redis.RedisError, OperationalError)
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a publish failure certainly happened before any of the message was
+    written: every connection error in its chain (``__cause__``/``__context__``) was
+    raised while connecting, or is a refused connection or an unknown host. A failure
+    while writing or reading (a timeout, a reset) may have left the message with the
+    broker, and so may one with no connection error at all (a ``after_task_publish``
+    receiver that raised, say): those are not certain."""
+    found = False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (ConnectionRefusedError, socket.gaierror)):
+            found = True
+        elif isinstance(link, _CONNECTION_ERRORS) or type(link).__module__.startswith("amqp"):
+            if not _raised_connecting(link):
+                return False
+            found = True
+        link = link.__cause__ or link.__context__
+    return found
+
+
+def _raised_connecting(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in _CONNECTING:
+            return True
+        tb = tb.tb_next
+    return False

@@ -28,7 +28,7 @@ from typing import Any, overload
 
 from ...events.model import Event
 from ...exceptions import ConfigurationError
-from ...pipeline.producers import DistinctId, accept_batch, event_call, event_of
+from ...pipeline.producers import DistinctId, accept_batch, event_call, event_of, naming_keys
 from ...pipeline.runtime import runtime_of
 from ...tasks.direct import track_event
 from .outbox import OutboxFullError, outbox_event, outbox_events, relay_outbox
@@ -112,5 +112,10 @@ def buffer_event_on_commit(
     if accepted.records:
         buffer = runtime.buffer()
         payloads = accepted.payloads
-        _on_commit(lambda: buffer.push(payloads), using=using)
+
+        def push() -> None:
+            with naming_keys(accepted.records):  # an accept error names the key
+                buffer.push(payloads)
+
+        _on_commit(push, using=using)
     return accepted.keys[0]
