@@ -6,11 +6,11 @@
   check, the script, the bound, the errors): only the round trip is awaited.
 - ``await atrack_event(...)`` (in ``tasks.direct``): the direct path. The event is
   validated and serialised in the caller (bad input raises at once, nothing is
-  published) and the publish runs
-  in a worker thread (``asyncio.to_thread``). Celery has no asyncio publisher, and
-  kombu's own async layer is a callback hub for the worker, not an asyncio client; a
-  publish is a few broker round trips on kombu's thread-safe producer pool, so a
-  thread keeps the loop free at the cost of one thread hop (see BENCHMARKS.md).
+  published) and the publish runs in a worker thread (``asyncio.to_thread``). Celery
+  has no asyncio publisher, and kombu's own async layer is a callback hub for the
+  worker, not an asyncio client; a publish is a few broker round trips on kombu's
+  thread-safe producer pool, so a thread keeps the loop free at the cost of one
+  thread hop (see BENCHMARKS.md).
 
 Each event loop gets its own ``redis.asyncio`` pool (``buffer.async_push``), kept by
 the app's runtime; ``await aclose()`` in an ASGI lifespan shutdown closes the current
