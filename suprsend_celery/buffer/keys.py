@@ -19,6 +19,10 @@ was never sharded is shard 0 as it stands), shard ``i`` is ``{prefix:i}``::
     {p}:metrics      HASH   counters, histograms and the last flush run's time, kept by
                             the scripts (see ``delivery.tally``)
     {p}:shards       SET    every shard index ever used (shard 0's only; ``sharded``)
+    {p}:wake         LIST   at most one token: records became claimable here since a
+                            waiting flush run last looked (``wake``; BLPOP wakes it)
+    {p}:duty         ZSET   flush runs on duty, waiting for records -> lease deadline
+                            (shard 0's only; ``wake.DutyRoster``)
 
 A record is the event's JSON exactly as it will be sent. A record that has failed
 before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
@@ -61,6 +65,10 @@ class Keys:
     metrics: str
     #: The shard registry: used on shard 0 only (``registry_key``).
     shards: str
+    #: One token when records became claimable: what a waiting flush run blocks on.
+    wake: str
+    #: The runs on duty: used on shard 0 only.
+    duty: str
 
     @classmethod
     def of(cls, prefix: str, shard: int = 0) -> Keys:
@@ -80,6 +88,8 @@ class Keys:
             journal_expires=f"{tag}:journal_expires",
             metrics=f"{tag}:metrics",
             shards=f"{tag}:shards",
+            wake=f"{tag}:wake",
+            duty=f"{tag}:duty",
         )
 
     def claim(self, claim_id: str) -> str:
@@ -102,4 +112,6 @@ class Keys:
             self.journal,
             self.journal_expires,
             self.metrics,
+            self.wake,
+            self.duty,
         )

@@ -1,8 +1,8 @@
--- Called only through scripts.recover_journal_call(); prelude: now.
+-- Called only through scripts.recover_journal_call(); prelude: now, wake.
 -- Move journal records that are due (their task never settled them) to pending, except
 -- those whose task has expired (`expires`): Celery would have discarded the message,
--- so they are dropped, not sent. Returns {moved, dropped}.
-local journal, pending, expiring = KEYS[1], KEYS[2], KEYS[3]
+-- so they are dropped, not sent. Wakes a waiting flush run. Returns {moved, dropped}.
+local journal, pending, expiring, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit = tonumber(ARGV[1])
 
 local due = redis.call('ZRANGEBYSCORE', journal, '-inf', now, 'LIMIT', 0, limit)
@@ -16,7 +16,10 @@ for _, record in ipairs(due) do
         send[#send + 1] = record
     end
 end
-if #send > 0 then redis.call('RPUSH', pending, unpack(send)) end
+if #send > 0 then
+    redis.call('RPUSH', pending, unpack(send))
+    wake(wake_key)
+end
 redis.call('ZREM', journal, unpack(due))
 redis.call('ZREM', expiring, unpack(due))
 return {#send, dropped}
