@@ -4,8 +4,9 @@
 
 Exactly ``suprsend_celery.app`` (configured from the environment), except that each
 pool process's flusher (each worker's, with the threads pool) holds its claims for
-``RELAY_CLAIM_LEASE`` seconds (default 5) instead of a minute, so the records of a killed worker come back within a soak or a
-test. The lease is not a setting: production flushers derive it from the timeouts.
+``RELAY_CLAIM_LEASE`` seconds (default 5) instead of a minute, so the records of a
+killed worker come back within a soak or a test. The lease is not a setting:
+production flushers derive it from the timeouts.
 """
 
 from __future__ import annotations
