@@ -76,9 +76,10 @@ FLUSH_WAIT = True
 new records and sending them within milliseconds; False: it ends when the buffer is
 empty (records wait for the next beat, up to one interval)."""
 
-FLUSH_LINGER = 0.005
+FLUSH_LINGER = 0.02
 """Seconds a run on duty lets a batch fill while records keep arriving (Kafka's
-``linger.ms``); a full batch goes at once, and a record after a quiet spell too."""
+``linger.ms``); a full batch goes at once, and a record after a quiet spell too. At
+7,000 events/s (one producer thread) 20 ms fill a batch of 100."""
 
 FLUSH_LINGER_MAX = 1.0
 """Upper bound of ``suprsend_flush_linger``."""

@@ -16,9 +16,10 @@ What bounds each block (``Shift.wait``), besides a token:
 - the next retry or lease falling due (CLAIM says when, ``Claim.due_in``);
 - the breaker's next probe (an open breaker parks the run: it neither blocks on the
   wake lists nor claims until then);
-- the linger: while records keep arriving (a wake within ``linger`` of the last claim
-  that took records) a claim takes nothing until a full batch waits (``fill``), and
-  the run lets the batch fill for ``linger`` seconds, as a Kafka producer does;
+- the linger: while records keep arriving (a claim within ``linger`` of the last one
+  that took records) a claim takes nothing until a full batch waits (``fill``): the
+  run lets the batch fill for up to ``linger`` seconds, looking four times whether it
+  is full, then takes what is there, as a Kafka producer does;
 - ``WAIT_SLICE``: the run renews its place (which also notes, for ``check``, that a
   flush run is alive), looks for the next run, claims (retries scheduled and claims
   taken since it last looked), and notices a warm shutdown at least this often; the
@@ -107,6 +108,7 @@ class RunState(Protocol):
     stopped: bool
     parked_until: float
     linger_until: float
+    next_look: float
     lingered: bool
     last_taken: float
     waited: float
@@ -142,18 +144,27 @@ class Shift:
 
     def fill(self, run: RunState, batch_size: int) -> int:
         """What the next claim must find to take anything: a full batch while records
-        keep arriving (the last claim took some less than ``linger`` ago), else any."""
-        if not self.on or self.plan.linger <= 0:
+        keep arriving (the last claim took some less than ``linger`` ago) or while a
+        batch fills, else any."""
+        linger = self.plan.linger
+        if not self.on or linger <= 0:
             return 0
-        if run.lingered:  # the batch had its time to fill: take what is there
-            run.lingered = False
+        now = time.monotonic()
+        if run.lingered:
+            if now < run.linger_until:
+                return batch_size  # a look while the batch fills
+            run.lingered = False  # it had its time: take what is there
             return 0
-        return batch_size if time.monotonic() - run.last_taken < self.plan.linger else 0
+        return batch_size if now - run.last_taken < linger else 0
 
     def short(self, run: RunState) -> None:
-        """A claim found records but not a full batch: let it fill for ``linger``."""
-        run.linger_until = time.monotonic() + self.plan.linger
-        run.lingered = True
+        """A claim found records but not a full batch: let it fill for ``linger``,
+        looking again every quarter of it."""
+        now = time.monotonic()
+        if not run.lingered:
+            run.lingered = True
+            run.linger_until = now + self.plan.linger
+        run.next_look = min(now + self.plan.linger / 4, run.linger_until)
 
     def empty(self, run: RunState, due_in: float | None) -> None:
         """The buffer is empty: wait for a token (or ``due_in``, when a retry or a lease
@@ -180,8 +191,8 @@ class Shift:
         listening = run.idle and now >= run.parked_until
         if run.parked_until > now:
             bounds.append(run.parked_until - now)
-        if run.linger_until > now:
-            bounds.append(run.linger_until - now)
+        if run.next_look > now:
+            bounds.append(run.next_look - now)
         if listening and self.due_at is not None:
             bounds.append(self.due_at - now)
         waits: set[Future[Any]] = set(requests)
@@ -248,7 +259,8 @@ class Shift:
         self.on = False
         if run is not None:
             run.idle = False  # one more claim: what came since the last look
-            run.parked_until = run.linger_until = 0.0
+            run.parked_until = run.linger_until = run.next_look = 0.0
+            run.lingered = False
         for index, future in self._listening.items():
             future.add_done_callback(_give_back_to(self._lists[index]))
         self._listening.clear()

@@ -121,8 +121,9 @@ class _Run:
         self.idle = False
         #: The breaker is open: no claim before this (monotonic).
         self.parked_until = 0.0
-        #: A batch is filling: no claim before this; then one that takes any.
+        #: A batch is filling until ``linger_until``; no claim before ``next_look``.
         self.linger_until = 0.0
+        self.next_look = 0.0
         self.lingered = False
         #: When a claim last took records (monotonic).
         self.last_taken = 0.0
@@ -135,7 +136,7 @@ class _Run:
             not self.stopped
             and not self.idle
             and now >= self.parked_until
-            and now >= self.linger_until
+            and now >= self.next_look
             and now < self.deadline
             and (self.max_batches is None or self.batches < self.max_batches)
         )
@@ -251,7 +252,7 @@ class Flusher:
                     run.stopped = True
                 return
             run.batches += 1
-            run.last_taken = time.monotonic()
+            run.last_taken, run.lingered = time.monotonic(), False
             batch = Batch.of(claim.items)
             entry = _InFlight(claim, batch, time.monotonic())
             if not batch.payloads:  # nothing but unreadable items: dead-letter them now
