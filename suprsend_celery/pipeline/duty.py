@@ -211,7 +211,7 @@ class Shift:
             or (listening and not done)  # a whole slice without a token: look anyway
         ):
             run.idle = False
-        self._look_around(run, after)
+        self._look_around(run, after, woke)
         return done & requests
 
     def _listen(self) -> list[Future[bool]]:
@@ -231,9 +231,11 @@ class Shift:
                 woke = future.result() or woke
         return woke
 
-    def _look_around(self, run: RunState, now: float) -> None:
+    def _look_around(self, run: RunState, now: float, woke: bool) -> None:
         """End the shift at its time, at a shutdown, or once the next run is on duty;
-        renew the place (and note the run alive) at least every ``WAIT_SLICE``."""
+        renew the place (and note the run alive) at each wake-up and at least every
+        ``WAIT_SLICE``, so two runs share a burst's records (and split its batches)
+        for one batch at most while the next takes over."""
         stopping = self.plan.stopping() or (
             self.plan.stopped is not None and self.plan.stopped.done()
         )
@@ -244,7 +246,7 @@ class Shift:
         if now >= self.until:
             self.end(run)
             return
-        if now - self._renewed < defaults.WAIT_SLICE:
+        if not woke and now - self._renewed < defaults.WAIT_SLICE:
             return
         self._renewed = now
         newer = self.buffer.duty_roster().renew(self.member, defaults.DUTY_LEASE)
