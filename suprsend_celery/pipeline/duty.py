@@ -241,9 +241,7 @@ class Shift:
         )
         if stopping:
             run.stopped = True  # a warm shutdown: claim nothing more
-            self.end(run)
-            return
-        if now >= self.until:
+        if run.stopped or now >= self.until:  # (stopped: credentials refused, say)
             self.end(run)
             return
         if not woke and now - self._renewed < defaults.WAIT_SLICE:
