@@ -151,14 +151,19 @@ class TestWaking:
     def test_records_arriving_fast_are_batched(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox
     ) -> None:
-        """Single calls in a fast loop: the run lingers while a batch fills."""
+        """Single calls in a fast loop: the run lingers while a batch fills, and never
+        for longer (a look that falls due must not wait for the next slice)."""
         app = app_factory()
+        accepted: dict[str, float] = {}
         with run_on_duty(app, linger=0.05):
-            keys = [buffer_event(f"user-{i}", "order_placed", app=app) for i in range(600)]
+            for i in range(600):
+                at = time.time()
+                accepted[buffer_event(f"user-{i}", "order_placed", app=app)] = at
             wait_for(lambda: sandbox.stats()["events_processed"] == 600, timeout=10)
-        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+        assert processed_keys(sandbox) == dict.fromkeys(accepted, 1)
         sizes = [r.records or 0 for r in sandbox.requests()]
         assert sum(sizes) / len(sizes) >= 10, sizes
+        assert max(latency(sandbox, accepted).values()) < 0.6 * defaults.WAIT_SLICE
 
     def test_a_due_retry_wakes_it(
         self, app_factory: Callable[..., Celery], sandbox: Sandbox

@@ -179,20 +179,22 @@ class Shift:
     # -- waiting -------------------------------------------------------------------------
 
     def wait(
-        self, in_flight: Iterable[Future[Any]], run: RunState, lease: float
+        self, in_flight: Iterable[Future[Any]], run: RunState, lease: float, *, room: bool
     ) -> set[Future[Any]]:
         """Wait for whichever comes first (see the module docstring); returns the
-        requests that finished. Raises what Redis raised in a wake-up."""
+        requests that finished. ``room``: another claim could go (no full window) once
+        the run's own state allows. Raises what Redis raised in a wake-up."""
         requests = set(in_flight)
         now = time.monotonic()
         bounds = [defaults.WAIT_SLICE, self.until - now]
         if requests:
             bounds.append(lease / 3)
-        listening = run.idle and now >= run.parked_until
-        if run.parked_until > now:
-            bounds.append(run.parked_until - now)
-        if run.next_look > now:
-            bounds.append(run.next_look - now)
+        # Set until the next claim, so a time that passed since the claim loop looked
+        # ends this wait at once rather than after a slice.
+        for until in (run.parked_until, run.next_look) if room else ():
+            if until:
+                bounds.append(until - now)
+        listening = run.idle and room
         if listening and self.due_at is not None:
             bounds.append(self.due_at - now)
         waits: set[Future[Any]] = set(requests)

@@ -195,9 +195,9 @@ class Flusher:
         shift = None if duty is None else Shift.start(self.buffer, duty, run.started)
         try:
             while True:
-                self._fill(in_flight, run, shift)
+                room = self._fill(in_flight, run, shift)
                 if shift is not None and shift.on:
-                    done = shift.wait(in_flight, run, self.lease)
+                    done = shift.wait(in_flight, run, self.lease, room=room)
                 elif in_flight:
                     done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
                 else:
@@ -226,31 +226,40 @@ class Flusher:
 
     def _fill(
         self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run, shift: Shift | None
-    ) -> None:
-        """Claim batches and start their requests until ``concurrency`` are in flight."""
-        on_duty = shift is not None and shift.on
-        while len(in_flight) < run.window and run.may_claim():
+    ) -> bool:
+        """Claim batches and start their requests until ``concurrency`` are in flight.
+
+        True when there is room for another claim (only the run's state holds it back:
+        an empty buffer, a lingering batch, an open breaker), False when the requests
+        out must end first."""
+        duty = shift if shift is not None and shift.on else None
+        while True:
+            if len(in_flight) >= run.window:
+                return False
             if any(entry.claim.mode == "probe" for entry in in_flight.values()):
-                return  # the breaker's probe decides whether more may go
-            fill = shift.fill(run, self.batch_size) if shift is not None and on_duty else 0
+                return False  # the breaker's probe decides whether more may go
+            if not run.may_claim():
+                return True
+            fill = duty.fill(run, self.batch_size) if duty is not None else 0
+            run.parked_until = run.next_look = 0.0  # passed: this claim is what they waited for
             claim = self.buffer.claim(self.batch_size, self.lease, fill=fill)
             if claim.mode == "open":
                 run.report.breaker = "open"
-                if shift is not None and on_duty:
-                    shift.park(run, claim.wait)
+                if duty is not None:
+                    duty.park(run, claim.wait)
                 else:
                     run.stopped = True
                 logger.info("breaker open: not sending for %.1fs more", claim.wait)
-                return
-            if claim.mode == "short" and shift is not None and on_duty:
-                shift.short(run)
-                return
+                return True
+            if claim.mode == "short" and duty is not None:
+                duty.short(run)
+                return True
             if not claim.items:
-                if shift is not None and on_duty:
-                    shift.empty(run, claim.due_in)
+                if duty is not None:
+                    duty.empty(run, claim.due_in)
                 else:
                     run.stopped = True
-                return
+                return True
             run.batches += 1
             run.last_taken, run.lingered = time.monotonic(), False
             batch = Batch.of(claim.items)
