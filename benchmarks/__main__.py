@@ -4,6 +4,7 @@
     python -m benchmarks --quick          # smaller numbers, prints only
     python -m benchmarks --only throughput --events 5000
     python -m benchmarks --only api-latency --delays 0,100
+    python -m benchmarks --only accept-latency --trickle 200 --burst 2000
     python -m benchmarks --output /tmp/b.md
 
 Starts its own Redis (``RedisServer``, no persistence), the sandbox in a separate
@@ -20,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import api_latency, latency, memory, report, throughput
+from benchmarks import accept_latency, api_latency, latency, memory, report, throughput
 from benchmarks.common import REPO, SandboxProcess, log, stop_all
 from suprsend_celery.dev.redis_server import RedisServer
 
-SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency")
+SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency", "accept-latency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda text: tuple(float(ms) / 1000 for ms in text.split(",")),
         help="API latencies of the api-latency scenario, in ms (default 0,50,100,250)",
     )
+    parser.add_argument("--trickle", type=int, help="events of the 20/s trickle (default 400)")
+    parser.add_argument("--burst", type=int, help="events of the burst (default 5000)")
     parser.add_argument("--output", type=Path, help="where to write the report")
     parser.add_argument("--json", type=Path, help="also dump the raw results as JSON here")
     args = parser.parse_args(argv)
@@ -51,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.calls = args.calls or (300 if quick else 2000)
     args.naive_events = args.naive_events or (500 if quick else 3000)
     args.backlog = args.backlog or (50_000 if quick else 1_000_000)
+    args.trickle = args.trickle or (100 if quick else 400)
+    args.burst = args.burst or (1000 if quick else 5000)
     if args.output is None and not quick and not args.only:
         args.output = REPO / "BENCHMARKS.md"
     return args
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = []
                 log(f"scenario 2: buffered flusher, {n} events")
                 rows.append(throughput.flushers(redis_url, sandbox, n, 1, logdir))
+                log(f"scenario 2: buffered flusher on duty, {n} events")
+                rows.append(throughput.flushers(redis_url, sandbox, n, 1, logdir, duty=True))
                 log(f"scenario 2: direct track_event, {n} events")
                 rows.append(throughput.direct(redis_url, sandbox, n, logdir))
                 log(f"scenario 2: SDK bulk_events, {n} events")
@@ -97,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                     delays=args.delays
                     or (api_latency.DELAYS[:3:2] if quick else api_latency.DELAYS),
                     scale=0.25 if quick else 1.0,
+                )
+            if "accept-latency" in selected:
+                log(f"scenario 6: accept to delivered, {args.trickle} + {args.burst} events")
+                results["accept_latency"] = accept_latency.run(
+                    redis_url, sandbox, logdir, args.trickle, args.burst
                 )
             if "scaling" in selected:
                 n = args.events * 2

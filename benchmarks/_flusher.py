@@ -5,7 +5,9 @@ flight, else the setting's default) and warms it up (Redis scripts and connectio
 every request thread's keep-alive connection: small batches flushed from a side
 buffer, which the parent then discounts), prints
 ``{"ready": ...}``, waits for a line on stdin, drains until the buffer is empty and
-prints ``{"wall", "cpu", "sent", ...}``. CPU is ``getrusage(RUSAGE_SELF)``, so only
+prints ``{"wall", "cpu", "sent", ...}``. With ``--duty`` the run is on duty, as the
+``flush_buffer`` task's are (it waits for records, lingers while a batch fills), and
+ends at a second line on stdin. CPU is ``getrusage(RUSAGE_SELF)``, so only
 this process is counted: not Redis, not the sandbox.
 """
 
@@ -16,13 +18,16 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
+from concurrent.futures import Future
 
 from celery import Celery
 
 from benchmarks.common import PREFIX, WORKSPACE_KEY, WORKSPACE_SECRET, process_cpu
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.events.model import Event
+from suprsend_celery.pipeline.duty import DutyPlan
 from suprsend_celery.pipeline.runtime import get_client, get_flusher
 
 
@@ -33,6 +38,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, help="suprsend_flush_concurrency")
     parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--duty", action="store_true", help="on duty until told to stop")
     args = parser.parse_args()
 
     app = Celery("bench-flusher", set_as_current=False)
@@ -69,8 +75,15 @@ def main() -> int:
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
 
     sys.stdin.readline()
+    plan = None
+    if args.duty:
+        stop: Future[None] = Future()
+        plan = DutyPlan(3600, stopped=stop)
+        threading.Thread(
+            target=lambda: (sys.stdin.readline(), stop.set_result(None)), daemon=True
+        ).start()
     start, cpu0 = time.time(), process_cpu()
-    report = flusher.run(time_budget=3600)
+    report = flusher.run(time_budget=3600, duty=plan)
     end, cpu1 = time.time(), process_cpu()
     result = {
         "start": start,

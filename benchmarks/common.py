@@ -247,6 +247,10 @@ class SandboxProcess:
     def events(self) -> list[dict[str, Any]]:
         return list(self._get("_sandbox/events"))
 
+    def processed(self) -> dict[str, float]:
+        """When each idempotency key was processed (``time.time()`` in the sandbox)."""
+        return {p["idempotency_key"]: p["processed_at"] for p in self._get("_sandbox/processed")}
+
     def requests(self) -> list[dict[str, Any]]:
         return list(self._get("_sandbox/requests"))
 

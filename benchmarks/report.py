@@ -46,6 +46,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     if ours:
         cpu = ours["cpu_us_per_event"]
         out.append(("flusher CPU per event", f"{cpu:.2f} µs", "≤ 10 µs", cpu <= 10))
+        duty = _by_name(rows, "buffered flusher on duty")
+        if duty:
+            ratio = duty["cpu_us_per_event"] / cpu
+            label = "flusher on duty CPU/event vs draining"
+            out.append((label, f"{ratio:.2f}x", "≤ 1.10x", ratio <= 1.10))
+            ratio = duty["events_per_s"] / ours["events_per_s"]
+            label = "flusher on duty events/s vs draining"
+            out.append((label, f"{ratio:.2f}x", "≥ 0.90x", ratio >= 0.90))
         if sdk:
             ratio = sdk["cpu_us_per_event"] / cpu
             out.append(("flusher CPU vs SDK bulk", f"{ratio:.1f}x less", "≥ 5x less", ratio >= 5))
@@ -59,6 +67,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ratio = lat["plain task .delay"]["p50_us"] / lat["buffer_event"]["p50_us"]
         out.append(("buffer_event p50 vs plain .delay", f"{ratio:.1f}x faster", "≥ 4x", ratio >= 4))
     out.extend(api_latency_targets(results.get("api_latency") or []))
+    out.extend(accept_latency_targets(results.get("accept_latency") or []))
     mem = results.get("memory")
     if mem:
         growth = mem["rss_growth"] / 2**20
@@ -102,6 +111,60 @@ def api_latency_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str,
         need = CPU_VS_SDK_BEFORE
         out.append((label, f"{cpu:.1f}x less", f"≥ {need:g}x less (as before)", cpu >= need))
     return out
+
+
+def accept_latency_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """A trickle delivered at interactive latency, a burst still in full batches."""
+    ours = _by_name(rows, "buffered, defaults")
+    if not ours:
+        return []
+    p99 = ours["trickle"]["p99_ms"]
+    per = ours["burst"]["records_per_request"]
+    return [
+        ("buffered p99 accept to delivered, trickle", f"{p99:.1f} ms", "< 50 ms", p99 < 50),
+        ("buffered records per request, burst", f"{per:.1f}", "≥ 90", per >= 90),
+    ]
+
+
+def accept_latency_table(rows: list[dict[str, Any]]) -> str:
+    """Latency and batching per sender, trickle and burst."""
+    body = []
+    for r in rows:
+        t, b = r["trickle"], r["burst"]
+        body.append(
+            [
+                r["name"],
+                _fmt(t["p50_ms"]),
+                _fmt(t["p99_ms"]),
+                _fmt(t["max_ms"]),
+                _fmt(b["p50_ms"]),
+                _fmt(b["p99_ms"]),
+                _fmt(b["records_per_request"]),
+                _fmt(t["cpu_us_per_event"], 0),
+                f"{t['cpu_share'] * 100:.1f}%",
+                _fmt(b["cpu_us_per_event"], 1),
+            ]
+        )
+    header = [
+        "sender",
+        "trickle p50 ms",
+        "p99 ms",
+        "max ms",
+        "burst p50 ms",
+        "p99 ms",
+        "burst records/request",
+        "trickle CPU µs/event",
+        "trickle CPU share",
+        "burst CPU µs/event",
+    ]
+    sizes = rows[0]
+    note = (
+        f"Trickle: {sizes['trickle']['events']} events at 20/s; burst: "
+        f"{sizes['burst']['events']} events as fast as one thread calls. CPU: the sending "
+        "side (the worker and its pool, or the in-process batch's thread), idle waits "
+        "included."
+    )
+    return note + "\n\n" + _md_table(header, body)
 
 
 def api_latency_tables(rows: list[dict[str, Any]]) -> str:
@@ -238,6 +301,9 @@ def sections(results: dict[str, Any]) -> list[tuple[str, str]]:
     api = results.get("api_latency")
     if api:
         out.append(("5. At API latency", api_latency_tables(api)))
+    accept = results.get("accept_latency")
+    if accept:
+        out.append(("6. Accept to delivered", accept_latency_table(accept)))
     return out
 
 
@@ -339,6 +405,15 @@ METHOD = """\
   `track_event` on a prefork worker (concurrency 2) and on a threads-pool worker
   (`-P threads`, concurrency 32), and the naive task (prefork, concurrency 2). Each
   row's event count follows the sender's expected rate, so each takes a few seconds.
+- Accept to delivered: each event's clock starts just before the call in this
+  process (`time.time()`) and stops when the sandbox processed its key (its own
+  `time.time()`, `GET /_sandbox/processed`). A trickle of 20 events/s (one by one),
+  then a burst (one thread calling as fast as it can), each on a worker started for
+  the sender and warmed up with 10 events: the standalone relay with `--beat` and
+  the threads pool (4) with default settings (a run on duty), the same with
+  `SUPRSEND_FLUSH_WAIT=false` (interval-only runs, the behaviour before), the direct
+  path on the relay (prefork, concurrency 2), and a PostHog-style in-process batch
+  (a thread posting every 0.5 s or at 100 events, through our client).
 - The machine has 2 cores shared by Redis, the sandbox and the senders, so the
   end-to-end rates are bounded by the sandbox as much as by the senders; the CPU per
   event is the figure that shows the sender's own cost.
@@ -370,7 +445,8 @@ def write(path: Path, results: dict[str, Any]) -> None:
         f"- Versions: {versions(results)}",
         f"- Sizes: {args.get('calls')} calls per producer method, {args.get('events')} events "
         f"per throughput run ({args.get('naive_events')} for the naive task), "
-        f"{args.get('backlog'):,} records for the memory run",
+        f"{args.get('backlog'):,} records for the memory run, "
+        f"{args.get('trickle')} + {args.get('burst')} events accepted to delivered",
         "",
         "## Method",
         "",

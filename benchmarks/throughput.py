@@ -87,9 +87,12 @@ def flushers(
     prefilled: bool = False,
     sample_rss: bool = False,
     concurrency: int | None = None,
+    duty: bool = False,
 ) -> dict[str, Any]:
     """Drain ``events`` buffered events with ``processes`` flusher processes
-    (``concurrency`` requests in flight each; the setting's default when None)."""
+    (``concurrency`` requests in flight each; the setting's default when None).
+    ``duty``: runs on duty (as the task's), told to stop once all were processed; the
+    clock stops at the sandbox's last processed event."""
     tag = run_id()
     if not prefilled:
         clear_buffer(redis_url)
@@ -105,6 +108,7 @@ def flushers(
                 "--base-url",
                 sandbox.url,
                 *(["--concurrency", str(concurrency)] if concurrency else []),
+                *(["--duty"] if duty else []),
             ],
             stdin=True,
             stdout=True,
@@ -126,12 +130,20 @@ def flushers(
                 for index, child in enumerate(children):
                     peaks[index] = max(peaks[index], child.rss())
                 time.sleep(0.1)
+        if duty:
+            sandbox.wait_processed(events, timeout=3600)
+            for child in children:
+                child.send("stop")
         reports = [child.read_json(3600) for child in children]
-    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    end = max(r["end"] for r in reports)
+    if duty:
+        end = max(sandbox.processed().values())
+    wall = end - min(r["start"] for r in reports)
     cpu = sum(r["cpu"] for r in reports)
     processed = sandbox.stats()["events_processed"]
     sent = sum(r["sent"] for r in reports)
-    name = "buffered flusher" + (f" x{processes}" if processes > 1 else "")
+    name = "buffered flusher" + (" on duty" if duty else "")
+    name += f" x{processes}" if processes > 1 else ""
     if concurrency:
         name += f" c={concurrency}"
     extra: dict[str, Any] = {

@@ -47,6 +47,18 @@ def _transport_options() -> dict[str, Any]:
     return options
 
 
+def _task_routes() -> dict[str, Any]:
+    """``CELERY_TASK_ROUTES`` (a JSON object), e.g. the flush task to a queue of its own."""
+    raw = os.environ.get("CELERY_TASK_ROUTES") or "{}"
+    try:
+        routes = json.loads(raw)
+    except ValueError:
+        routes = None
+    if not isinstance(routes, dict):
+        raise ConfigurationError(f"CELERY_TASK_ROUTES must be a JSON object; got {raw!r}")
+    return routes
+
+
 _broker = (
     os.environ.get("CELERY_BROKER_URL")
     or os.environ.get("SUPRSEND_REDIS_URL")
@@ -60,6 +72,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options=_transport_options(),
     task_default_queue=os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery"),
+    task_routes=_task_routes(),
     # Results expire after a day: task results are only for monitoring (Flower).
     result_expires=int(os.environ.get("CELERY_RESULT_EXPIRES", "86400")),
     worker_prefetch_multiplier=int(os.environ.get("CELERY_WORKER_PREFETCH_MULTIPLIER", "4")),

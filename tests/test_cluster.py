@@ -12,8 +12,10 @@ import asyncio
 import json
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,13 @@ from _buffer_helpers import (
 from celery import Celery
 from conftest import in_process_worker, wait_for
 
-from suprsend_celery import buffer_event, buffer_events, buffer_stats, defaults
+from suprsend_celery import Event, buffer_event, buffer_events, buffer_stats, defaults
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.buffer.sharded import ShardedBuffer
 from suprsend_celery.delivery.dead_letters import dead_letter_entry
 from suprsend_celery.dev.sandbox import Sandbox
-from suprsend_celery.pipeline.runtime import get_buffer
+from suprsend_celery.pipeline.duty import DutyPlan
+from suprsend_celery.pipeline.runtime import get_buffer, get_client, get_flusher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package
 
@@ -297,3 +300,47 @@ class TestOperatingAShardedBuffer:
         with in_process_worker(app):
             flush_until(app, lambda: get_buffer(app).remaining() == 0)
         assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+
+
+def test_a_run_on_duty_is_woken_by_each_shard(
+    cluster: LocalCluster, cluster_app: Callable[..., Celery], sandbox: Sandbox
+) -> None:
+    """A run waits on every shard's wake list (three masters): a record pushed to any
+    one shard is sent at once, by the same waiting run."""
+    app = cluster_app(suprsend_buffer_shards=3)
+    buffer = get_buffer(app)
+    assert isinstance(buffer, ShardedBuffer)
+    client = get_client(app)
+    flusher = get_flusher(app)
+    stop: Future[None] = Future()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["report"] = flusher.run(60, duty=DutyPlan(60, stopped=stop))
+
+    def blocks() -> int:
+        count = 0
+        for node in cluster.masters():
+            node_client = node.client()
+            try:
+                count += sum(1 for c in node_client.client_list() if c.get("cmd") == "blpop")
+            finally:
+                node_client.close()
+        return count
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        for index in (0, 1, 2, 2, 1, 0):
+            wait_for(lambda: blocks() == 3, timeout=10, message="a block on each master")
+            record = client.accept(Event(f"user-{index}", "order_placed", {"shard": index}))
+            accepted = time.time()
+            buffer.shards[index].push([record.payload])
+            key = record.idempotency_key
+            wait_for(lambda k=key: k in sandbox.processed(), timeout=5)
+            assert sandbox.processed()[key] - accepted < 1.0
+            assert thread.is_alive(), "still on duty"
+    finally:
+        stop.set_result(None)
+        thread.join(10)
+    assert outcome["report"].sent == 6

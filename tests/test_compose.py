@@ -256,7 +256,7 @@ class TestCommands:
     def test_celery_commands_resolve(self) -> None:
         """``celery -A suprsend_celery.app worker|beat|flower`` with their options."""
         celery_services = [name for name in OURS if command(name)[0] == "celery"]
-        assert sorted(celery_services) == ["beat", "flower", "worker"]
+        assert sorted(celery_services) == ["beat", "flower", "flusher", "worker"]
         plugins = {ep.name for ep in importlib.metadata.entry_points(group="celery.commands")}
         assert "flower" in plugins
         assert importlib.util.find_spec("flower") is not None

@@ -121,11 +121,17 @@ def _calls() -> dict[str, Labelled]:
     return {
         "push": Labelled(
             lua.push_call(K, 11, [b"{r}"]),
-            {"pending": K.pending, "dead": K.dead, "inflight": K.inflight, "retry": K.retry},
+            {
+                "pending": K.pending,
+                "dead": K.dead,
+                "inflight": K.inflight,
+                "retry": K.retry,
+                "wake_key": K.wake,
+            },
             {"max_length": 11},
         ),
         "claim": Labelled(
-            lua.claim_call(K, "cid", 12, 13.5, 14.5, use_breaker=False),
+            lua.claim_call(K, "cid", 12, 13.5, 14.5, use_breaker=False, fill=20),
             {"claim": K.claim("cid"), "breaker": K.breaker, "metrics": K.metrics},
             {
                 "count": 12,
@@ -134,6 +140,7 @@ def _calls() -> dict[str, Labelled]:
                 "claim_prefix": K.claim_prefix,
                 "probe_lease": 14.5,
                 "use_breaker": "0",
+                "fill": 20,
             },
         ),
         "gate": Labelled(
@@ -199,8 +206,14 @@ def _calls() -> dict[str, Labelled]:
                 "expiring": K.journal_expires,
                 "taken": K.journal_taken,
                 "metrics": K.metrics,
+                "wake_key": K.wake,
             },
             {"limit": 18, "keep_seconds": 20.5},
+        ),
+        "duty": Labelled(
+            lua.duty_call(K, "renew", "m", 19.0, 3),
+            {"duty": K.duty, "metrics": K.metrics},
+            {"action": "renew", "member": "m", "lease": 19.0, "cap": 3},
         ),
     }
 

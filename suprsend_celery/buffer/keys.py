@@ -23,6 +23,10 @@ was never sharded is shard 0 as it stands), shard ``i`` is ``{prefix:i}``::
     {p}:shards       SET    every shard index ever used (shard 0's only; ``sharded``)
     {p}:outbox       HASH   the Django outbox's depth as its relay last saw it (shard 0's
                             only; ``outbox_figures``)
+    {p}:wake         LIST   at most one token: records became claimable here since a
+                            waiting flush run last looked (``wake``; BLPOP wakes it)
+    {p}:duty         ZSET   flush runs on duty, waiting for records -> lease deadline
+                            (shard 0's only; ``wake.DutyRoster``)
 
 A record is the event's JSON exactly as it will be sent. A record that has failed
 before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
@@ -68,6 +72,10 @@ class Keys:
     shards: str
     #: The Django outbox's depth as its relay last saw it: shard 0 only (``outbox_figures``).
     outbox: str
+    #: One token when records became claimable: what a waiting flush run blocks on.
+    wake: str
+    #: The runs on duty: used on shard 0 only.
+    duty: str
 
     @classmethod
     def of(cls, prefix: str, shard: int = 0) -> Keys:
@@ -89,6 +97,8 @@ class Keys:
             metrics=f"{tag}:metrics",
             shards=f"{tag}:shards",
             outbox=f"{tag}:outbox",
+            wake=f"{tag}:wake",
+            duty=f"{tag}:duty",
         )
 
     def claim(self, claim_id: str) -> str:
@@ -113,4 +123,6 @@ class Keys:
             self.journal_taken,
             self.metrics,
             self.outbox,
+            self.wake,
+            self.duty,
         )

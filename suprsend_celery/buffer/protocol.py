@@ -16,6 +16,7 @@ from .journal import JournalHold
 from .queue import Claim
 from .scripts import Settled
 from .snapshot import Snapshot
+from .wake import DutyRoster, WakeList
 
 __all__ = ["Buffer"]
 
@@ -38,8 +39,11 @@ class Buffer(Protocol):
 
     # -- flushers --------------------------------------------------------------------
 
-    def claim(self, count: int, lease: float, *, probe_lease: float = ...) -> Claim:
-        """Take up to ``count`` records under a lease, if the breaker lets us."""
+    def claim(
+        self, count: int, lease: float, *, probe_lease: float = ..., fill: int = ...
+    ) -> Claim:
+        """Take up to ``count`` records under a lease, if the breaker lets us (none while
+        fewer than ``fill`` wait: mode ``short``)."""
 
     def extend(self, claim_id: str, lease: float) -> bool:
         """Push a claim's deadline out; False if the lease already ran out."""
@@ -52,6 +56,12 @@ class Buffer(Protocol):
 
     def recover_journal(self, limit: int = ...) -> int:
         """Move direct-path records whose task went silent to pending; how many."""
+
+    def wake_lists(self) -> list[WakeList]:
+        """Each shard's wake list, which a run on duty blocks on (``wake``)."""
+
+    def duty_roster(self) -> DutyRoster:
+        """The runs on duty, under leases (``wake``)."""
 
     # -- the direct path (``tasks.direct``) ------------------------------------------
 

@@ -26,8 +26,9 @@ from .slot import Slot
 
 __all__ = ["Claim", "ClaimMode", "Queue"]
 
-ClaimMode = Literal["ok", "probe", "open"]
-"""``ok``; ``probe`` when the claim is the breaker's probe; ``open`` when it refused."""
+ClaimMode = Literal["ok", "probe", "open", "short"]
+"""``ok``; ``probe`` when the claim is the breaker's probe; ``open`` when it refused;
+``short`` when fewer records than asked to ``fill`` wait, so none were taken."""
 
 
 @dataclass(slots=True)
@@ -35,13 +36,16 @@ class Claim:
     """Records one flusher owns until it settles them or its lease runs out.
 
     ``mode`` is ``"ok"``; ``"probe"`` when this claim is the breaker's probe; ``"open"``
-    when the breaker refused (``wait`` seconds left, no records).
+    when the breaker refused (``wait`` seconds left, no records); ``"short"`` when
+    records wait but fewer than the claim's ``fill`` (none taken: the run lingers).
     """
 
     id: str
     mode: ClaimMode
     wait: float
     items: list[bytes]
+    #: With no records: seconds until a retry or a lease falls due (None: none is).
+    due_in: float | None = None
 
 
 _DEFAULT_BREAKER = lua.Breaker()
@@ -113,16 +117,21 @@ class Queue:
         *,
         probe_lease: float = defaults.PROBE_LEASE,
         use_breaker: bool = True,
+        fill: int = 0,
     ) -> Claim:
         """Atomically take up to ``count`` records under a lease (after recovering expired
-        ones and due retries). ``use_breaker=False``: the caller passed the breaker."""
+        ones and due retries). ``use_breaker=False``: the caller passed the breaker.
+        ``fill``: take none (mode ``short``) while some but fewer than this many wait."""
         claim_id = uuid.uuid4().hex
         keys, args = lua.claim_call(
-            self.keys, claim_id, count, lease, probe_lease, use_breaker=use_breaker
+            self.keys, claim_id, count, lease, probe_lease, use_breaker=use_breaker, fill=fill
         )
         reply = self._claim(keys=keys, args=args)
         mode: ClaimMode = reply[0].decode()
-        return Claim(claim_id, mode, float(reply[1]), reply[2:])
+        value, items = float(reply[1]), reply[2:]
+        if mode == "open" or items:
+            return Claim(claim_id, mode, value if mode == "open" else 0.0, items)
+        return Claim(claim_id, mode, 0.0, items, None if value < 0 else value)
 
     def extend(self, claim_id: str, lease: float) -> bool:
         """Push a claim's deadline out; False if the lease already ran out."""

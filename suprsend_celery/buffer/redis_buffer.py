@@ -3,10 +3,10 @@
 No HTTP here (the flusher sends). Each part has one job and one round trip per
 operation (a Lua script or a pipeline), so a crash between two steps cannot lose or
 double a record: the queue and its claims (``queue``), the direct path's journal
-(``journal``), dead letters (``dead_letter_list``), the breaker (``breaker``) and the
-figures (``snapshot``), all over this shard's ``Keys`` (``keys``) and connections
-(``slot``). The methods below are the ``Buffer`` protocol (``protocol``), each handed
-to the part that does it.
+(``journal``), dead letters (``dead_letter_list``), the breaker (``breaker``), the
+wake list and the roster of runs on duty (``wake``) and the figures (``snapshot``),
+all over this shard's ``Keys`` (``keys``) and connections (``slot``). The methods
+below are the ``Buffer`` protocol (``protocol``), each handed to the part that does it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .queue import Claim, Queue
 from .scripts import Breaker, Settled
 from .slot import Slot
 from .snapshot import Snapshot, read_snapshot
+from .wake import DutyRoster, WakeList
 
 __all__ = ["RedisBuffer"]
 
@@ -65,6 +66,8 @@ class RedisBuffer:
         self.direct_journal = DirectJournal(self.slot, self.keys)
         self.dead_letter_list = DeadLetterList(self.slot, self.keys, max_length)
         self.circuit_breaker = CircuitBreaker(self.slot, self.keys)
+        self.wake = WakeList(self.slot, self.keys)
+        self.roster = DutyRoster(self.slot, self.keys)
 
     # -- producers and flushers (``queue``) ----------------------------------------------
 
@@ -78,8 +81,11 @@ class RedisBuffer:
         *,
         probe_lease: float = defaults.PROBE_LEASE,
         use_breaker: bool = True,
+        fill: int = 0,
     ) -> Claim:
-        return self.queue.claim(count, lease, probe_lease=probe_lease, use_breaker=use_breaker)
+        return self.queue.claim(
+            count, lease, probe_lease=probe_lease, use_breaker=use_breaker, fill=fill
+        )
 
     def extend(self, claim_id: str, lease: float) -> bool:
         return self.queue.extend(claim_id, lease)
@@ -89,6 +95,12 @@ class RedisBuffer:
 
     def finish_run(self, counts: Tally) -> int:
         return self.queue.finish_run(counts)
+
+    def wake_lists(self) -> list[WakeList]:
+        return [self.wake]
+
+    def duty_roster(self) -> DutyRoster:
+        return self.roster
 
     def pending_count(self) -> int:
         return self.queue.pending_count()

@@ -25,6 +25,7 @@ from .keys import Keys
 
 __all__ = [
     "CLAIM",
+    "DUTY",
     "EXTEND",
     "FINISH_RUN",
     "GATE",
@@ -40,10 +41,12 @@ __all__ = [
     "Breaker",
     "BreakerChange",
     "Call",
+    "DutyAction",
     "GateAction",
     "Script",
     "Settled",
     "claim_call",
+    "duty_call",
     "extend_call",
     "finish_run_call",
     "gate_call",
@@ -125,7 +128,7 @@ class Script:
 _HELD = ("pending", "inflight", "retry", "dead")
 _JOURNAL = ("journal", "metrics", "expiring", "taken")
 
-PUSH = Script("push", _HELD, ("max_length",), "records", ("unpack", "held"))
+PUSH = Script("push", (*_HELD, "wake_key"), ("max_length",), "records", ("unpack", "held", "wake"))
 CLAIM = Script(
     "claim",
     ("pending", "claims", "claim", "inflight", "retry", "breaker", "metrics"),
@@ -139,6 +142,7 @@ CLAIM = Script(
         "due_limit",
         "probe_records",
         "use_breaker",
+        "fill",
     ),
     preludes=("now", "unpack", "gate"),
 )
@@ -155,6 +159,7 @@ SETTLE = Script(
         "breaker_key",
         "settled",
         "metrics",
+        "wake_key",
     ),
     (
         "claim_id",
@@ -170,15 +175,15 @@ SETTLE = Script(
         "tombstone_seconds",
     ),
     "retries, dead letters, returned records, metric increments",
-    ("now", "count"),
+    ("now", "count", "wake"),
 )
 EXTEND = Script("extend", ("claims",), ("claim_id", "lease"), preludes=("now",))
-REQUEUE = Script("requeue", ("dead", "pending"), (), "dead-letter entries")
+REQUEUE = Script("requeue", ("dead", "pending", "wake_key"), (), "dead-letter entries", ("wake",))
 REHOME = Script(
     "rehome",
-    ("dead", "pending", "inflight", "retry"),
+    ("dead", "pending", "inflight", "retry", "wake_key"),
     ("max_length", "record", "dead_entry"),
-    preludes=("held",),
+    preludes=("held", "wake"),
 )
 JOURNAL = Script(
     "journal", _JOURNAL, ("seconds", "record", "expires_in"), "metric increments", ("now", "count")
@@ -196,10 +201,11 @@ FINISH_RUN = Script(
 )
 RECOVER_JOURNAL = Script(
     "recover_journal",
-    ("journal", "pending", "expiring", "taken", "metrics"),
+    ("journal", "pending", "expiring", "taken", "metrics", "wake_key"),
     ("limit", "keep_seconds"),
-    preludes=("now",),
+    preludes=("now", "wake"),
 )
+DUTY = Script("duty", ("duty", "metrics"), ("action", "member", "lease", "cap"), preludes=("now",))
 
 SCRIPTS = (
     PUSH,
@@ -214,6 +220,7 @@ SCRIPTS = (
     SETTLE_JOURNAL,
     FINISH_RUN,
     RECOVER_JOURNAL,
+    DUTY,
 )
 """Every script, for the test that reads their headers."""
 
@@ -224,7 +231,7 @@ def _held(k: Keys) -> dict[str, str]:
 
 
 def push_call(k: Keys, max_length: int, records: Sequence[bytes]) -> Call:
-    return PUSH.call(_held(k), {"max_length": max_length}, records)
+    return PUSH.call({**_held(k), "wake_key": k.wake}, {"max_length": max_length}, records)
 
 
 def claim_call(
@@ -235,7 +242,9 @@ def claim_call(
     probe_lease: float,
     *,
     use_breaker: bool = True,
+    fill: int = 0,
 ) -> Call:
+    """CLAIM; ``fill``: take nothing (``short``) while fewer than that many wait."""
     keys = {
         "pending": k.pending,
         "claims": k.claims,
@@ -255,6 +264,7 @@ def claim_call(
         "due_limit": defaults.CLAIM_DUE_RETRIES_LIMIT,
         "probe_records": defaults.PROBE_RECORDS,
         "use_breaker": "1" if use_breaker else "0",
+        "fill": fill,
     }
     return CLAIM.call(keys, args)
 
@@ -302,6 +312,7 @@ def settle_call(
         "breaker_key": k.breaker,
         "settled": k.settled(claim_id),
         "metrics": k.metrics,
+        "wake_key": k.wake,
     }
     args = {
         "claim_id": claim_id,
@@ -327,11 +338,18 @@ def requeue_call(k: Keys, entries: Sequence[bytes] | None) -> Call:
     """``entries=None`` requeues every dead letter; an empty list would too, so refuse it."""
     if entries is not None and not entries:
         raise ValueError("requeue_call needs entries, or None for every dead letter")
-    return REQUEUE.call({"dead": k.dead, "pending": k.pending}, {}, entries or ())
+    keys = {"dead": k.dead, "pending": k.pending, "wake_key": k.wake}
+    return REQUEUE.call(keys, {}, entries or ())
 
 
 def rehome_call(k: Keys, max_length: int, record: bytes, dead_entry: bytes) -> Call:
-    keys = {"dead": k.dead, "pending": k.pending, "inflight": k.inflight, "retry": k.retry}
+    keys = {
+        "dead": k.dead,
+        "pending": k.pending,
+        "inflight": k.inflight,
+        "retry": k.retry,
+        "wake_key": k.wake,
+    }
     args = {"max_length": max_length, "record": record, "dead_entry": dead_entry}
     return REHOME.call(keys, args)
 
@@ -381,5 +399,16 @@ def recover_journal_call(
         "expiring": k.journal_expires,
         "taken": k.journal_taken,
         "metrics": k.metrics,
+        "wake_key": k.wake,
     }
     return RECOVER_JOURNAL.call(keys, {"limit": limit, "keep_seconds": keep_seconds})
+
+
+DutyAction = Literal["join", "renew", "leave", "alive"]
+
+
+def duty_call(k: Keys, action: DutyAction, member: str, lease: float, cap: int) -> Call:
+    """DUTY on shard 0's roster; ``member`` is the run's id to ``join``, else what
+    ``join`` answered."""
+    args = {"action": action, "member": member, "lease": lease, "cap": cap}
+    return DUTY.call({"duty": k.duty, "metrics": k.metrics}, args)

@@ -10,7 +10,8 @@ protocol); every script still touches one slot. Around them:
   atomic round trip); a full shard passes the call to the next;
 - flushers: each claim consults the one breaker (on shard 0, ``GATE``), then
   takes records from the shards in a rotation that starts at a random shard; a
-  settle's verdict is fed to that breaker;
+  settle's verdict is fed to that breaker; a run on duty waits on every shard's wake
+  list, and the roster of runs on duty is shard 0's;
 - the direct path's journal: a record's shard is a hash of its bytes (crc32), so the
   task settles the entry it made;
 - ``{prefix}:shards`` (SET, on shard 0) lists every shard ever used, so a flusher with
@@ -44,6 +45,7 @@ from .queue import Claim, ClaimMode
 from .redis_buffer import RedisBuffer
 from .scripts import Settled
 from .snapshot import Snapshot
+from .wake import DutyRoster, WakeList
 
 __all__ = ["ShardedBuffer", "registry_key", "shard_prefix", "shards_in_use"]
 
@@ -134,9 +136,15 @@ class ShardedBuffer:
     # -- flushers --------------------------------------------------------------------
 
     def claim(
-        self, count: int, lease: float, *, probe_lease: float = defaults.PROBE_LEASE
+        self,
+        count: int,
+        lease: float,
+        *,
+        probe_lease: float = defaults.PROBE_LEASE,
+        fill: int = 0,
     ) -> Claim:
-        """Pass the breaker, then claim from the first shard in the rotation that has records."""
+        """Pass the breaker, then claim from the first shard in the rotation that has records
+        (at least ``fill`` of them; with none anywhere, ``due_in`` is the soonest shard's)."""
         self._refresh()
         breaker = self._first.circuit_breaker
         mode, wait = breaker.gate("enter", probe_lease)
@@ -146,16 +154,20 @@ class ShardedBuffer:
             count = min(count, defaults.PROBE_RECORDS)
         shown: ClaimMode = "probe" if mode == "probe" else "ok"
         indices = sorted(self.shards)
+        short, due = False, None
         for step in range(len(indices)):
             position = (self._flusher_turn + step) % len(indices)
             index = indices[position]
-            claim = self.shards[index].claim(count, lease, use_breaker=False)
+            claim = self.shards[index].claim(count, lease, use_breaker=False, fill=fill)
             if claim.items:
                 self._flusher_turn = position + 1
                 return Claim(f"{index}:{claim.id}", shown, 0.0, claim.items)
+            short = short or claim.mode == "short"
+            if claim.due_in is not None:
+                due = claim.due_in if due is None else min(due, claim.due_in)
         if shown == "probe":
             breaker.gate("empty", probe_lease)
-        return Claim("", shown, 0.0, [])
+        return Claim("", "short" if short else shown, 0.0, [], due)
 
     def extend(self, claim_id: str, lease: float) -> bool:
         shard, inner = self._locate(claim_id)
@@ -248,6 +260,14 @@ class ShardedBuffer:
 
     def reset_breaker(self) -> None:
         self._first.reset_breaker()
+
+    def wake_lists(self) -> list[WakeList]:
+        """Every shard's wake list (a run on duty waits on them all)."""
+        self._refresh()
+        return [self.shards[i].wake for i in sorted(self.shards)]
+
+    def duty_roster(self) -> DutyRoster:
+        return self._first.roster
 
     def pending_count(self) -> int:
         return sum(shard.pending_count() for shard in self.shards.values())

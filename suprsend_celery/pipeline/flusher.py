@@ -23,6 +23,11 @@ thread has its own HTTP session and keep-alive connection (the client's sessions
 per thread), so threads never wait for each other's connections. Threads cost little
 CPU here: the calling thread does what it did before, the pool threads do exactly the
 request a sequential flusher would have done, and the hand-off is one future per batch.
+
+On duty (``duty``, the ``flush_buffer`` task's runs): a run that finds the buffer empty
+waits on Redis for new records rather than ending, lingers while a batch fills, and
+leaves after about one interval; the ``Shift`` decides all of that, this loop only
+asks it how much a claim must ``fill`` and lets it wait when nothing else is to do.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from ..delivery.retry import RetryPolicy, past_dedup_window
 from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
 from ..delivery.tracing import ClaimSpans, claim_spans, traced_flush
 from . import signals
+from .duty import DutyPlan, Shift
 
 __all__ = ["FlushReport", "Flusher"]
 
@@ -100,7 +106,7 @@ class _InFlight:
 
 
 class _Run:
-    """One run's limits and whether it may still claim."""
+    """One run's limits and whether it may still claim (a ``duty.RunState``)."""
 
     def __init__(self, time_budget: float, max_batches: int | None, window: int) -> None:
         #: Claims allowed in flight: the concurrency, or 1 after a request failed as a
@@ -113,11 +119,28 @@ class _Run:
         self.batches = 0
         self.stopped = False
         self.report = FlushReport()
+        # On duty only (``duty.Shift`` steers these):
+        #: The buffer was found empty: claim again once woken.
+        self.idle = False
+        #: The breaker is open: no claim before this (monotonic).
+        self.parked_until = 0.0
+        #: A batch is filling until ``linger_until``; no claim before ``next_look``.
+        self.linger_until = 0.0
+        self.next_look = 0.0
+        self.lingered = False
+        #: When a claim last took records (monotonic).
+        self.last_taken = 0.0
+        #: Seconds spent waiting with no request in flight.
+        self.waited = 0.0
 
     def may_claim(self) -> bool:
+        now = time.monotonic()
         return (
             not self.stopped
-            and time.monotonic() < self.deadline
+            and not self.idle
+            and now >= self.parked_until
+            and now >= self.next_look
+            and now < self.deadline
             and (self.max_batches is None or self.batches < self.max_batches)
         )
 
@@ -156,10 +179,13 @@ class Flusher:
         *,
         max_batches: int | None = None,
         progress: Callable[[FlushReport], None] | None = None,
+        duty: DutyPlan | None = None,
     ) -> FlushReport:
         """Send and settle batches until the buffer is empty, the breaker opens or time is up.
 
         Up to ``concurrency`` claims are in flight; each is settled as its requests end.
+        ``duty``: stay on duty (``duty``) when a place is free: an empty buffer or an
+        open breaker is waited out, until the plan's time is up.
         """
         run = _Run(time_budget, max_batches, self.concurrency)
         recovered = self.buffer.recover_journal()
@@ -171,12 +197,16 @@ class Flusher:
                 extra={"records": recovered, "outcome": "recovered"},
             )
         in_flight: dict[Future[ClaimOutcome], _InFlight] = {}
+        shift = None if duty is None else Shift.start(self.buffer, duty, run.started)
         try:
             while True:
-                self._fill(in_flight, run)
-                if not in_flight:
+                room = self._fill(in_flight, run, shift)
+                if shift is not None and shift.on:
+                    done = shift.wait(in_flight, run, self.lease, room=room)
+                elif in_flight:
+                    done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
+                else:
                     break
-                done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
                 for future in done:
                     self._settle(in_flight.pop(future), future.result(), run)
                     if progress is not None:
@@ -186,6 +216,8 @@ class Flusher:
             # Only on an error (Redis failing): claims still out return after their lease.
             for future in in_flight:
                 future.cancel()
+            if shift is not None:
+                shift.end()
         return self._finish(run)
 
     def close(self) -> None:
@@ -197,25 +229,48 @@ class Flusher:
 
     # -- the calling thread: claims, leases, settles -------------------------------------
 
-    def _fill(self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run) -> None:
-        """Claim batches and start their requests until ``concurrency`` are in flight."""
-        while len(in_flight) < run.window and run.may_claim():
+    def _fill(
+        self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run, shift: Shift | None
+    ) -> bool:
+        """Claim batches and start their requests until ``concurrency`` are in flight.
+
+        True when there is room for another claim (only the run's state holds it back:
+        an empty buffer, a lingering batch, an open breaker), False when the requests
+        out must end first."""
+        duty = shift if shift is not None and shift.on else None
+        while True:
+            if len(in_flight) >= run.window:
+                return False
             if any(entry.claim.mode == "probe" for entry in in_flight.values()):
-                return  # the breaker's probe decides whether more may go
-            claim = self.buffer.claim(self.batch_size, self.lease)
+                return False  # the breaker's probe decides whether more may go
+            if not run.may_claim():
+                return True
+            fill = duty.fill(run, self.batch_size) if duty is not None else 0
+            run.parked_until = run.next_look = 0.0  # passed: this claim is what they waited for
+            claim = self.buffer.claim(self.batch_size, self.lease, fill=fill)
             if claim.mode == "open":
                 run.report.breaker = "open"
-                run.stopped = True
+                if duty is not None:
+                    duty.park(run, claim.wait)
+                else:
+                    run.stopped = True
                 logger.info(
                     "breaker open: not sending for %.1fs more",
                     claim.wait,
                     extra={"outcome": "breaker_open"},
                 )
-                return
+                return True
+            if claim.mode == "short" and duty is not None:
+                duty.short(run)
+                return True
             if not claim.items:
-                run.stopped = True
-                return
+                if duty is not None:
+                    duty.empty(run, claim.due_in)
+                else:
+                    run.stopped = True
+                return True
             run.batches += 1
+            run.last_taken, run.lingered = time.monotonic(), False
             batch = Batch.of(claim.items)
             entry = _InFlight(claim, batch, time.monotonic(), claim_spans(claim.id, batch))
             if not batch.payloads:  # nothing but unreadable items: dead-letter them now
@@ -275,7 +330,8 @@ class Flusher:
         report.dry_run = self.client.dry_run
         report.seconds = time.monotonic() - run.started
         counts = Tally()
-        counts.observe(FLUSH_SECONDS, report.seconds)
+        # The run's working time: its waits on duty would only say how long duty lasts.
+        counts.observe(FLUSH_SECONDS, max(0.0, report.seconds - run.waited))
         report.remaining = self.buffer.finish_run(counts)  # also notes the run for `check`
         if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
             logger.info(

@@ -191,6 +191,10 @@ class Settings:
     buffer_min_replicas: int = defaults.BUFFER_MIN_REPLICAS
     #: How long past its task's next attempt a direct event waits before the flusher sends it.
     journal_grace: float = defaults.JOURNAL_GRACE
+    #: Seconds a flush run on duty lets a batch fill while records keep arriving.
+    flush_linger: float = defaults.FLUSH_LINGER
+    #: A beat-started run waits on duty for new records; False: it ends when empty.
+    flush_wait: bool = defaults.FLUSH_WAIT
     #: Sentinel's name of the master (``sentinel://`` URLs); else the broker's option.
     redis_master_name: str | None = None
     #: ``broker_transport_options['sentinel_kwargs']``: how to reach the sentinels.
@@ -264,6 +268,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "buffer_shards": _number(int, 1, defaults.BUFFER_SHARDS_MAX),
     "buffer_min_replicas": _number(int, 0, defaults.BUFFER_MIN_REPLICAS_MAX),
     "journal_grace": _number(float, 1, defaults.JOURNAL_GRACE_MAX),
+    "flush_linger": _number(float, 0, defaults.FLUSH_LINGER_MAX),
+    "flush_wait": _flag,
     "redis_master_name": _text,
     "before_send": load_hook,
     "dry_run": _flag,

@@ -1,4 +1,9 @@
-"""``flush_buffer``: the Celery task that runs the flusher, and puts itself on beat."""
+"""``flush_buffer``: the Celery task that runs the flusher, and puts itself on beat.
+
+A run started while ``suprsend_flush_wait`` is on (the default) and a flush interval is
+set stays on duty for about one interval (``pipeline.duty``), waiting on Redis for new
+records; a warm shutdown of the worker (``worker_shutting_down``) ends its wait at once.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.signals import worker_init, worker_shutting_down
 
 from .. import defaults
 from ..defaults import FLUSH_TASK
 from ..exceptions import ConfigurationError
+from ..pipeline.duty import DutyPlan, shutdown
 from ..pipeline.runtime import get_flusher
+from ..pipeline.settings import Settings, get_settings
 from .beat import schedule_on_bind
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "FailureSummary",
     "FlushBufferTask",
     "before_run",
+    "duty_plan",
     "failures_of",
     "flush_buffer",
 ]
@@ -46,6 +55,44 @@ class FlushBufferTask(Task):  # type: ignore[misc]
         """Celery's documented hook, called as it binds this task to an app (at
         finalize, or at import for an app finalized before): schedule ourselves."""
         schedule_on_bind(app)
+
+    @staticmethod
+    def worker_stopping() -> bool:
+        """Whether this process's worker is stopping. ``worker_shutting_down`` tells the
+        real worker's main process at once; ``celery.worker.state`` (its module-level
+        flags, Celery 5) also covers an embedded worker (``celery.contrib.testing``),
+        which stops by setting ``should_terminate`` without that signal."""
+        from celery.worker import state
+
+        return shutdown.requested or any(
+            getattr(state, flag, None) is not None for flag in ("should_stop", "should_terminate")
+        )
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _on_worker_shutting_down(**_: Any) -> None:
+    """A warm (or cold) shutdown: runs on duty in this process stop waiting now."""
+    shutdown.request()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _on_worker_init(**_: Any) -> None:
+    shutdown.clear()
+
+
+def duty_plan(settings: Settings, time_budget: float) -> DutyPlan | None:
+    """How long a run stays on duty: one flush interval plus a handover, within its
+    time budget; None (drain and end) with ``suprsend_flush_wait`` off or no interval."""
+    interval = settings.flush_interval
+    if not settings.flush_wait or interval <= 0:
+        return None
+    seconds = min(time_budget, interval + min(defaults.DUTY_HANDOVER, interval))
+    return DutyPlan(
+        seconds,
+        linger=settings.flush_linger,
+        stopping=FlushBufferTask.worker_stopping,
+        stopped=shutdown.future(),
+    )
 
 
 class FailureSummary:
@@ -124,18 +171,19 @@ def flush_buffer(
 
     Returns ``{"sent", "retry_scheduled", "dead_lettered", "remaining", "seconds"}``.
     A Redis failure fails the run (the next one resumes): whatever this run had
-    claimed but not settled returns to the buffer when its lease runs out.
+    claimed but not settled returns to the buffer when its lease runs out. With a
+    flush interval set, the run stays on duty (``duty_plan``) unless ``max_batches``
+    limits it.
     """
     for hook in before_run:
         try:
             hook(self.app)
         except Exception:  # a hook's failure must not stop the buffer's drain
             logger.exception("flush_buffer: %s failed; draining the buffer anyway", hook)
+    budget = time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET
     try:
-        report = get_flusher(self.app).run(
-            time_budget if time_budget is not None else defaults.FLUSH_TIME_BUDGET,
-            max_batches=max_batches,
-        )
+        plan = None if max_batches is not None else duty_plan(get_settings(self.app), budget)
+        report = get_flusher(self.app).run(budget, max_batches=max_batches, duty=plan)
     except (redis.RedisError, ConfigurationError) as exc:
         failures_of(self.app).failed(exc)
         raise

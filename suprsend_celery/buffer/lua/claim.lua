@@ -1,7 +1,10 @@
 -- Called only through scripts.claim_call(); prelude: now, unpack, gate.
 -- Return expired claims and due retries to pending, consult the breaker, then move up
 -- to `count` records into a new claim. Returns {mode, wait, record...}: mode 'ok' |
--- 'probe' | 'open' (wait = seconds until the next probe). A sharded buffer passes
+-- 'probe' | 'open' (wait = seconds until the next probe) | 'short' (some records
+-- wait, but fewer than `fill`, so none were taken: a run lingers for a batch to fill;
+-- fill 0 takes any). With no record, wait is the seconds until the next retry or lease is due (-1:
+-- none), which bounds how long a flush run on duty blocks. A sharded buffer passes
 -- use_breaker = '0': it consults its one breaker (on shard 0) first, with GATE.
 -- Idempotent per claim id: redis-py re-sends a command after a connection error or a
 -- timeout, and a second run must hand back the same records rather than take more
@@ -17,6 +20,7 @@ local expired_limit = tonumber(ARGV[6])
 local due_limit = tonumber(ARGV[7])
 local probe_records = tonumber(ARGV[8])
 local use_breaker = ARGV[9] == '1'
+local fill = tonumber(ARGV[10])
 
 if redis.call('TYPE', claim).ok == 'list' then
     local out = {'ok', '0'}
@@ -39,6 +43,22 @@ for i = 1, #due, UNPACK_MAX do
     redis.call('RPUSH', pending, unpack(due, i, last))
     redis.call('ZREM', retry, unpack(due, i, last))
 end
+-- seconds until the first retry or lease falls due here (-1: none)
+local function next_due()
+    local due_at
+    for _, key in ipairs({retry, claims}) do
+        local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+        if first[2] and (not due_at or tonumber(first[2]) < due_at) then
+            due_at = tonumber(first[2])
+        end
+    end
+    if not due_at then return '-1' end
+    return tostring(math.max(0, due_at - now))
+end
+if fill > 0 then
+    local waiting = redis.call('LLEN', pending)
+    if waiting > 0 and waiting < fill then return {'short', '0'} end
+end
 local mode = 'ok'
 if use_breaker then
     local wait
@@ -49,7 +69,7 @@ end
 local items = redis.call('LPOP', pending, count)
 if not items then
     if mode == 'probe' then redis.call('HSET', breaker, 'state', 'open', 'until', now) end
-    return {mode, '0'}
+    return {mode, next_due()}
 end
 redis.call('RPUSH', claim, unpack(items))
 redis.call('ZADD', claims, now + lease, claim_id)

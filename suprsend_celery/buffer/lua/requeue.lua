@@ -1,9 +1,9 @@
--- Called only through scripts.requeue_call().
+-- Called only through scripts.requeue_call(); prelude: wake.
 -- Move dead letters back to pending, attempts reset (the record part of each entry):
 -- the given entries, or with no ARGV every letter. An entry whose record part is not a
 -- record (no header line, an empty or damaged record) stays where it is, in its place,
--- so nothing is lost. Returns {moved, kept}.
-local dead, pending = KEYS[1], KEYS[2]
+-- so nothing is lost. A waiting flush run is woken when any moved. Returns {moved, kept}.
+local dead, pending, wake_key = KEYS[1], KEYS[2], KEYS[3]
 local first_entry = 1
 
 local moved, kept = 0, {}
@@ -24,6 +24,7 @@ if #ARGV >= first_entry then
             moved = moved + 1
         end
     end
+    if moved > 0 then wake(wake_key) end
     return {moved, #kept}
 end
 while true do
@@ -39,4 +40,5 @@ while true do
 end
 -- popped oldest first: pushing each on the head again restores newest first
 for _, entry in ipairs(kept) do redis.call('LPUSH', dead, entry) end
+if moved > 0 then wake(wake_key) end
 return {moved, #kept}

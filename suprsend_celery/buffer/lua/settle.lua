@@ -1,14 +1,15 @@
--- Called only through scripts.settle_call(); prelude: now, count.
+-- Called only through scripts.settle_call(); prelude: now, count, wake.
 -- Finish a claim in one step: drop its records, schedule retries, dead-letter, return
--- records to pending untouched, feed the breaker, count the outcomes (metrics).
+-- records to pending untouched (waking a waiting flush run), feed the breaker, count
+-- the outcomes (metrics).
 -- Returns {status, change}: status -1 if the lease was lost (the records are already
 -- back in pending, counted as lease_expired by CLAIM), else 1; change is how this call
 -- moved the breaker: 'opened' (closed -> open), 'closed' (open or half_open -> closed)
 -- or '' (a re-sent call answers ''), so exactly one flusher announces a transition. Either way the claim leaves a short-lived
 -- tombstone holding that answer, so a re-sent SETTLE (redis-py retries after a
 -- connection error) answers the same without feeding the breaker or counting twice.
-local claims, claim, inflight, retry, dead, pending, breaker_key, settled, metrics =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local claims, claim, inflight, retry, dead, pending, breaker_key, settled, metrics, wake_key =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local claim_id = ARGV[1]
 local n_retry = tonumber(ARGV[2])
 local n_dead = tonumber(ARGV[3])
@@ -97,6 +98,7 @@ for _ = 1, n_dead do
 end
 -- back goes to the head of pending in its original order
 for j = i + n_back - 1, i, -1 do redis.call('LPUSH', pending, ARGV[j]) end
+if n_back > 0 then wake(wake_key) end
 feed_breaker()
 local outcomes = {sent = claimed - n_retry - n_dead - n_back, retried = n_retry,
     dead_lettered = n_dead, returned = n_back}

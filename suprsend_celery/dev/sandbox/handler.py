@@ -247,6 +247,10 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 events = list(state.events)
             self._send_json(200, events)
+        elif route == "/_sandbox/processed" and method == "GET":
+            with state.lock:
+                stamps = list(state.processed_at)
+            self._send_json(200, [{"idempotency_key": k, "processed_at": t} for k, t in stamps])
         elif route == "/_sandbox/stats" and method == "GET":
             with state.lock:
                 stats = dict(state.counters)
@@ -272,7 +276,12 @@ class _Handler(BaseHTTPRequestHandler):
                 state.faults = plan
             logger.info("sandbox fault plan set: %d rules", len(plan.rules))
             self._send_json(200, {"status": "success", "faults": plan.to_dict()})
-        elif route in ("/_sandbox/events", "/_sandbox/stats", "/_sandbox/requests"):
+        elif route in (
+            "/_sandbox/events",
+            "/_sandbox/processed",
+            "/_sandbox/stats",
+            "/_sandbox/requests",
+        ):
             self._send(405, json.dumps(error_body("use GET", "MethodNotAllowed")).encode())
         elif route in ("/_sandbox/reset", "/_sandbox/faults"):
             self._send(405, json.dumps(error_body("use POST", "MethodNotAllowed")).encode())

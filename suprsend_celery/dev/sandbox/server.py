@@ -11,6 +11,7 @@ Routes (event routes need a valid signature; ``/_sandbox/*`` control routes do n
     POST /v2/bulk/event/    list of <= 100      -> 207 {"records": [...]} in request order
     POST /event/            legacy single route -> 202
     GET  /_sandbox/events   processed events, in arrival order
+    GET  /_sandbox/processed  [{"idempotency_key", "processed_at"}]: when each was processed
     GET  /_sandbox/stats    counters (see ``Sandbox.stats``)
     GET  /_sandbox/requests the request log (see ``RequestRecord``)
     GET|POST|DELETE /_sandbox/faults   read, replace or clear the fault plan
@@ -191,6 +192,12 @@ class Sandbox:
         """Processed events (first-time, valid records), in arrival order."""
         with self._state.lock:
             return list(self._state.events)
+
+    def processed(self) -> dict[str | None, float]:
+        """When each processed event was processed (``time.time()``), by idempotency key
+        (``GET /_sandbox/processed``): accept-to-delivered latencies."""
+        with self._state.lock:
+            return dict(self._state.processed_at)
 
     def stats(self) -> dict[str, int]:
         """``requests`` (event routes), ``events_received``, ``events_processed``,

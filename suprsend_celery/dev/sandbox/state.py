@@ -11,6 +11,7 @@ import itertools
 import json
 import ssl
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -160,6 +161,9 @@ class State:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        #: ``(idempotency key, wall-clock time)`` of each processed event, as ``events``:
+        #: when it was processed, for accept-to-delivered latencies.
+        self.processed_at: deque[tuple[str | None, float]] = deque(maxlen=max_events)
         self.request_log: deque[RequestRecord] = deque(maxlen=max_requests_logged)
         self.seen_keys: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self.counters = dict.fromkeys(STATS_KEYS, 0)
@@ -172,6 +176,7 @@ class State:
     def reset(self) -> None:
         with self.lock:
             self.events.clear()
+            self.processed_at.clear()
             self.request_log.clear()
             self.seen_keys.clear()
             self.counters = dict.fromkeys(STATS_KEYS, 0)
@@ -219,6 +224,7 @@ class State:
         new_id = self.message_ids
         with self.lock:
             now = self.clock()  # under the lock, so keys are inserted in time order
+            wall = time.time()
             seen = self.seen_keys
             horizon = now - self.idempotency_ttl
             while seen and next(iter(seen.values()))[0] <= horizon:
@@ -257,6 +263,7 @@ class State:
                         continue
                     seen[idempotency_key] = (now, message_id)
                 self.events.append(record)
+                self.processed_at.append((idempotency_key, wall))
                 processed += 1
                 results.append({"status": "success", "status_code": 202, "message_id": message_id})
             counters = self.counters
