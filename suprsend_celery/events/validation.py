@@ -1,4 +1,5 @@
-"""The SPEC's input rules, one check per field, and how property values become JSON.
+"""The input rules for events (the README's Quick start states them), one check per
+field, and how property values become JSON.
 
 Pure: no I/O. Each ``check_*`` returns the normalised value or raises
 ``InvalidEventError`` naming the field and showing the bad value (never a property

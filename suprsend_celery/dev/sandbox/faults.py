@@ -425,11 +425,6 @@ class FaultPlan:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def applied(self, rule_index: int) -> int:
-        """How many requests rule ``rule_index`` has applied to so far."""
-        with self._lock:
-            return self._applied[rule_index]
-
     def decide(self, path: str, bulk: bool, events: Collection[object] = ()) -> FaultDecision:
         """Pick the delay and the outcome for one request to ``path`` (holding ``events``)."""
         if not self.rules:
