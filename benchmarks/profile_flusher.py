@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_flusher")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int)
     parser.add_argument("--cprofile", action="store_true", help="profile the last repeat")
     parser.add_argument(
         "--pure-python-parser",
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         sandbox = SandboxProcess(log=logdir / "sandbox.log")
         try:
             app = producer_app(server.url, sandbox.url, "unused")
+            if args.concurrency:
+                app.conf.suprsend_flush_concurrency = args.concurrency
             flusher = get_flusher(app)
             if args.pure_python_parser:
                 from redis._parsers import _RESP2Parser

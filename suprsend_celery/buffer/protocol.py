@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
+from .concurrency_limit import SharedLimit
 from .dead_letter_list import Requeued
 from .journal import JournalHold
 from .queue import Claim
@@ -52,6 +53,10 @@ class Buffer(Protocol):
 
     def recover_journal(self, limit: int = ...) -> int:
         """Move direct-path records whose task went silent to pending; how many."""
+
+    @property
+    def concurrency_limit(self) -> SharedLimit:
+        """The requests in flight every flusher of this buffer shares (on shard 0)."""
 
     # -- the direct path (``tasks.direct``) ------------------------------------------
 

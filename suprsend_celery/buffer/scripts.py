@@ -25,6 +25,7 @@ from .keys import Keys
 
 __all__ = [
     "CLAIM",
+    "CONCURRENCY",
     "EXTEND",
     "FINISH_RUN",
     "GATE",
@@ -44,6 +45,7 @@ __all__ = [
     "Script",
     "Settled",
     "claim_call",
+    "concurrency_call",
     "extend_call",
     "finish_run_call",
     "gate_call",
@@ -201,10 +203,27 @@ RECOVER_JOURNAL = Script(
     preludes=("now",),
 )
 
+CONCURRENCY = Script(
+    "concurrency",
+    ("concurrency", "flushers"),
+    (
+        "flusher",
+        "delta",
+        "start",
+        "floor",
+        "ceiling",
+        "leaving",
+        "active_seconds",
+        "keep_seconds",
+    ),
+    preludes=("now",),
+)
+
 SCRIPTS = (
     PUSH,
     CLAIM,
     GATE,
+    CONCURRENCY,
     SETTLE,
     EXTEND,
     REQUEUE,
@@ -264,6 +283,33 @@ GateAction = Literal["enter", "empty"]
 
 def gate_call(k: Keys, action: GateAction, probe_lease: float) -> Call:
     return GATE.call({"breaker": k.breaker}, {"action": action, "probe_lease": probe_lease})
+
+
+def concurrency_call(
+    k: Keys,
+    flusher: str,
+    delta: float,
+    *,
+    start: float,
+    floor: float,
+    ceiling: float,
+    leaving: bool,
+    active_seconds: float,
+    keep_seconds: int,
+) -> Call:
+    """CONCURRENCY: merge one flusher's news into the shared limit (shard 0's keys)."""
+    keys = {"concurrency": k.concurrency, "flushers": k.flushers}
+    args = {
+        "flusher": flusher,
+        "delta": round(delta, 4),
+        "start": start,
+        "floor": floor,
+        "ceiling": ceiling,
+        "leaving": "1" if leaving else "0",
+        "active_seconds": active_seconds,
+        "keep_seconds": keep_seconds,
+    }
+    return CONCURRENCY.call(keys, args)
 
 
 class Breaker(NamedTuple):

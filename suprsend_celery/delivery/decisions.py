@@ -116,6 +116,8 @@ class ClaimOutcome:
     unsent_from: int | None = None
     #: The requests' status classes and durations, counted in Redis by the settle.
     tally: Tally = field(default_factory=Tally)
+    #: Seconds the requests took, summed: the adaptive concurrency's latency sample.
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

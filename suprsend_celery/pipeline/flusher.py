@@ -23,6 +23,11 @@ thread has its own HTTP session and keep-alive connection (the client's sessions
 per thread), so threads never wait for each other's connections. Threads cost little
 CPU here: the calling thread does what it did before, the pool threads do exactly the
 request a sequential flusher would have done, and the hand-off is one future per batch.
+
+With a ``concurrency_max``, the window of claims in flight is no longer fixed: it comes
+from ``concurrency.SharedConcurrency`` (``concurrency`` is where it starts), adapted to
+the API's latency and refusals and shared with the buffer's other flushers; each
+settled claim feeds it a sample.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from ..delivery.decisions import Batch, ClaimOutcome, Settlement, decide
 from ..delivery.retry import RetryPolicy, past_dedup_window
 from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
 from . import signals
+from .concurrency import ConcurrencyLimit, FixedConcurrency, SharedConcurrency
 
 __all__ = ["FlushReport", "Flusher"]
 
@@ -100,9 +106,10 @@ class _Run:
     """One run's limits and whether it may still claim."""
 
     def __init__(self, time_budget: float, max_batches: int | None, window: int) -> None:
-        #: Claims allowed in flight: the concurrency, or 1 after a request failed as a
-        #: whole until one succeeds again, so an outage costs the API no more requests
-        #: than the breaker's threshold (or those already out) before it opens.
+        #: Claims allowed in flight at most: the concurrency limit's window, or 1 after a
+        #: request failed as a whole until one succeeds again, so an outage costs the API
+        #: no more requests than the breaker's threshold (or those already out) before
+        #: it opens.
         self.window = window
         self.started = time.monotonic()
         self.deadline = self.started + time_budget
@@ -132,6 +139,7 @@ class Flusher:
         backoff_max: float = defaults.RETRY_BACKOFF_MAX,
         backoff_base: float = defaults.RETRY_BACKOFF_BASE,
         concurrency: int = defaults.FLUSH_CONCURRENCY,
+        concurrency_max: int | None = None,
         lease: float | None = None,
     ) -> None:
         self.buffer = buffer
@@ -139,6 +147,13 @@ class Flusher:
         self.batch_size = max(1, min(batch_size, defaults.MAX_BULK_RECORDS))
         self.policy = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.concurrency = max(1, min(concurrency, defaults.FLUSH_CONCURRENCY_MAX))
+        #: Claims in flight: ``concurrency`` always, or adapted from it up to
+        #: ``concurrency_max`` and shared with the buffer's other flushers.
+        self.limiter: ConcurrencyLimit = (
+            FixedConcurrency(self.concurrency)
+            if concurrency_max is None
+            else SharedConcurrency(buffer.concurrency_limit, self.concurrency, concurrency_max)
+        )
         # A lease must outlast one request's worst case by a wide margin; crash tests
         # pass a short one so a killed flusher's records come back quickly.
         self.lease = lease or max(defaults.CLAIM_LEASE, 3 * sum(client.timeout))
@@ -157,7 +172,7 @@ class Flusher:
 
         Up to ``concurrency`` claims are in flight; each is settled as its requests end.
         """
-        run = _Run(time_budget, max_batches, self.concurrency)
+        run = _Run(time_budget, max_batches, self.limiter.ceiling)
         recovered = self.buffer.recover_journal()
         if recovered:
             logger.warning(
@@ -173,7 +188,9 @@ class Flusher:
                     break
                 done, _ = wait(in_flight, timeout=self.lease / 3, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self._settle(in_flight.pop(future), future.result(), run)
+                    entry, outcome = in_flight.pop(future), future.result()
+                    self.limiter.observe(outcome, len(in_flight) + 1)
+                    self._settle(entry, outcome, run)
                     if progress is not None:
                         progress(run.report)
                 self._renew(in_flight.values())
@@ -193,8 +210,8 @@ class Flusher:
     # -- the calling thread: claims, leases, settles -------------------------------------
 
     def _fill(self, in_flight: dict[Future[ClaimOutcome], _InFlight], run: _Run) -> None:
-        """Claim batches and start their requests until ``concurrency`` are in flight."""
-        while len(in_flight) < run.window and run.may_claim():
+        """Claim batches and start their requests until the window is in flight."""
+        while len(in_flight) < min(run.window, self.limiter.window()) and run.may_claim():
             if any(entry.claim.mode == "probe" for entry in in_flight.values()):
                 return  # the breaker's probe decides whether more may go
             claim = self.buffer.claim(self.batch_size, self.lease)
@@ -241,7 +258,7 @@ class Flusher:
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
         elif settlement.verdict:
-            run.window = 1 if settlement.verdict == "fail" else self.concurrency
+            run.window = 1 if settlement.verdict == "fail" else self.limiter.ceiling
         if not settled:
             logger.warning(
                 "lease of claim %s ran out before it was settled; its %d record(s) went back "
@@ -263,6 +280,7 @@ class Flusher:
         counts = Tally()
         counts.observe(FLUSH_SECONDS, report.seconds)
         report.remaining = self.buffer.finish_run(counts)  # also notes the run for `check`
+        self.limiter.leave()
         if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
             logger.info(
                 "flush: sent=%d retry_scheduled=%d dead_lettered=%d returned=%d "
@@ -285,7 +303,7 @@ class Flusher:
             with self._pool_lock:
                 if self._pool is None or self._pool_pid != os.getpid():
                     self._pool = ThreadPoolExecutor(
-                        self.concurrency, thread_name_prefix="suprsend-flush"
+                        self.limiter.ceiling, thread_name_prefix="suprsend-flush"
                     )
                     self._pool_pid = os.getpid()
                 pool = self._pool
@@ -313,10 +331,12 @@ class Flusher:
     def _send_chunk(self, offset: int, chunk: Sequence[bytes], outcome: ClaimOutcome) -> None:
         sent_at = time.monotonic()
         response = self.client.post_bulk(chunk)
+        seconds = time.monotonic() - sent_at
         outcome.requests += 1
+        outcome.seconds += seconds
         error = response.request_error
         status = 200 if error is None else error.status_code  # None: no answer at all
-        outcome.tally.request("bulk", status, time.monotonic() - sent_at)
+        outcome.tally.request("bulk", status, seconds)
         if error is None:
             outcome.answered = True
             for index, record_error in response.failures or ():
