@@ -139,9 +139,10 @@ FLUSH_CONCURRENCY_ADAPTIVE = True
 """Whether flushers adapt their requests in flight to the API's latency and refusals
 (``suprsend_flush_concurrency_adaptive``)."""
 
-CONCURRENCY_SYNC_SECONDS = 0.1
+CONCURRENCY_SYNC_SECONDS = 0.05
 """How often a flusher merges what it learned into the buffer's shared limit (and
-reads what the others learned): one small script, ten times a second at most."""
+reads what the others learned): one small script, twenty times a second at most, so
+flushers hear of another's refusal within a round trip of a fast API."""
 
 CONCURRENCY_ACTIVE_SECONDS = 2.0
 """A flusher that has not merged for this long no longer counts as sharing the limit

@@ -35,6 +35,7 @@ class MemoryStore:
         self.clock = clock
         self.active = active
         self.limit: float | None = None
+        self.refused: float | None = None
         self.seen: dict[str, float] = {}
         self.merges = 0
 
@@ -43,6 +44,7 @@ class MemoryStore:
         flusher: str,
         delta: float,
         *,
+        refused: float | None = None,
         start: float,
         floor: float,
         ceiling: float,
@@ -52,6 +54,8 @@ class MemoryStore:
         now = self.clock()
         limit = start if self.limit is None else self.limit
         self.limit = min(ceiling, max(floor, limit + delta))
+        if refused is not None:
+            self.refused = refused or None
         self.seen = {f: t for f, t in self.seen.items() if t > now - self.active}
         if leaving:
             self.seen.pop(flusher, None)
@@ -59,7 +63,7 @@ class MemoryStore:
             self.seen[flusher] = now
         ranked = sorted(self.seen)
         rank = ranked.index(flusher) if flusher in ranked else 0
-        return SharedReading(self.limit, max(1, len(ranked)), rank)
+        return SharedReading(self.limit, max(1, len(ranked)), rank, self.refused)
 
 
 class Server:
@@ -162,7 +166,7 @@ def simulate(
         due, _, index, sent, status = heapq.heappop(events)
         clock.now = due
         flusher = flushers[index]
-        outcome = ClaimOutcome(requests=1, seconds=due - sent, answered=status < 400)
+        outcome = ClaimOutcome(requests=1, seconds=due - sent, started=sent, answered=status < 400)
         if status >= 400:
             outcome.request_error = TransientDeliveryError(f"HTTP {status}", status_code=status)
             run.refused += 1

@@ -172,9 +172,7 @@ class TestModelServers:
     """Flushers against model APIs, 30 simulated seconds in a fraction of a real one."""
 
     @pytest.mark.parametrize("latency", [0.05, 0.1, 0.25])
-    def test_a_fixed_latency_reaches_the_ceiling_in_a_few_round_trips(
-        self, latency: float
-    ) -> None:
+    def test_a_fixed_latency_reaches_the_ceiling_in_a_few_round_trips(self, latency: float) -> None:
         clock = Clock()
         store = MemoryStore(clock)
         run = simulate(FixedLatency(latency), flushers(1, clock, store), clock, 10, store)
@@ -206,7 +204,8 @@ class TestModelServers:
         requests per round trip, the limit near N."""
         clock = Clock()
         store = MemoryStore(clock)
-        run = simulate(ConcurrencyCap(cap, latency), flushers(count, clock, store), clock, 30, store)
+        server = ConcurrencyCap(cap, latency)
+        run = simulate(server, flushers(count, clock, store), clock, 30, store)
         total, refused = run.after(3)
         assert refused / total < 0.05, (refused, total)
         assert run.rate(3, 30) >= 0.85 * cap / latency
@@ -222,8 +221,8 @@ class TestSharedLimit:
         bounds = {"start": 8, "floor": 1, "ceiling": 64}
         assert shared.merge("a", 0, **bounds).limit == 8
         assert shared.merge("b", 4.5, **bounds).limit == 12.5
-        assert shared.merge("a", -2, **bounds) == (10.5, 2, 0)
-        assert shared.merge("b", 100, **bounds) == (64, 2, 1)
+        assert shared.merge("a", -2, **bounds) == (10.5, 2, 0, None)
+        assert shared.merge("b", 100, **bounds) == (64, 2, 1, None)
         assert shared.merge("a", -1000, **bounds).limit == 1
         reading = shared.read()
         assert reading is not None and (reading.limit, reading.flushers) == (1, 2)
@@ -234,7 +233,14 @@ class TestSharedLimit:
         shared.merge("a", 0, **bounds)
         shared.merge("b", 0, **bounds)
         assert shared.merge("b", 0, leaving=True, **bounds).flushers == 1
-        assert shared.merge("a", 0, **bounds) == (8, 1, 0)
+        assert shared.merge("a", 0, **bounds) == (8, 1, 0, None)
+
+    def test_where_the_api_refused_is_shared_until_cleared(self, redis_client: Any) -> None:
+        shared = RedisBuffer(redis_client, prefix="cl4").concurrency_limit
+        bounds = {"start": 8, "floor": 1, "ceiling": 64}
+        assert shared.merge("a", -2, refused=11, **bounds).refused == 11
+        assert shared.merge("b", 0, **bounds).refused == 11  # no news keeps it
+        assert shared.merge("b", 0, refused=0, **bounds).refused is None
 
     def test_kept_an_hour_beside_the_breaker(self, redis_client: Any) -> None:
         """Shard 0's hash tag; forgotten an hour after the last merge; cleared with

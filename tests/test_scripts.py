@@ -146,6 +146,7 @@ def _calls() -> dict[str, Labelled]:
                 K,
                 "f1",
                 -2.5,
+                refused=11.0,
                 start=8,
                 floor=1,
                 ceiling=64,
@@ -157,6 +158,7 @@ def _calls() -> dict[str, Labelled]:
             {
                 "flusher": "f1",
                 "delta": -2.5,
+                "refused": 11.0,
                 "start": 8,
                 "floor": 1,
                 "ceiling": 64,

@@ -1,12 +1,13 @@
 """The buffer's shared concurrency limit: requests in flight for every flusher together.
 
 One HASH in shard 0's hash tag, beside the breaker (``{p}:concurrency``: ``limit``,
-``flushers``, ``updated_at``), and a ZSET of the flushers that merged lately
-(``{p}:flushers``: id → Redis time). Each flusher adds what it learned since its last
-merge (``pipeline.concurrency``) with one script, CONCURRENCY, a few times a second, and
-reads back the merged limit, how many flushers share it and its rank among them, so
-each takes its share. Both keys expire an hour after the last merge: the next flusher
-then starts from ``suprsend_flush_concurrency`` again.
+``refused`` (where the API last refused, if it did lately), ``flushers``,
+``updated_at``), and a ZSET of the flushers that merged lately (``{p}:flushers``: id →
+Redis time). Each flusher adds what it learned since its last merge
+(``pipeline.concurrency``) with one script, CONCURRENCY, twenty times a second at most,
+and reads back the merged limit, where the API refused, how many flushers share it and
+its rank among them, so each takes its share. Both keys expire an hour after the last
+merge: the next flusher then starts from ``suprsend_flush_concurrency`` again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class SharedReading(NamedTuple):
     flushers: int
     #: This flusher's rank among them, by id (0-based): who takes the remainder.
     rank: int
+    #: The limit the API last refused (the flushers grow past it slowly), if any.
+    refused: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +69,20 @@ class SharedLimit:
         flusher: str,
         delta: float,
         *,
+        refused: float | None = None,
         start: float,
         floor: float,
         ceiling: float,
         leaving: bool = False,
     ) -> SharedReading:
         """Add ``delta`` to the limit (``start`` when there is none), clamped to
-        ``[floor, ceiling]``; note ``flusher`` as active, or gone when ``leaving``."""
+        ``[floor, ceiling]``; note where the API refused (``refused``: 0 for nowhere any
+        more, None for no news); note ``flusher`` as active, or gone when ``leaving``."""
         keys, args = concurrency_call(
             self.keys,
             flusher,
             delta,
+            refused=refused,
             start=start,
             floor=floor,
             ceiling=ceiling,
@@ -84,8 +90,10 @@ class SharedLimit:
             active_seconds=defaults.CONCURRENCY_ACTIVE_SECONDS,
             keep_seconds=defaults.CONCURRENCY_KEEP_SECONDS,
         )
-        limit, flushers, rank = self._merge(keys=keys, args=args)
-        return SharedReading(float(limit), int(flushers), int(rank))
+        limit, flushers, rank, refused_at = self._merge(keys=keys, args=args)
+        return SharedReading(
+            float(limit), int(flushers), int(rank), float(refused_at) if refused_at else None
+        )
 
     def read(self) -> ConcurrencyReading | None:
         """The limit now (None: no flusher adapted within the last hour)."""

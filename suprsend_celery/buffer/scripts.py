@@ -209,6 +209,7 @@ CONCURRENCY = Script(
     (
         "flusher",
         "delta",
+        "refused",
         "start",
         "floor",
         "ceiling",
@@ -290,6 +291,7 @@ def concurrency_call(
     flusher: str,
     delta: float,
     *,
+    refused: float | None = None,
     start: float,
     floor: float,
     ceiling: float,
@@ -297,11 +299,13 @@ def concurrency_call(
     active_seconds: float,
     keep_seconds: int,
 ) -> Call:
-    """CONCURRENCY: merge one flusher's news into the shared limit (shard 0's keys)."""
+    """CONCURRENCY: merge one flusher's news into the shared limit (shard 0's keys);
+    ``refused``: where the API refused (0: nowhere any more; None: no news)."""
     keys = {"concurrency": k.concurrency, "flushers": k.flushers}
     args = {
         "flusher": flusher,
         "delta": round(delta, 4),
+        "refused": "" if refused is None else refused,
         "start": start,
         "floor": floor,
         "ceiling": ceiling,

@@ -15,7 +15,8 @@ rules live here, where tests drive them without Redis or HTTP:
   as a whole, a lease lost between requests) go back to the buffer untouched: no
   attempt counted, never dead-lettered;
 - the breaker hears ``auth`` (credentials refused), ``fail`` (a request failed as a
-  whole), ``ok`` (SuprSend answered), or nothing.
+  whole, but for a 429 the adaptive concurrency limit answered by slowing down:
+  ``throttled``), ``ok`` (SuprSend answered), or nothing.
 
 The direct path: ``decide_direct(error, attempt, policy)`` turns how one ``track_event``
 run's request went into a ``DirectDecision`` (``tasks.attempt`` carries it out):
@@ -116,8 +117,14 @@ class ClaimOutcome:
     unsent_from: int | None = None
     #: The requests' status classes and durations, counted in Redis by the settle.
     tally: Tally = field(default_factory=Tally)
-    #: Seconds the requests took, summed: the adaptive concurrency's latency sample.
+    #: Seconds the requests took, summed: the adaptive concurrency's latency sample;
+    #: and when the first was sent (``time.monotonic``), to tell a refusal of a request
+    #: sent before the limit's last cut from a new one.
     seconds: float = 0.0
+    started: float = 0.0
+    #: A 429 without ``Retry-After`` that the adaptive concurrency limit took as its
+    #: signal to slow down (it was above its floor): the breaker does not count it too.
+    throttled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +224,9 @@ def _judge(outcome: ClaimOutcome, settlement: Settlement) -> None:
         settlement.verdict = "auth"
         settlement.reason = str(outcome.auth_error)[:_REASON_LIMIT]
     elif outcome.request_error is not None:
-        settlement.verdict = "fail"
+        # A throttled 429 is the API asking for fewer requests at once, which the
+        # adaptive limit gives it: not a failing API (its records are retried all the same).
+        settlement.verdict = "" if outcome.throttled else "fail"
         settlement.open_for = outcome.request_error.retry_after or 0.0
         settlement.reason = str(outcome.request_error)[:_REASON_LIMIT]
     elif outcome.answered:

@@ -25,11 +25,14 @@ it):
   buffer ran dry) says nothing about more, so it does not grow the limit.
 
 ``Retry-After`` and the circuit breaker stay above all this: the flusher's claims stop
-while the breaker is open, whatever the limit says.
+while the breaker is open, whatever the limit says. A 429 *without* ``Retry-After`` is
+the API asking for fewer requests at once, which the limit gives it, so the breaker
+does not count it as a failure (``ClaimOutcome.throttled``) unless the limit is already
+at its floor; 5xx and unanswered requests count for both.
 
 The limit belongs to the buffer, not to one flusher: ``SharedConcurrency`` merges what
-each flusher learned into one figure in Redis (``buffer.concurrency_limit``) ten times
-a second, and gives each flusher its share of it, so N workers together keep about
+each flusher learned into one figure in Redis (``buffer.concurrency_limit``) twenty
+times a second, and gives each flusher its share of it, so N workers together keep about
 ``limit`` requests in flight and do not overrun the API. ``FixedConcurrency`` is the
 same interface with adaptation off (``suprsend_flush_concurrency_adaptive``).
 
@@ -95,6 +98,8 @@ class Sample:
 
     rtt: float
     signal: Signal
+    #: When its first request was sent (``time.monotonic``; 0: not known).
+    sent: float = 0.0
 
 
 def sample_of(outcome: ClaimOutcome) -> Sample | None:
@@ -105,10 +110,10 @@ def sample_of(outcome: ClaimOutcome) -> Sample | None:
     rtt = outcome.seconds / outcome.requests
     error = outcome.request_error
     if error is None:
-        return Sample(rtt, "ok")
+        return Sample(rtt, "ok", outcome.started)
     if error.status_code is None or error.status_code in _DROP_STATUS or error.status_code >= 500:
-        return Sample(rtt, "drop")
-    return Sample(rtt, "ok")
+        return Sample(rtt, "drop", outcome.started)
+    return Sample(rtt, "ok", outcome.started)
 
 
 class GradientLimit:
@@ -147,10 +152,19 @@ class GradientLimit:
         """Take a limit learned elsewhere (the shared one), within floor and ceiling."""
         self.limit = min(self.ceiling, max(self.floor, float(limit)))
 
-    def sample(self, rtt: float, signal: Signal, *, now: float, limited: bool = False) -> None:
-        """Learn from one answer (``limited``: taken with under half the window in use)."""
+    def sample(
+        self,
+        rtt: float,
+        signal: Signal,
+        *,
+        now: float,
+        limited: bool = False,
+        sent: float | None = None,
+    ) -> None:
+        """Learn from one answer (``limited``: taken with under half the window in use;
+        ``sent``: when its request went out, else ``now - rtt``)."""
         if signal == "drop":
-            self._refused(rtt, now)
+            self._refused(now - rtt if sent is None else sent, now)
             return
         if rtt <= 0:
             return
@@ -183,18 +197,27 @@ class GradientLimit:
             grown = limit + 1.0 / limit
         self._set(grown if refused is None else min(grown, refused - 1.0))
 
-    def heard_refusal(self, limit: float) -> None:
-        """Another flusher cut the shared limit from about ``limit``: grow past that as
-        carefully as if this one had been refused there."""
-        self.slow_start = False
-        if self.refused_at is None or limit < self.refused_at:
-            self.refused_at = limit
+    def cap(self, limit: float) -> float:
+        """How far growth from ``limit`` may go in one step: up to one below the limit
+        that was refused, or anywhere when none was (or when already probing past it)."""
+        refused = self.refused_at
+        if refused is None or limit >= refused - 1.0:
+            return math.inf
+        return refused - 1.0
 
-    def _refused(self, rtt: float, now: float) -> None:
+    def heard_refusal(self, limit: float | None) -> None:
+        """Where the API refused, as the flushers sharing this limit know it (None:
+        nowhere lately): grow past it as carefully as if this one had been refused."""
+        self.refused_at = limit
+        if limit is not None:
+            self.slow_start = False
+
+    def _refused(self, sent: float, now: float) -> None:
         self.slow_start = False
-        if now - rtt < self._cut_at:
+        if sent < self._cut_at:
             return  # sent before the last cut: the same congestion, one cut is enough
-        self.refused_at = self.limit
+        # Windows are whole requests: at 11.9, 11 in flight were refused.
+        self.refused_at = float(max(1, math.floor(self.limit)))
         self._set(self.limit * BACKOFF)
         self._cut_at = now
 
@@ -238,7 +261,9 @@ class ConcurrencyLimit(Protocol):
         """Claims this flusher may have in flight now."""
 
     def observe(self, outcome: ClaimOutcome, in_flight: int) -> None:
-        """One settled claim (``in_flight``: this flusher's claims out, this one included)."""
+        """One claim whose requests ended, before its settle (``in_flight``: this
+        flusher's claims out, this one included). An adaptive limit marks a 429 it
+        answers by slowing down ``throttled``, so the breaker does not count it too."""
 
     def leave(self) -> None:
         """The run ended: stop counting this flusher in the shared limit."""
@@ -268,13 +293,15 @@ class LimitStore(Protocol):
         flusher: str,
         delta: float,
         *,
+        refused: float | None = None,
         start: float,
         floor: float,
         ceiling: float,
         leaving: bool = False,
     ) -> SharedReading:
         """Add ``delta`` to the shared limit (``start`` if there is none), clamped; note
-        this flusher as active (or gone); return the limit and this flusher's share."""
+        where the API refused (0: nowhere any more; None: no news) and this flusher as
+        active (or gone); return the limit, the refused one and this flusher's place."""
 
 
 class SharedConcurrency:
@@ -306,8 +333,8 @@ class SharedConcurrency:
         self.id = uuid.uuid4().hex[:12]
         #: This flusher's own change to the limit since the last merge.
         self._news = 0.0
-        #: The shared limit as the last merge left it.
-        self._shared = self.gradient.limit
+        #: The refused limit as the last merge left it.
+        self._refused: float | None = None
         self._reading = SharedReading(self.gradient.limit, 1, 0)
         self._next_sync = -math.inf
 
@@ -329,15 +356,33 @@ class SharedConcurrency:
             return
         gradient, reading = self.gradient, self._reading
         before = gradient.limit
+        error = outcome.request_error
+        if (
+            error is not None
+            and error.status_code == 429
+            and not error.retry_after
+            and before > gradient.floor
+        ):
+            # The limit slows down for it; at its floor, the breaker takes over.
+            outcome.throttled = True
         share = share_of(before, reading.flushers, reading.rank)
         now = self.clock()
-        gradient.sample(sample.rtt, sample.signal, now=now, limited=in_flight * 2 < share)
+        gradient.sample(
+            sample.rtt,
+            sample.signal,
+            now=now,
+            limited=in_flight * 2 < share,
+            sent=sample.sent or None,
+        )
         change = gradient.limit - before
-        self._news += change
         if change > 0 and reading.flushers > 1:
             # This flusher sees 1/n of the answers, and the others are growing the limit
-            # alike: its view of the total grows n times its own news.
-            gradient.set_limit(before + change * reading.flushers)
+            # alike: its view of the total grows n times its own news, no further than
+            # one below a refused limit; its own share of that growth is its news.
+            flushers = reading.flushers
+            gradient.set_limit(min(before + change * flushers, gradient.cap(before)))
+            change = (gradient.limit - before) / flushers
+        self._news += change
         if gradient.limit < before * 0.9:
             self._next_sync = now  # a cut: tell the others at the next window
         elif self._next_sync == -math.inf:
@@ -348,10 +393,13 @@ class SharedConcurrency:
 
     def _sync(self, now: float, *, leaving: bool = False) -> None:
         delta = self._news
+        refused = self.gradient.refused_at
+        news = None if refused == self._refused else (refused or 0.0)
         try:
             reading = self.store.merge(
                 self.id,
                 delta,
+                refused=news,
                 start=self.start,
                 floor=self.gradient.floor,
                 ceiling=self.ceiling,
@@ -363,12 +411,9 @@ class SharedConcurrency:
             self._next_sync = now + self.sync_seconds
             return
         self._reading = reading
-        before = self.gradient.limit
-        others = reading.limit - self._shared - delta
-        if others < -max(1.0, 0.1 * before):
-            # The others' news since the last merge is a cut: one of them was refused.
-            self.gradient.heard_refusal(before)
+        # Where the API refused is the API's, not this flusher's: take the shared one.
+        self.gradient.heard_refusal(reading.refused)
+        self._refused = reading.refused
         self.gradient.set_limit(reading.limit)
-        self._shared = reading.limit
         self._news = 0.0
         self._next_sync = now + self.sync_seconds

@@ -332,6 +332,7 @@ class Flusher:
         sent_at = time.monotonic()
         response = self.client.post_bulk(chunk)
         seconds = time.monotonic() - sent_at
+        outcome.started = outcome.started or sent_at
         outcome.requests += 1
         outcome.seconds += seconds
         error = response.request_error

@@ -1,0 +1,199 @@
+"""The real flusher finding its speed against the sandbox's load models.
+
+Real Redis, the real sandbox as three kinds of API: one that answers after a fixed
+latency however many requests it gets (the limit grows to use it), one with a fixed
+capacity of requests a second beyond which answers queue and slow down (the limit
+settles near capacity times latency, and the API is kept busy), and one that answers
+429 beyond N requests at once (the limit settles near N, with few refusals). Two
+flushers share one limit. Every event arrives once. Batches of 10 records keep the
+sandbox's own work small.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from typing import Any
+
+import pytest
+from _buffer_helpers import EMPTY, processed_keys, redis_state
+from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
+
+from suprsend_celery import Event
+from suprsend_celery.buffer.redis_buffer import RedisBuffer
+from suprsend_celery.delivery.client import SuprsendClient
+from suprsend_celery.dev.sandbox import RequestRecord, Sandbox
+from suprsend_celery.pipeline.flusher import Flusher, FlushReport
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> SuprsendClient:
+    return SuprsendClient(WORKSPACE_KEY, WORKSPACE_SECRET, base_url=sandbox.url, timeout=5)
+
+
+def fill(buffer: RedisBuffer, client: SuprsendClient, count: int) -> list[str]:
+    accepted = [client.accept(Event(f"user-{i}", "order_placed", {"n": i})) for i in range(count)]
+    buffer.push([a.payload for a in accepted])
+    return [a.idempotency_key for a in accepted]
+
+
+def adaptive(buffer: RedisBuffer, client: SuprsendClient) -> Flusher:
+    """A flusher as the settings make it (start 8, ceiling 64), with quick retries."""
+    return Flusher(
+        buffer,
+        client,
+        batch_size=10,
+        concurrency=8,
+        concurrency_max=64,
+        backoff_base=0.05,
+        backoff_max=0.5,
+    )
+
+
+def drain(flushers: list[Flusher], buffer: RedisBuffer, seconds: float = 60) -> list[FlushReport]:
+    """Run the flushers side by side until nothing is left to send (retries included)."""
+    reports: list[FlushReport] = []
+
+    def one(flusher: Flusher) -> None:
+        while buffer.remaining():
+            reports.append(flusher.run(seconds))
+
+    threads = [threading.Thread(target=one, args=(f,)) for f in flushers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    assert buffer.remaining() == 0
+    return reports
+
+
+def after(log: list[RequestRecord], seconds: float) -> list[RequestRecord]:
+    """The requests that arrived ``seconds`` or more after the first one."""
+    start = log[0].received_at
+    return [r for r in log if r.received_at >= start + seconds]
+
+
+def rate(log: list[RequestRecord]) -> float:
+    """Requests answered 2xx per second over the span of ``log``."""
+    ok = [r for r in log if r.status is not None and r.status < 300]
+    return len(ok) / (log[-1].received_at - log[0].received_at)
+
+
+def limit_of(buffer: RedisBuffer) -> float:
+    reading = buffer.concurrency_limit.read()
+    assert reading is not None
+    return reading.limit
+
+
+def test_at_a_fixed_latency_the_limit_grows_past_the_start(
+    redis_client: Any, sandbox: Sandbox, client: SuprsendClient
+) -> None:
+    """100 ms per answer whatever the load: from 8 in flight to 32 and more within a
+    few round trips, every event once."""
+    buffer = RedisBuffer(redis_client, prefix="grow")
+    keys = fill(buffer, client, 5000)
+    sandbox.set_faults([{"delay": 0.1}])
+    drain([adaptive(buffer, client)], buffer)
+    assert sandbox.stats()["max_concurrent_requests"] >= 32
+    assert limit_of(buffer) >= 32
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+
+
+@pytest.mark.slow
+def test_a_server_at_capacity_is_kept_busy_without_a_queue(
+    redis_client: Any, sandbox: Sandbox, client: SuprsendClient
+) -> None:
+    """100 requests a second at 50 ms, beyond which answers queue: after the first
+    second it delivers at 80% of the capacity or more, answers stay near their own
+    latency (a fixed 64 in flight would wait 0.6 s each), and the limit settles near
+    the capacity times the latency (6), not at the ceiling."""
+    buffer = RedisBuffer(redis_client, prefix="capacity")
+    keys = fill(buffer, client, 3500)
+    sandbox.set_faults({"capacity": 100, "rules": [{"delay": 0.05}]})
+    drain([adaptive(buffer, client)], buffer)
+    log = after(sandbox.requests(), 1.0)
+    assert rate(log) >= 80, f"{rate(log):.0f} requests/s"
+    assert statistics.median(r.duration for r in log) < 0.25
+    assert 6 <= limit_of(buffer) <= 30
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+    assert sandbox.stats()["duplicates_skipped"] == 0
+    assert redis_state(buffer) == EMPTY
+
+
+@pytest.mark.slow
+def test_a_server_refusing_beyond_n_at_once_sees_few_429s(
+    redis_client: Any, sandbox: Sandbox, client: SuprsendClient
+) -> None:
+    """429 beyond 8 requests at once (no Retry-After): after the first second under
+    5% of requests are refused, the limit settles near 8, every event arrives once
+    (the refused ones after their retry) and none twice."""
+    buffer = RedisBuffer(redis_client, prefix="cap8")
+    keys = fill(buffer, client, 3000)
+    sandbox.set_faults({"max_concurrent": 8, "rules": [{"delay": 0.05}]})
+    drain([adaptive(buffer, client)], buffer)
+    log = after(sandbox.requests(), 1.0)
+    refused = sum(1 for r in log if r.status == 429)
+    assert refused / len(log) < 0.05, f"{refused} of {len(log)} refused"
+    assert 5 <= limit_of(buffer) <= 11
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+    assert sandbox.stats()["duplicates_skipped"] == 0
+    assert redis_state(buffer) == EMPTY
+
+
+@pytest.mark.slow
+def test_two_flushers_share_one_limit(
+    redis_client: Any, sandbox: Sandbox, client: SuprsendClient
+) -> None:
+    """Two flushers against a server refusing beyond 10 at once: the shared limit
+    counts them both and settles near 10 for the two together (not 10 each); under 5%
+    refused after the first second; every event once."""
+    buffer = RedisBuffer(redis_client, prefix="two")
+    keys = fill(buffer, client, 4000)
+    sandbox.set_faults({"max_concurrent": 10, "rules": [{"delay": 0.05}]})
+    flushers = [adaptive(buffer, client), adaptive(buffer, client)]
+    sharing: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            reading = buffer.concurrency_limit.read()
+            if reading is not None:
+                sharing.append(reading.flushers)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        reports = drain(flushers, buffer)
+    finally:
+        done.set()
+        watcher.join()
+    assert 2 in sharing, sharing
+    log = after(sandbox.requests(), 1.0)
+    refused = sum(1 for r in log if r.status == 429)
+    assert refused / len(log) < 0.05, f"{refused} of {len(log)} refused"
+    assert 6 <= limit_of(buffer) <= 13
+    assert min(sum(r.sent for r in reports[i::2]) for i in range(2)) > 0
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+    assert sandbox.stats()["duplicates_skipped"] == 0
+
+
+def test_retry_after_still_wins(
+    redis_client: Any, sandbox: Sandbox, client: SuprsendClient
+) -> None:
+    """A 429 with Retry-After opens the breaker: whatever the limit says, no request
+    goes out during the pause."""
+    buffer = RedisBuffer(redis_client, prefix="ra")
+    keys = fill(buffer, client, 600)
+    sandbox.set_faults(
+        [{"delay": 0.05}, {"status": 429, "retry_after": "1", "after": 12, "count": 1}]
+    )
+    flusher = adaptive(buffer, client)
+    assert flusher.run(10).breaker == "open"
+    opened_at, until = (
+        float(v or 0) for v in redis_client.hmget(buffer.keys.breaker, "opened_at", "until")
+    )
+    wait_for(lambda: flusher.run(10).remaining == 0, timeout=30, interval=0.1)
+    log = sandbox.requests()
+    late = [r for r in log if opened_at + 0.2 < r.received_at < until - 0.05]
+    assert late == [], f"{len(late)} request(s) sent during the Retry-After pause"
+    assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
