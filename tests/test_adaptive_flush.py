@@ -11,19 +11,25 @@ sandbox's own work small.
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from _buffer_helpers import EMPTY, processed_keys, redis_state
+from celery import Celery
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 
-from suprsend_celery import Event
+from suprsend_celery import ConfigurationError, Event, buffer_events
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.delivery.client import SuprsendClient
 from suprsend_celery.dev.sandbox import RequestRecord, Sandbox
+from suprsend_celery.pipeline.concurrency import FixedConcurrency, SharedConcurrency
 from suprsend_celery.pipeline.flusher import Flusher, FlushReport
+from suprsend_celery.pipeline.runtime import get_flusher
+from suprsend_celery.pipeline.settings import get_settings
 
 
 @pytest.fixture
@@ -197,3 +203,63 @@ def test_retry_after_still_wins(
     late = [r for r in log if opened_at + 0.2 < r.received_at < until - 0.05]
     assert late == [], f"{len(late)} request(s) sent during the Retry-After pause"
     assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+
+
+class TestShown:
+    """The limit in ``status`` and the exporter; the settings that shape it."""
+
+    def test_status_and_exporter_show_the_limit(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """Before any flusher adapted: none (the table says where one starts); after a
+        flush run: the limit, and no flusher sharing it now that the run has ended."""
+        from _metrics_helpers import scrape_wsgi, value
+        from click.testing import CliRunner
+
+        from suprsend_celery.ops.cli import cli
+        from suprsend_celery.ops.exporter import wsgi_app
+
+        app = app_factory()
+        buffer_events([Event(f"u{i}", "signed_up") for i in range(3000)], app=app)
+        before = json.loads(CliRunner().invoke(cli, ["status", "--json"], obj=app).stdout)
+        assert (before["concurrency_limit"], before["concurrency_flushers"]) == (None, 0)
+        table = CliRunner().invoke(cli, ["status"], obj=app).stdout
+        assert "flushers start at suprsend_flush_concurrency" in table
+        assert value(scrape_wsgi(wsgi_app(app)), "suprsend_celery_flush_concurrency_limit") == 0
+
+        sandbox.set_faults([{"delay": 0.02}])
+        assert get_flusher(app).run(10).sent == 3000
+        after = json.loads(CliRunner().invoke(cli, ["status", "--json"], obj=app).stdout)
+        assert 8 < after["concurrency_limit"] <= 64
+        assert after["concurrency_flushers"] == 0  # the run ended and said so
+        assert (
+            "requests in flight (no flusher now)"
+            in CliRunner().invoke(cli, ["status"], obj=app).stdout
+        )
+        samples = scrape_wsgi(wsgi_app(app))
+        limit = value(samples, "suprsend_celery_flush_concurrency_limit")
+        assert limit == after["concurrency_limit"]
+        assert value(samples, "suprsend_celery_flush_concurrency_flushers") == 0
+
+    def test_the_settings_reach_the_flusher(self, app_factory: Callable[..., Celery]) -> None:
+        """Adaptive by default, from suprsend_flush_concurrency up to the max; fixed
+        when adaptation is off."""
+        flusher = get_flusher(app_factory(suprsend_flush_concurrency_max=32))
+        assert isinstance(flusher.limiter, SharedConcurrency)
+        assert (flusher.limiter.start, flusher.limiter.ceiling) == (8, 32)
+        fixed = get_flusher(
+            app_factory(suprsend_flush_concurrency=3, suprsend_flush_concurrency_adaptive=False)
+        )
+        assert isinstance(fixed.limiter, FixedConcurrency)
+        assert fixed.limiter.window() == 3
+
+    def test_a_start_above_the_max_is_refused(self, app_factory: Callable[..., Celery]) -> None:
+        app = app_factory(suprsend_flush_concurrency=40, suprsend_flush_concurrency_max=16)
+        with pytest.raises(ConfigurationError, match="suprsend_flush_concurrency_max"):
+            get_settings(app)
+        fixed = app_factory(
+            suprsend_flush_concurrency=40,
+            suprsend_flush_concurrency_max=16,
+            suprsend_flush_concurrency_adaptive="false",
+        )
+        assert get_settings(fixed).flush_concurrency == 40
