@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import api_latency, latency, memory, report, throughput
+from benchmarks import api_latency, latency, memory, report, saturation, throughput
 from benchmarks.common import REPO, SandboxProcess, log, stop_all
 from suprsend_celery.dev.redis_server import RedisServer
 
-SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency")
+SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency", "saturation")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                     delays=args.delays
                     or (api_latency.DELAYS[:3:2] if quick else api_latency.DELAYS),
                     scale=0.25 if quick else 1.0,
+                )
+            if "saturation" in selected:
+                log("scenario 6: an API at its limit")
+                results["saturation"] = saturation.run(
+                    redis_url, sandbox, logdir, scale=0.25 if quick else 1.0
                 )
             if "scaling" in selected:
                 n = args.events * 2

@@ -87,9 +87,12 @@ def flushers(
     prefilled: bool = False,
     sample_rss: bool = False,
     concurrency: int | None = None,
+    fixed: bool = False,
+    drain: bool = False,
 ) -> dict[str, Any]:
     """Drain ``events`` buffered events with ``processes`` flusher processes
-    (``concurrency`` requests in flight each; the setting's default when None)."""
+    (``concurrency`` requests in flight to start from, the setting's default when None;
+    ``fixed``: always that many; ``drain``: until refused records are sent too)."""
     tag = run_id()
     if not prefilled:
         clear_buffer(redis_url)
@@ -105,6 +108,8 @@ def flushers(
                 "--base-url",
                 sandbox.url,
                 *(["--concurrency", str(concurrency)] if concurrency else []),
+                *(["--fixed"] if fixed else []),
+                *(["--drain"] if drain else []),
             ],
             stdin=True,
             stdout=True,
@@ -134,10 +139,13 @@ def flushers(
     name = "buffered flusher" + (f" x{processes}" if processes > 1 else "")
     if concurrency:
         name += f" c={concurrency}"
+    if fixed:
+        name += " fixed"
     extra: dict[str, Any] = {
         "processed": processed,
         "sent": sent,
         "requests": sum(r["requests"] for r in reports),
+        "limit": reports[0].get("limit"),
     }
     if sample_rss:
         peak = max(max(peaks), *(r["maxrss"] for r in reports))

@@ -310,3 +310,39 @@ class TestSharedConcurrency:
         assert limit.window() == 8
         limit.leave()
         assert not math.isnan(limit.limit)
+
+
+class TestThrottledSettlement:
+    """What ``decide`` makes of a 429 the adaptive limit answered (``throttled``)."""
+
+    def test_records_go_back_and_the_breaker_hears_nothing(self) -> None:
+        from suprsend_celery.delivery.decisions import Batch, decide
+        from suprsend_celery.delivery.retry import RetryPolicy
+
+        items = [b'{"n": %d}' % i for i in range(4)]
+        error = TransientDeliveryError("HTTP 429", status_code=429)
+        outcome = ClaimOutcome(requests=1, seconds=0.01, request_error=error, throttled=True)
+        outcome.failures = [(i, error) for i in range(4)]
+        outcome.unsent_from = 4
+        settlement = decide(outcome, Batch.of(items), RetryPolicy())
+        assert list(settlement.back) == items
+        assert settlement.retries == [] and settlement.dead == []
+        assert settlement.verdict == "" and settlement.sent == 0
+
+    def test_at_the_floor_a_429_is_a_failure_again(self, redis_client: Any) -> None:
+        """With the limit at its floor, a 429 is no longer throttled: retried, and the
+        breaker hears it."""
+        shared = RedisBuffer(redis_client, prefix="floor").concurrency_limit
+        limit = SharedConcurrency(shared, 1, 64, clock=Clock())
+        error = TransientDeliveryError("HTTP 429", status_code=429)
+        outcome = ClaimOutcome(requests=1, seconds=0.01, request_error=error)
+        limit.observe(outcome, 1)
+        assert not outcome.throttled
+        with_retry_after = TransientDeliveryError("HTTP 429", status_code=429, retry_after=2.0)
+        high = SharedConcurrency(shared, 20, 64, clock=Clock())
+        outcome = ClaimOutcome(requests=1, seconds=0.01, request_error=with_retry_after)
+        high.observe(outcome, 1)
+        assert not outcome.throttled  # Retry-After: the breaker's
+        outcome = ClaimOutcome(requests=1, seconds=0.01, request_error=error)
+        high.observe(outcome, 1)
+        assert outcome.throttled

@@ -12,8 +12,9 @@ rules live here, where tests drive them without Redis or HTTP:
   attempts exceed ``max_retries``; then it is dead-lettered ("gave up after N attempts");
 - a record refused for good (a per-record 4xx) is dead-lettered on its first attempt;
 - records SuprSend never judged (refused credentials, a request after one that failed
-  as a whole, a lease lost between requests) go back to the buffer untouched: no
-  attempt counted, never dead-lettered;
+  as a whole, a lease lost between requests, a 429 the adaptive concurrency limit
+  answered by slowing down: ``throttled``) go back to the buffer untouched: no attempt
+  counted, never dead-lettered;
 - the breaker hears ``auth`` (credentials refused), ``fail`` (a request failed as a
   whole, but for a 429 the adaptive concurrency limit answered by slowing down:
   ``throttled``), ``ok`` (SuprSend answered), or nothing.
@@ -180,6 +181,13 @@ def decide(outcome: ClaimOutcome, batch: Batch, policy: RetryPolicy) -> Settleme
     """The settlement of one claim whose requests went as ``outcome`` says."""
     unsent = outcome.unsent_from
     failures = outcome.failures
+    if outcome.throttled:
+        # A throttled request's records were never judged: back untouched, like the
+        # records after them, rather than retried later with an attempt counted.
+        shared = outcome.request_error
+        first = next((i for i, error in failures if error is shared), None)
+        if first is not None:
+            unsent = first if unsent is None else min(unsent, first)
     settlement = Settlement()
     if unsent is not None:
         settlement.back = batch.items[unsent:]
