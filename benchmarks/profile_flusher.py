@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_event = cpu / args.events * 1e6
                 print(
                     f"run {rep + 1}: {report.sent} sent in {wall:.3f}s = "
-                    f"{report.sent / wall:,.0f} events/s, CPU {per_event:.2f} µs/event"
+                    f"{report.sent / wall:,.0f} events/s, CPU {per_event:.2f} µs/event, "
+                    f"limit {getattr(flusher.limiter, 'limit', flusher.concurrency):.1f}"
                 )
             reset_settings(app)
         finally:
