@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import resource
 import sys
 import tempfile
 import time
@@ -58,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
                 prefill_buffer(server.url, sandbox.url, args.events, run_id())
                 last = args.cprofile and rep == args.repeat - 1
                 cpu0, wall0 = process_cpu(), time.perf_counter()
+                u0 = resource.getrusage(resource.RUSAGE_SELF)
                 if last:
                     profile.enable()
                 report = flusher.run(time_budget=3600)
                 if last:
                     profile.disable()
                 cpu, wall = process_cpu() - cpu0, time.perf_counter() - wall0
+                u1 = resource.getrusage(resource.RUSAGE_SELF)
+                print(
+                    f"  user {(u1.ru_utime - u0.ru_utime) / args.events * 1e6:.2f} "
+                    f"sys {(u1.ru_stime - u0.ru_stime) / args.events * 1e6:.2f} µs/event, "
+                    f"context switches {u1.ru_nvcsw - u0.ru_nvcsw} voluntary, "
+                    f"{u1.ru_nivcsw - u0.ru_nivcsw} not"
+                )
                 per_event = cpu / args.events * 1e6
                 print(
                     f"run {rep + 1}: {report.sent} sent in {wall:.3f}s = "

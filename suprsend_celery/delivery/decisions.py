@@ -79,7 +79,11 @@ class Batch:
     @classmethod
     def of(cls, items: Sequence[bytes]) -> Batch:
         """Split stored items; records never retried (the usual case) are used as they are."""
-        if all(item[:1] == b"{" for item in items):
+        # Every item lies between the least and the greatest, bytewise: when both start
+        # with "{", all do (one pass in C instead of a slice per item).
+        if items and min(items)[:1] == b"{" and max(items)[:1] == b"{":
+            return cls(items, items)
+        if not items:
             return cls(items, items)
         kept: list[bytes] = []
         payloads: list[bytes] = []
