@@ -143,8 +143,11 @@ def simulate(
     clock: Clock,
     seconds: float,
     store: MemoryStore | None = None,
+    seed: int = 7,
 ) -> Run:
-    """Run ``flushers`` against ``server`` for ``seconds`` of simulated time."""
+    """Run ``flushers`` against ``server`` for ``seconds`` of simulated time (the
+    server's jitter seeded anew: a run does not depend on the runs before it)."""
+    server.rng = random.Random(seed)
     run = Run()
     order = itertools.count()
     events: list[tuple[float, int, int, float, int]] = []  # (due, seq, flusher, sent, status)

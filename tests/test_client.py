@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import urllib3
 from conftest import WORKSPACE_KEY, WORKSPACE_SECRET, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,9 +48,11 @@ from suprsend_celery.delivery.http import (
     HttpRequest,
     HttpResponse,
     MockTransport,
+    SocketTransport,
     Urllib3Transport,
 )
 from suprsend_celery.delivery.responses import classify_status, parse_retry_after
+from suprsend_celery.delivery.routing import route_for
 from suprsend_celery.dev.sandbox import Sandbox
 
 VECTOR_KEY = "WSKEY_abcdefghij0123456789"
@@ -1012,17 +1016,31 @@ def bulk_ok(records: int) -> HttpResponse:
 
 
 def pool_of(client: SuprsendClient) -> Any:
-    """This thread's urllib3 pool for the client's API host (the default transport's)."""
+    """This thread's pool (urllib3) or connection (the socket transport, the default)
+    for the client's API host."""
     transport = client.transport
-    assert isinstance(transport, Urllib3Transport)
+    assert isinstance(transport, (Urllib3Transport, SocketTransport))
     return transport.pool(client.base_url + "v2/event/")
+
+
+def closed(pool: Any) -> bool:
+    """Whether a thread's urllib3 pool, or socket transport connection, was closed."""
+    return (
+        bool(pool.pool is None)
+        if isinstance(pool, urllib3.HTTPConnectionPool)
+        else (pool.sock is None)
+    )
 
 
 def _forked_child(client: SuprsendClient, conn: Any) -> None:
     """Runs in a forked child: report whether the inherited pool was replaced."""
     transport = client.transport
-    assert isinstance(transport, Urllib3Transport)
-    inherited = transport._local.pools[client.base_url + "v2/event/"][0]
+    assert isinstance(transport, (Urllib3Transport, SocketTransport))
+    inherited = (
+        transport._local.pools[client.base_url + "v2/event/"][0]
+        if isinstance(transport, Urllib3Transport)
+        else transport._local.pools[client.base_url.rstrip("/")]
+    )
     fresh = pool_of(client)
     result = client.send_event(Event("forked", "fork_test"))
     conn.send(
@@ -1038,7 +1056,21 @@ def _forked_child(client: SuprsendClient, conn: Any) -> None:
 
 
 class TestSessions:
-    """One connection pool per thread and per process."""
+    """One connection pool per thread and per process, with either transport: the
+    socket transport (the default) and urllib3 (through a proxy)."""
+
+    @pytest.fixture(params=["socket", "urllib3"])
+    def client(self, request: Any, sandbox: Sandbox) -> Iterator[SuprsendClient]:
+        url = sandbox.url
+        transport = None if request.param == "socket" else Urllib3Transport(route_for(url))
+        c = SuprsendClient(
+            WORKSPACE_KEY, WORKSPACE_SECRET, base_url=url, timeout=5, transport=transport
+        )
+        assert isinstance(
+            c.transport, SocketTransport if request.param == "socket" else Urllib3Transport
+        )
+        yield c
+        c.close_all()
 
     def test_reused_within_a_thread(self, client: SuprsendClient, sandbox: Sandbox) -> None:
         """Requests from one thread share one pool and one TCP connection."""
@@ -1084,7 +1116,7 @@ class TestSessions:
         worker.join()
         mine = pool_of(client)
         client.close_all()
-        assert seen[0].pool is None  # the other thread's connections are closed
+        assert closed(seen[0])  # the other thread's connections are closed
         assert pool_of(client) is not mine
         assert client.send_event(Event("u", "ev_after"))["status_code"] == 202
 
@@ -1214,3 +1246,83 @@ class TestBulkAnswerFastPath:
         assert [(i, type(e), str(e)) for i, e in fast.failures or ()] == [
             (i, type(e), str(e)) for i, e in slow.failures or ()
         ]
+
+
+class TestSocketTransport:
+    """The default transport's HTTP/1.1 against answers the sandbox does not give."""
+
+    def test_chunked_interim_and_keep_alive(self, raw: RawServer) -> None:
+        """A ``100 Continue`` before the answer is skipped; a chunked body is joined."""
+        body = json.dumps({"status": "success", "message_id": "m-chunked"}).encode()
+        chunked = (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nX-Odd: 1\r\n\r\n"
+            + b"%x;ext=1\r\n%s\r\n" % (5, body[:5])
+            + b"%x\r\n%s\r\n" % (len(body) - 5, body[5:])
+            + b"0\r\nTrailer: x\r\n\r\n"
+        )
+        raw.responses = [chunked]
+        c = make_client(raw.url)
+        assert c.send_event(Event("u", "ev"))["message_id"] == "m-chunked"
+        c.close()
+
+    def test_a_body_that_ends_with_the_connection(self, raw: RawServer) -> None:
+        body = json.dumps({"status": "success", "message_id": "m-eof"}).encode()
+        raw.responses = [b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n\r\n" + body]
+        c = make_client(raw.url)
+        assert c.send_event(Event("u", "ev"))["message_id"] == "m-eof"
+        assert c.send_event(Event("u", "ev2"))["status_code"] == 202  # a new connection
+        c.close()
+
+    def test_a_connection_the_server_closed_while_idle_is_replaced(self, sandbox: Sandbox) -> None:
+        """The sandbox drops idle keep-alive connections (as servers and balancers do);
+        the next request opens a new one instead of failing on the dead one."""
+        c = make_client(sandbox.url)
+        assert c.send_event(Event("u", "one"))["status_code"] == 202
+        conn = pool_of(c)
+        assert conn.sock is not None
+        conn.sock.shutdown(socket.SHUT_WR)  # as if the server had closed it: EOF pending
+        wait_for(lambda: _readable(conn.sock), timeout=5)
+        assert c.send_event(Event("u", "two"))["status_code"] == 202
+        assert len({r.connection for r in sandbox.requests()}) == 2
+        c.close()
+
+    def test_read_timeout(self, sandbox: Sandbox) -> None:
+        sandbox.set_faults([{"delay": 1.0}])
+        c = make_client(sandbox.url, timeout=0.2)
+        error = delivery_error(lambda: c.send_event(Event("u", "slow")))
+        assert type(error) is TransientDeliveryError and "timed out" in str(error)
+        sandbox.set_faults(None)
+        assert c.send_event(Event("u", "after"))["status_code"] == 202  # a fresh connection
+        c.close()
+
+    def test_header_lookup_ignores_case(self, raw: RawServer) -> None:
+        raw.responses = [raw_response(429, headers=(("rEtRy-AfTeR", "7"),))]
+        c = make_client(raw.url)
+        assert delivery_error(lambda: c.send_event(Event("u", "ev"))).retry_after == 7
+        c.close()
+
+    def test_default_is_certifi_and_proxies_go_through_urllib3(self) -> None:
+        """With no CA setting the certificates are checked against certifi's bundle (as
+        requests does); a route through a proxy uses urllib3's proxy support."""
+        from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+        from suprsend_celery.delivery.http import _tls_context, default_transport
+        from suprsend_celery.delivery.routing import Route
+
+        assert isinstance(default_transport(Route()), SocketTransport)
+        assert isinstance(default_transport(Route("http://proxy:3128")), Urllib3Transport)
+        context = _tls_context(True)
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.cert_store_stats()["x509_ca"] == _count_certs(DEFAULT_CA_BUNDLE_PATH)
+
+
+def _readable(sock: Any) -> bool:
+    import select as select_module
+
+    return bool(select_module.select([sock], [], [], 0)[0])
+
+
+def _count_certs(path: str) -> int:
+    with open(path, encoding="ascii", errors="replace") as bundle:
+        return bundle.read().count("-----BEGIN CERTIFICATE-----")

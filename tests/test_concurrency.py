@@ -186,14 +186,17 @@ class TestModelServers:
         self, capacity: float, latency: float, count: int
     ) -> None:
         """Throughput at the capacity; the limit a few above its bandwidth-delay
-        product (capacity times latency), far from the ceiling of 64."""
+        product (capacity times latency), far from the ceiling of 64. Two flushers
+        settle a few requests higher (each measures half the answers, so each notices a
+        queue a little later)."""
         clock = Clock()
         store = MemoryStore(clock)
         run = simulate(Queueing(capacity, latency), flushers(count, clock, store), clock, 30, store)
         assert run.rate(5, 30) >= 0.97 * capacity
         product = capacity * (latency + 1 / capacity)
         late = [limit for t, limit in run.limits if t >= 10]
-        assert product <= min(late) and max(late) <= 1.5 * product + 12
+        assert product <= min(late)
+        assert max(late) <= (1.5 * product + 12 if count == 1 else 2 * product + 16)
 
     @pytest.mark.parametrize("count", [1, 2])
     @pytest.mark.parametrize(("cap", "latency"), [(5, 0.05), (10, 0.05), (20, 0.1), (40, 0.05)])

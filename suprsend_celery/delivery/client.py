@@ -26,7 +26,7 @@ from ..events.model import AcceptedRecord, Event, accept
 from ..events.records import env_field, key_of, with_env
 from ..exceptions import ConfigurationError, DeliveryError, TransientDeliveryError
 from .credentials import CONTENT_TYPE, Credentials, client_user_agent
-from .http import NO_RESPONSE, TIMEOUTS, HttpRequest, HttpTransport, Urllib3Transport
+from .http import NO_RESPONSE, TIMEOUTS, HttpRequest, HttpTransport, default_transport
 from .responses import (
     BulkResponse,
     BulkResult,
@@ -163,9 +163,10 @@ class SuprsendClient:
         base_path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self._event_url, self._event_path = base + EVENT_PATH, base_path + EVENT_PATH
         self._bulk_url, self._bulk_path = base + BULK_PATH, base_path + BULK_PATH
-        #: What sends the requests: by default urllib3 pools through the proxy and CAs
-        #: of the arguments or the standard environment variables; ``MockTransport`` in tests.
-        self.transport: HttpTransport = transport or Urllib3Transport(
+        #: What sends the requests: by default HTTP/1.1 on the socket (urllib3 through a
+        #: proxy), with the proxy and CAs of the arguments or the standard environment
+        #: variables; ``MockTransport`` in tests.
+        self.transport: HttpTransport = transport or default_transport(
             route_for(base, proxy_url, ca_bundle), pool_size=pool_size
         )
         #: Validate and build requests as usual, send nothing (``suprsend_dry_run``).
