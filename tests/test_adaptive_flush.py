@@ -101,7 +101,7 @@ def test_at_a_fixed_latency_the_limit_grows_past_the_start(
     """100 ms per answer whatever the load: from 8 in flight to 32 and more within a
     few round trips, every event once."""
     buffer = RedisBuffer(redis_client, prefix="grow")
-    keys = fill(buffer, client, 5000)
+    keys = fill(buffer, client, 10_000)  # 100 claims: 8, 16, 32 and more in flight
     sandbox.set_faults([{"delay": 0.1}])
     drain([adaptive(buffer, client)], buffer)
     assert sandbox.stats()["max_concurrent_requests"] >= 32
