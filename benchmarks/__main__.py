@@ -21,11 +21,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accept_latency, api_latency, latency, memory, report, throughput
+from benchmarks import (
+    accept_latency,
+    api_latency,
+    latency,
+    memory,
+    report,
+    saturation,
+    throughput,
+)
 from benchmarks.common import REPO, SandboxProcess, log, stop_all
 from suprsend_celery.dev.redis_server import RedisServer
 
-SCENARIOS = ("latency", "throughput", "memory", "scaling", "api-latency", "accept-latency")
+SCENARIOS = (
+    "latency",
+    "throughput",
+    "memory",
+    "scaling",
+    "api-latency",
+    "accept-latency",
+    "saturation",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"scenario 6: accept to delivered, {args.trickle} + {args.burst} events")
                 results["accept_latency"] = accept_latency.run(
                     redis_url, sandbox, logdir, args.trickle, args.burst
+                )
+            if "saturation" in selected:
+                log("scenario 7: an API at its limit")
+                results["saturation"] = saturation.run(
+                    redis_url, sandbox, logdir, scale=0.25 if quick else 1.0
                 )
             if "scaling" in selected:
                 n = args.events * 2

@@ -3,7 +3,8 @@
 The sandbox answers every event request after a fixed delay (0, 50, 100 and 250 ms:
 loopback, then SuprSend's typical range), and each sender drains events into it:
 
-- our flusher process at concurrency 1, the default (8) and 32;
+- our flusher process with the defaults (adaptive: starting at 8 requests in flight,
+  up to 64), and at a fixed 1, 8 (the default before adaptation) and 32;
 - the official SDK's bulk path (one request at a time);
 - ``track_event`` on a prefork worker (concurrency 2) and on a threads pool worker
   (``-P threads``, concurrency 32);
@@ -11,7 +12,9 @@ loopback, then SuprSend's typical range), and each sender drains events into it:
 
 Event counts follow each sender's expected rate at that delay, so every row takes a
 few seconds and the whole scenario a few minutes: a sender that can only do 20 events
-a second is measured on 100 events, not on 20,000.
+a second is measured on 100 events, not on 20,000. The adaptive row drains up to three
+times the fixed rows' largest count (60,000), so its first round trips, from 8
+requests in flight up, weigh on its rate as they would on a backlog's drain.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from benchmarks import throughput
 from benchmarks.common import SandboxProcess, log
 
 DELAYS = (0.0, 0.05, 0.1, 0.25)
+#: The row of a flusher with the default settings.
+DEFAULT = "flusher default (adaptive)"
 #: Seconds each row should take at its expected rate.
 _TARGET_SECONDS = 3.0
 
@@ -57,11 +62,17 @@ def run(
             sandbox.delay = delay
             sandbox.reset()
             ms = round(delay * 1000)
+            n = _bulk_events(delay, 64, 3 * bulk_high)
+            log(f"scenario 5 @{ms} ms: flusher with the defaults (adaptive), {n} events")
+            row = throughput.flushers(redis_url, sandbox, n, 1, logdir)
+            rows.append({**row, "delay_ms": ms, "sender": DEFAULT})
             for concurrency in (1, 8, 32):
                 n = _bulk_events(delay, concurrency, bulk_high)
-                log(f"scenario 5 @{ms} ms: flusher c={concurrency}, {n} events")
-                row = throughput.flushers(redis_url, sandbox, n, 1, logdir, concurrency=concurrency)
-                rows.append({**row, "delay_ms": ms, "sender": f"flusher c={concurrency}"})
+                log(f"scenario 5 @{ms} ms: flusher fixed c={concurrency}, {n} events")
+                row = throughput.flushers(
+                    redis_url, sandbox, n, 1, logdir, concurrency=concurrency, fixed=True
+                )
+                rows.append({**row, "delay_ms": ms, "sender": f"flusher fixed c={concurrency}"})
             n = _bulk_events(delay, 1, bulk_high)
             log(f"scenario 5 @{ms} ms: SDK bulk, {n} events")
             rows.append(

@@ -235,6 +235,8 @@ class SandboxProcess:
         #: Seconds the sandbox waits before answering each event request (an API's
         #: latency); kept across ``reset()``, which clears every other fault.
         self.delay = 0.0
+        #: A whole fault plan kept across ``reset()`` instead (a load model), if set.
+        self.plan: dict[str, Any] | None = None
 
     def _get(self, route: str) -> Any:
         response = self._http.get(self.url + route, timeout=60)
@@ -256,7 +258,9 @@ class SandboxProcess:
 
     def reset(self) -> None:
         self._http.post(self.url + "_sandbox/reset", timeout=30).raise_for_status()
-        if self.delay:
+        if self.plan:
+            self.set_faults(self.plan)
+        elif self.delay:
             self.set_faults({"rules": [{"delay": self.delay}]})
 
     def set_faults(self, plan: dict[str, Any] | None) -> None:

@@ -12,7 +12,8 @@ rounds so that background noise hits them all alike:
   (each await timed inside the loop, as an async view would see it).
 
 A Redis ``PING`` is timed alongside as a reference: the round trip that bounds any
-call that waits for Redis.
+call that waits for Redis; and an awaited ``PING`` on ``redis.asyncio``, the same
+floor for the async producers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
+import redis.asyncio
 from suprsend import Event as SdkEvent
 from suprsend import Suprsend
 
@@ -45,6 +47,7 @@ from suprsend_celery.pipeline.settings import reset_settings
 QUEUE = "bench-latency"
 #: Not a way to send an event: one Redis round trip, the floor under every Redis call.
 REFERENCE = "(reference) Redis PING"
+ASYNC_REFERENCE = "(reference) await Redis PING"
 
 
 def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) -> dict[str, Any]:
@@ -83,6 +86,11 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
 
     def redis_ping() -> None:
         ping.ping()
+
+    aping = redis.asyncio.Redis.from_url(redis_url)
+
+    async def redis_aping() -> None:
+        await aping.ping()
 
     async def via_abuffer() -> None:
         d, n, p, k = event_args(next(counter), tag)
@@ -123,6 +131,7 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
     runners = {name: timed_sync(fn) for name, fn in methods.items()}
     runners["await abuffer_event"] = awaited(via_abuffer)
     runners["await atrack_event"] = awaited(via_atrack)
+    runners[ASYNC_REFERENCE] = awaited(redis_aping)
     samples: dict[str, list[float]] = {name: [] for name in runners}
     elapsed: dict[str, float] = dict.fromkeys(runners, 0.0)
     for runner in runners.values():  # warm-up: imports, connections, script loading
@@ -135,6 +144,7 @@ def run(redis_url: str, sandbox: SandboxProcess, calls: int, rounds: int = 5) ->
             elapsed[name] += time.perf_counter() - round_start
         log(f"latency: round {r + 1}/{rounds} done")
     loop.run_until_complete(aclose(app))
+    loop.run_until_complete(aping.aclose())
     loop.close()
     results = {
         name: {

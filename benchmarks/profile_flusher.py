@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import resource
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_flusher")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int)
     parser.add_argument("--cprofile", action="store_true", help="profile the last repeat")
     parser.add_argument(
         "--pure-python-parser",
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         sandbox = SandboxProcess(log=logdir / "sandbox.log")
         try:
             app = producer_app(server.url, sandbox.url, "unused")
+            if args.concurrency:
+                app.conf.suprsend_flush_concurrency = args.concurrency
             flusher = get_flusher(app)
             if args.pure_python_parser:
                 from redis._parsers import _RESP2Parser
@@ -55,16 +59,25 @@ def main(argv: list[str] | None = None) -> int:
                 prefill_buffer(server.url, sandbox.url, args.events, run_id())
                 last = args.cprofile and rep == args.repeat - 1
                 cpu0, wall0 = process_cpu(), time.perf_counter()
+                u0 = resource.getrusage(resource.RUSAGE_SELF)
                 if last:
                     profile.enable()
                 report = flusher.run(time_budget=3600)
                 if last:
                     profile.disable()
                 cpu, wall = process_cpu() - cpu0, time.perf_counter() - wall0
+                u1 = resource.getrusage(resource.RUSAGE_SELF)
+                print(
+                    f"  user {(u1.ru_utime - u0.ru_utime) / args.events * 1e6:.2f} "
+                    f"sys {(u1.ru_stime - u0.ru_stime) / args.events * 1e6:.2f} µs/event, "
+                    f"context switches {u1.ru_nvcsw - u0.ru_nvcsw} voluntary, "
+                    f"{u1.ru_nivcsw - u0.ru_nivcsw} not"
+                )
                 per_event = cpu / args.events * 1e6
                 print(
                     f"run {rep + 1}: {report.sent} sent in {wall:.3f}s = "
-                    f"{report.sent / wall:,.0f} events/s, CPU {per_event:.2f} µs/event"
+                    f"{report.sent / wall:,.0f} events/s, CPU {per_event:.2f} µs/event, "
+                    f"limit {getattr(flusher.limiter, 'limit', flusher.concurrency):.1f}"
                 )
             reset_settings(app)
         finally:

@@ -88,9 +88,12 @@ def flushers(
     sample_rss: bool = False,
     concurrency: int | None = None,
     duty: bool = False,
+    fixed: bool = False,
+    drain: bool = False,
 ) -> dict[str, Any]:
     """Drain ``events`` buffered events with ``processes`` flusher processes
-    (``concurrency`` requests in flight each; the setting's default when None).
+    (``concurrency`` requests in flight to start from, the setting's default when None;
+    ``fixed``: always that many; ``drain``: until refused records are sent too).
     ``duty``: runs on duty (as the task's), told to stop once all were processed; the
     clock stops at the sandbox's last processed event."""
     tag = run_id()
@@ -109,6 +112,8 @@ def flushers(
                 sandbox.url,
                 *(["--concurrency", str(concurrency)] if concurrency else []),
                 *(["--duty"] if duty else []),
+                *(["--fixed"] if fixed else []),
+                *(["--drain"] if drain else []),
             ],
             stdin=True,
             stdout=True,
@@ -146,10 +151,13 @@ def flushers(
     name += f" x{processes}" if processes > 1 else ""
     if concurrency:
         name += f" c={concurrency}"
+    if fixed:
+        name += " fixed"
     extra: dict[str, Any] = {
         "processed": processed,
         "sent": sent,
         "requests": sum(r["requests"] for r in reports),
+        "limit": reports[0].get("limit"),
     }
     if sample_rss:
         peak = max(max(peaks), *(r["maxrss"] for r in reports))

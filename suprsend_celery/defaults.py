@@ -147,11 +147,39 @@ SETTLED_TOMBSTONE_SECONDS = 60
 """How long a settled claim is remembered, so a re-sent SETTLE is answered, not refused."""
 
 FLUSH_CONCURRENCY = 8
-"""Bulk requests one flush run keeps in flight: at 100 ms per request, 8 send about 8000
-events/s; raise it for a slower API, lower it to spare a rate-limited workspace."""
+"""Bulk requests in flight when a flusher starts (the adaptive limit's start value), or
+always with ``suprsend_flush_concurrency_adaptive`` off: at 100 ms per request, 8 send
+about 8000 events/s."""
 
 FLUSH_CONCURRENCY_MAX = 64
-"""Upper bound of ``suprsend_flush_concurrency`` (threads, connections and claims per run)."""
+"""Upper bound of ``suprsend_flush_concurrency`` and default of
+``suprsend_flush_concurrency_max``: the adaptive limit's ceiling (threads, connections
+and claims in flight per flusher). 64 requests of 100 records at 250 ms is about
+25,000 events/s, more than a workspace is usually allowed."""
+
+FLUSH_CONCURRENCY_CEILING = 256
+"""Upper bound of ``suprsend_flush_concurrency_max``."""
+
+FLUSH_CONCURRENCY_FLOOR = 1
+"""The adaptive limit never goes below this many requests in flight (for the buffer,
+shared by every flusher; each flusher keeps at least one)."""
+
+FLUSH_CONCURRENCY_ADAPTIVE = True
+"""Whether flushers adapt their requests in flight to the API's latency and refusals
+(``suprsend_flush_concurrency_adaptive``)."""
+
+CONCURRENCY_SYNC_SECONDS = 0.05
+"""How often a flusher merges what it learned into the buffer's shared limit (and
+reads what the others learned): one small script, twenty times a second at most, so
+flushers hear of another's refusal within a round trip of a fast API."""
+
+CONCURRENCY_ACTIVE_SECONDS = 2.0
+"""A flusher that has not merged for this long no longer counts as sharing the limit
+(it crashed, or its run ended without saying so)."""
+
+CONCURRENCY_KEEP_SECONDS = 3600
+"""The shared limit is forgotten after an hour without flushers: the next one starts
+from ``suprsend_flush_concurrency`` again."""
 
 BUFFER_SHARDS = 1
 """Hash-tagged shards of the buffer (``{prefix}``, ``{prefix:1}``, ...): more spread a

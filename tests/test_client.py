@@ -1182,3 +1182,35 @@ class TestConstruction:
         """Only Events, accepted records and payload bytes can be sent."""
         with pytest.raises(TypeError):
             client.send_event({"event": "ev"})  # type: ignore[arg-type]
+
+
+class TestBulkAnswerFastPath:
+    """``bulk_answer`` reads the usual all-success answer without JSON, and any other
+    answer exactly as ``bulk_response`` over the parsed body does."""
+
+    BODIES = [
+        b'{"records": [{"status": "success", "status_code": 202, "message_id": "m1"}, '
+        b'{"status": "success", "status_code": 202, "message_id": "m2"}]}',
+        b'{"records":[{"status":"success","status_code":202},{"status":"success"}]}',
+        b'{"records": [{"status": "success"}, {"status": "error", "status_code": 400, '
+        b'"error": {"message": "bad", "type": "Validation"}}]}',
+        b'{"records": [{"status": "success", "x": {"status": "success"}}]}',
+        b'{"records": [{"status": "success", "message_id": "a\\"b"}, {"status": "success"}]}',
+        b'{"records": [{"status": "success"}]}',
+        b'{"records": [{"status": "success"}, {"status": "success"}], "status": "success"}',
+        b'{"records": [{"status": "success", "status": "error"}, {"status": "success"}]}',
+        b'{"records": []}',
+        b"<html>502</html>",
+        b'"just a string"',
+    ]
+
+    @pytest.mark.parametrize("body", BODIES)
+    def test_same_outcome_as_parsing(self, body: bytes) -> None:
+        from suprsend_celery.delivery.responses import bulk_answer, bulk_response, decode_body
+
+        payloads = [b'{"$idempotency_key": "k1"}', b'{"$idempotency_key": "k2"}']
+        fast = bulk_answer(207, body, payloads)
+        slow = bulk_response(207, decode_body(body), payloads)
+        assert [(i, type(e), str(e)) for i, e in fast.failures or ()] == [
+            (i, type(e), str(e)) for i, e in slow.failures or ()
+        ]

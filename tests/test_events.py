@@ -883,3 +883,52 @@ class TestEnvAtSend:
 
     def test_foreign_bytes_are_sent_as_they_are(self) -> None:
         assert with_env(b'{"event": "x"}', env_field(KEY)) == b'{"event": "x"}'
+
+
+class TestAcceptedOnce:
+    """A producer's own event is validated once and serialised once; an ``Event`` the
+    caller kept (or a hook held) is checked again at accept."""
+
+    def test_fields_are_checked_once(self, celery_app: Any, monkeypatch: Any) -> None:
+        """``buffer_event(fields)`` checks its properties once; ``buffer_event(event)``
+        twice (at construction, and at accept, since the caller may have changed them)."""
+        from suprsend_celery import buffer_event
+        from suprsend_celery.events import model, validation
+
+        calls: list[object] = []
+        original = validation.check_properties
+
+        def counted(value: object) -> dict[str, Any]:
+            calls.append(value)
+            return original(value)
+
+        monkeypatch.setattr(model, "check_properties", counted)
+        monkeypatch.setattr(model.Event.__dict__["properties"], "check", counted)
+        buffer_event("u", "order_placed", {"n": 1}, app=celery_app)
+        assert len(calls) == 1
+        calls.clear()
+        event = Event("u", "order_placed", {"n": 1})
+        event.properties["$sneaky"] = 1
+        with pytest.raises(InvalidEventError, match="sneaky"):
+            buffer_event(event, app=celery_app)
+        assert len(calls) == 2
+
+    def test_the_events_own_properties_stay_as_they_were(self) -> None:
+        """Accepting adds ``$ss_sdk_version`` to the record, not to the event."""
+        event = Event("u", "ev", {"a": 1})
+        accept(event, sdk_version="x", checked=True)
+        assert event.properties == {"a": 1}
+
+    def test_insert_ids_are_uuid4(self) -> None:
+        from suprsend_celery.events.model import new_insert_id
+
+        ids = {new_insert_id() for _ in range(1000)}
+        assert len(ids) == 1000
+        for text in list(ids)[:50]:
+            parsed = uuid.UUID(text)
+            assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+    def test_reserved_prefixes_in_any_case(self) -> None:
+        for key in ("$x", "ss_x", "SS_x", "sS_x", "Ss_x"):
+            refused("properties", lambda k=key: accept_event(Event("u", "ev", {k: 1})))
+        assert record_of(Event("u", "ev", {"s_x": 1, "ssx": 2}))["properties"]["ssx"] == 2

@@ -972,3 +972,42 @@ def test_pytest_plugin_fixture(suprsend_sandbox: Sandbox) -> None:
     assert set(suprsend_sandbox.stats().values()) == {0}
     resp = requests.get(suprsend_sandbox.url + "_sandbox/stats", timeout=5)
     assert resp.status_code == 200
+
+
+class TestLoadModels:
+    """``capacity`` (answers slow down with load) and ``max_concurrent`` (429 beyond N)."""
+
+    def test_capacity_queues_requests_in_order(self, sb: Sandbox) -> None:
+        """Ten requests at once on a server of 20 a second: the last waits about half a
+        second for the nine before it; each is processed."""
+        sb.set_faults({"capacity": 20})
+        started = time.monotonic()
+        with ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(lambda i: _one_event(sb.url, i), range(10)))
+        elapsed = time.monotonic() - started
+        assert codes == [202] * 10
+        assert 0.45 <= elapsed < 2.0, elapsed
+        durations = sorted(r.duration for r in sb.requests())
+        assert durations[0] < 0.2 and durations[-1] >= 0.45
+        assert sb.stats()["events_processed"] == 10
+
+    def test_max_concurrent_answers_429_beyond_n(self, sb: Sandbox) -> None:
+        """Six at once on a server taking four: two are refused with 429 at once,
+        processing nothing; the fault is named in the log."""
+        sb.set_faults({"max_concurrent": 4, "rules": [{"delay": 0.5}]})
+        with ThreadPoolExecutor(6) as pool:
+            codes = sorted(pool.map(lambda i: _one_event(sb.url, i), range(6)))
+        assert codes == [202] * 4 + [429] * 2
+        refused = [r for r in sb.requests() if r.status == 429]
+        assert {r.fault for r in refused} == {"max_concurrent 4"}
+        assert all(r.duration < 0.4 for r in refused)
+        assert sb.stats()["events_processed"] == 4
+
+    def test_plan_keys_round_trip_and_are_checked(self, sb: Sandbox) -> None:
+        plan = {"capacity": 150.0, "max_concurrent": 8, "rules": [{"delay": 0.05}]}
+        assert sb.set_faults(plan).to_dict() == plan
+        with pytest.raises(FaultPlanError, match="capacity"):
+            FaultPlan.from_dict({"capacity": 0})
+        with pytest.raises(FaultPlanError, match="max_concurrent"):
+            FaultPlan.from_dict({"max_concurrent": 0})
+        assert FaultPlan.from_dict({"max_concurrent": 1})  # a plan with only a model is on

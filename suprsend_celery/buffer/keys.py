@@ -12,6 +12,9 @@ was never sharded is shard 0 as it stands), shard ``i`` is ``{prefix:i}``::
     {p}:retry        ZSET   record -> when it is due again
     {p}:dead         LIST   dead letters, newest first; they count toward the bound
     {p}:breaker      HASH   the circuit breaker shared by every flusher (``breaker``)
+    {p}:concurrency  HASH   the requests in flight every flusher shares (shard 0's only;
+                            ``concurrency_limit``)
+    {p}:flushers     ZSET   flushers sharing it -> when they last merged (shard 0's only)
     {p}:journal      ZSET   direct-path records -> when to send them here if their task
                             went silent (a broker message lost; see ``journal``)
     {p}:journal_expires ZSET journal records of tasks published with ``expires`` ->
@@ -64,6 +67,9 @@ class Keys:
     retry: str
     dead: str
     breaker: str
+    #: The shared concurrency limit and its flushers: shard 0 only (``concurrency_limit``).
+    concurrency: str
+    flushers: str
     journal: str
     journal_expires: str
     journal_taken: str
@@ -91,6 +97,8 @@ class Keys:
             retry=f"{tag}:retry",
             dead=f"{tag}:dead",
             breaker=f"{tag}:breaker",
+            concurrency=f"{tag}:concurrency",
+            flushers=f"{tag}:flushers",
             journal=f"{tag}:journal",
             journal_expires=f"{tag}:journal_expires",
             journal_taken=f"{tag}:journal_taken",
@@ -118,6 +126,8 @@ class Keys:
             self.retry,
             self.dead,
             self.breaker,
+            self.concurrency,
+            self.flushers,
             self.journal,
             self.journal_expires,
             self.journal_taken,

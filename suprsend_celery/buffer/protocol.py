@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
+from .concurrency_limit import SharedLimit
 from .dead_letter_list import Requeued
 from .journal import JournalHold
 from .queue import Claim
@@ -62,6 +63,10 @@ class Buffer(Protocol):
 
     def duty_roster(self) -> DutyRoster:
         """The runs on duty, under leases (``wake``)."""
+
+    @property
+    def concurrency_limit(self) -> SharedLimit:
+        """The requests in flight every flusher of this buffer shares (on shard 0)."""
 
     # -- the direct path (``tasks.direct``) ------------------------------------------
 

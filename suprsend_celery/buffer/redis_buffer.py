@@ -4,9 +4,10 @@ No HTTP here (the flusher sends). Each part has one job and one round trip per
 operation (a Lua script or a pipeline), so a crash between two steps cannot lose or
 double a record: the queue and its claims (``queue``), the direct path's journal
 (``journal``), dead letters (``dead_letter_list``), the breaker (``breaker``), the
-wake list and the roster of runs on duty (``wake``) and the figures (``snapshot``),
-all over this shard's ``Keys`` (``keys``) and connections (``slot``). The methods
-below are the ``Buffer`` protocol (``protocol``), each handed to the part that does it.
+wake list and the roster of runs on duty (``wake``), the shared concurrency limit
+(``concurrency_limit``) and the figures (``snapshot``), all over this shard's ``Keys``
+(``keys``) and connections (``slot``). The methods below are the ``Buffer`` protocol
+(``protocol``), each handed to the part that does it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..delivery.dead_letters import DeadLetter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from .breaker import CircuitBreaker
+from .concurrency_limit import SharedLimit
 from .connection import close_client
 from .dead_letter_list import DeadLetterList, Requeued
 from .journal import DirectJournal, JournalHold
@@ -68,6 +70,8 @@ class RedisBuffer:
         self.circuit_breaker = CircuitBreaker(self.slot, self.keys)
         self.wake = WakeList(self.slot, self.keys)
         self.roster = DutyRoster(self.slot, self.keys)
+        #: The requests in flight every flusher of this buffer shares (shard 0's counts).
+        self.concurrency_limit = SharedLimit(self.slot, self.keys)
 
     # -- producers and flushers (``queue``) ----------------------------------------------
 

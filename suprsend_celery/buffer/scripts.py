@@ -25,6 +25,7 @@ from .keys import Keys
 
 __all__ = [
     "CLAIM",
+    "CONCURRENCY",
     "DUTY",
     "EXTEND",
     "FINISH_RUN",
@@ -46,6 +47,7 @@ __all__ = [
     "Script",
     "Settled",
     "claim_call",
+    "concurrency_call",
     "duty_call",
     "extend_call",
     "finish_run_call",
@@ -207,10 +209,28 @@ RECOVER_JOURNAL = Script(
 )
 DUTY = Script("duty", ("duty", "metrics"), ("action", "member", "lease", "cap"), preludes=("now",))
 
+CONCURRENCY = Script(
+    "concurrency",
+    ("concurrency", "flushers"),
+    (
+        "flusher",
+        "delta",
+        "refused",
+        "start",
+        "floor",
+        "ceiling",
+        "leaving",
+        "active_seconds",
+        "keep_seconds",
+    ),
+    preludes=("now",),
+)
+
 SCRIPTS = (
     PUSH,
     CLAIM,
     GATE,
+    CONCURRENCY,
     SETTLE,
     EXTEND,
     REQUEUE,
@@ -274,6 +294,36 @@ GateAction = Literal["enter", "empty"]
 
 def gate_call(k: Keys, action: GateAction, probe_lease: float) -> Call:
     return GATE.call({"breaker": k.breaker}, {"action": action, "probe_lease": probe_lease})
+
+
+def concurrency_call(
+    k: Keys,
+    flusher: str,
+    delta: float,
+    *,
+    refused: float | None = None,
+    start: float,
+    floor: float,
+    ceiling: float,
+    leaving: bool,
+    active_seconds: float,
+    keep_seconds: int,
+) -> Call:
+    """CONCURRENCY: merge one flusher's news into the shared limit (shard 0's keys);
+    ``refused``: where the API refused (0: nowhere any more; None: no news)."""
+    keys = {"concurrency": k.concurrency, "flushers": k.flushers}
+    args = {
+        "flusher": flusher,
+        "delta": round(delta, 4),
+        "refused": "" if refused is None else refused,
+        "start": start,
+        "floor": floor,
+        "ceiling": ceiling,
+        "leaving": "1" if leaving else "0",
+        "active_seconds": active_seconds,
+        "keep_seconds": keep_seconds,
+    }
+    return CONCURRENCY.call(keys, args)
 
 
 class Breaker(NamedTuple):

@@ -37,6 +37,7 @@ from ..delivery.dead_letters import DeadLetter, parse_dead_letter
 from ..delivery.decisions import Settlement
 from ..delivery.tally import Tally
 from ..exceptions import BufferFullError
+from .concurrency_limit import SharedLimit
 from .connection import close_client
 from .dead_letter_list import Requeued
 from .journal import JournalHold
@@ -257,6 +258,11 @@ class ShardedBuffer:
 
     def breaker(self) -> dict[str, Any]:
         return self._first.breaker()
+
+    @property
+    def concurrency_limit(self) -> SharedLimit:
+        """The one shared limit, on shard 0 (beside the breaker)."""
+        return self._first.concurrency_limit
 
     def reset_breaker(self) -> None:
         self._first.reset_breaker()

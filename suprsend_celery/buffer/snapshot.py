@@ -3,10 +3,10 @@ exporter, ``check`` and ``status`` all read them here.
 
 pending, in flight, scheduled retries, dead letters, the direct path's journal (its
 entries, how long the first due is overdue and how old its event is), the oldest
-record's age, the breaker, the metrics hash (counters, histograms, the last flush
-run's time) and Redis's clock, in one round trip; a second, small one only when a
-claim is out (its first record may be the oldest) or when due records are asked for
-(``check``: they are counted against Redis's clock of the first).
+record's age, the breaker, the shared concurrency limit, the metrics hash (counters,
+histograms, the last flush run's time) and Redis's clock, in one round trip; a second,
+small one only when a claim is out (its first record may be the oldest) or when due
+records are asked for (``check``: they are counted against Redis's clock of the first).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..delivery.tally import LAST_FLUSH_AT, PAST_WINDOW
 from ..events.records import record_time
 from .breaker import BreakerReading
 from .clock import redis_seconds
+from .concurrency_limit import ConcurrencyReading
 from .keys import Keys
 from .slot import Slot
 
@@ -55,6 +56,9 @@ class Snapshot:
     journal_oldest_age_seconds: float = 0.0
     #: Journal entries already due (``due=True``; else None).
     journal_due: int | None = None
+    #: The adaptive limit of requests in flight the flushers share (shard 0's; None:
+    #: no flusher adapted in the last hour, or adaptation is off).
+    concurrency: ConcurrencyReading | None = None
 
     def stats(self) -> dict[str, Any]:
         """The ``buffer_stats()`` figures."""
@@ -93,6 +97,7 @@ class Snapshot:
             journal_overdue_seconds=max(s.journal_overdue_seconds for s in shards),
             journal_oldest_age_seconds=max(s.journal_oldest_age_seconds for s in shards),
             journal_due=None if None in dues else sum(d or 0 for d in dues),
+            concurrency=first.concurrency,
         )
 
 
@@ -114,9 +119,10 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
     pipe.zrange(keys.journal, 0, 0, withscores=True)
     pipe.hgetall(keys.breaker)
     pipe.hgetall(keys.metrics)
+    pipe.hgetall(keys.concurrency)
     pipe.time()
     pending, inflight, retries, dead, journal, head, oldest_claim, *rest = pipe.execute()
-    first_retry, first_entry, breaker, raw, clock = rest
+    first_retry, first_entry, breaker, raw, concurrency, clock = rest
     now = redis_seconds(clock)
     # Approximately the oldest record: the head of pending, the first record of the
     # claim due back first and the retry due first (records keep their $time).
@@ -162,4 +168,5 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
         journal_overdue_seconds=round(overdue, 3),
         journal_oldest_age_seconds=round(entry_age, 3),
         journal_due=journal_due,
+        concurrency=ConcurrencyReading.of(concurrency),
     )

@@ -31,7 +31,7 @@ from .responses import (
     BulkResponse,
     BulkResult,
     RecordResult,
-    bulk_response,
+    bulk_answer,
     decode_body,
     error_for_response,
 )
@@ -94,8 +94,11 @@ def chunk_payloads(
     max_bytes: int = defaults.MAX_BULK_BYTES,
 ) -> Iterator[tuple[int, Sequence[bytes]]]:
     """Split records into request-sized chunks: ``(offset, chunk)`` pairs, order kept."""
-    start = 0
     total = len(payloads)
+    if 0 < total <= max_records and sum(map(len, payloads)) + 2 * total <= max_bytes:
+        yield 0, payloads  # the usual claim: one request (the sum is taken in C)
+        return
+    start = 0
     while start < total:
         end = start
         size = 2  # the brackets
@@ -208,7 +211,7 @@ class SuprsendClient:
 
     def _post(
         self, url: str, path: str, body: bytes, idempotency_key: str | None
-    ) -> tuple[int, object, Mapping[str, str]]:
+    ) -> tuple[int, bytes, Mapping[str, str]]:
         headers = {
             "Content-Type": CONTENT_TYPE,
             "User-Agent": USER_AGENT,
@@ -228,7 +231,7 @@ class SuprsendClient:
             raise TransientDeliveryError(
                 f"connection failed: {type(exc).__name__}", idempotency_key=idempotency_key
             ) from None
-        return response.status, decode_body(response.body), response.headers
+        return response.status, response.body, response.headers
 
     def _error(
         self, url: str, status: int, body: object, headers: Mapping[str, str], key: str | None
@@ -280,7 +283,8 @@ class SuprsendClient:
                 "idempotency_key": key,
             }
         wire = with_env(payload, self._env_field)
-        status, body, headers = self._post(self._event_url, self._event_path, wire, key)
+        status, raw, headers = self._post(self._event_url, self._event_path, wire, key)
+        body = decode_body(raw)
         if 200 <= status < 300:
             message_id = body.get("message_id") if isinstance(body, dict) else None
             return {
@@ -311,14 +315,15 @@ class SuprsendClient:
         field = self._env_field
         body = b"[" + b", ".join([with_env(p, field) for p in payloads]) + b"]"
         try:
-            status, parsed, headers = self._post(self._bulk_url, self._bulk_path, body, None)
+            status, raw, headers = self._post(self._bulk_url, self._bulk_path, body, None)
         except DeliveryError as exc:
             return BulkResponse(size, request_error=exc)
         if not 200 <= status < 300:
+            parsed = decode_body(raw)
             return BulkResponse(
                 size, request_error=self._error(self._bulk_url, status, parsed, headers, None)
             )
-        return bulk_response(status, parsed, payloads)
+        return bulk_answer(status, raw, payloads)
 
     def send_bulk(self, events: Iterable[Event | AcceptedRecord | bytes]) -> BulkResult:
         """Send events in as few bulk requests as the limits allow (100 records, 800 KiB).

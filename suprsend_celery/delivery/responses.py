@@ -11,6 +11,7 @@ import datetime
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "BulkResponse",
     "BulkResult",
     "RecordResult",
+    "bulk_answer",
     "bulk_response",
     "classify_status",
     "decode_body",
@@ -224,6 +226,25 @@ def _record_error(record: object, payload: bytes) -> DeliveryError:
     message, etype = _error_text(record, code)
     cls = classify_status(code) if code >= 400 else TransientDeliveryError
     return cls(f"HTTP {code}: {message}", status_code=code, idempotency_key=key, error_type=etype)
+
+
+#: A bulk answer in which every record succeeded, as SuprSend (and the sandbox) write
+#: it: ``{"records": [{"status": "success", ...}, ...]}`` with flat records (no nested
+#: object or list, no escaped character). Possessive loops: one pass, no backtracking.
+_RECORD_OK = rb'\{"status": ?"success"[^{}\[\]\\]*+\}'
+_ALL_OK = re.compile(rb'\{"records": ?\[(?:' + _RECORD_OK + rb"(?:, ?" + _RECORD_OK + rb")*+)?\]\}")
+
+
+def bulk_answer(status: int, body: bytes, payloads: Sequence[bytes]) -> BulkResponse:
+    """The per-record outcome of a 2xx bulk answer's ``body``.
+
+    The usual answer (every record a success, flat, one ``"status"`` per record) is
+    recognised without parsing JSON, in a third of ``json.loads``' time; anything else
+    is parsed (``bulk_response``), so an odd answer is read exactly as before.
+    """
+    if _ALL_OK.fullmatch(body) is not None and body.count(b'"status"') == len(payloads):
+        return BulkResponse(len(payloads), failures=[], status_code=status)
+    return bulk_response(status, decode_body(body), payloads)
 
 
 def bulk_response(status: int, parsed: object, payloads: Sequence[bytes]) -> BulkResponse:

@@ -83,8 +83,13 @@ def show(value: object) -> str:
     return text
 
 
+#: ``$`` and ``ss_`` in any case: no other character lower-cases to ``s`` or ``_``, so
+#: one ``startswith`` says what ``name[:1] == "$" or name[:3].lower() == "ss_"`` says.
+_RESERVED = ("$", "ss_", "sS_", "Ss_", "SS_")
+
+
 def _is_reserved(name: str) -> bool:
-    return name[:1] == "$" or name[:3].lower() == "ss_"
+    return name.startswith(_RESERVED)
 
 
 def is_utf8_encodable(text: str) -> bool:
@@ -272,9 +277,20 @@ _LONG_DIGITS = re.compile(r"\d{16}")
 
 def check_safe_numbers(properties: object, text: str) -> None:
     """Refuse an integer beyond ±MAX_SAFE_INTEGER in ``properties``, given their JSON
-    ``text``: a regex over the text finds none in nearly every event (costing no walk
-    of the properties); only 16 digits in a row (such a number, or a long digit
+    ``text``. Flat properties (strings, floats, booleans, None, integers: nearly every
+    event) are looked at value by value; otherwise a regex over the text finds none in
+    nearly every event, and only 16 digits in a row (such a number, or a long digit
     string) make the precise look that names the path."""
+    if isinstance(properties, dict):
+        for value in properties.values():
+            kind = type(value)
+            if kind is str or kind is float or kind is bool or value is None:
+                continue
+            if kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                continue
+            break  # nested, another type, or a big integer: the look below decides
+        else:
+            return
     if _LONG_DIGITS.search(text) is None:
         return
     found = find_bad_value(properties, "properties")
@@ -289,26 +305,25 @@ def check_properties(value: object) -> dict[str, Any]:
         raise InvalidEventError(
             f"properties must be a dict; got a {type(value).__name__}", field="properties"
         )
-    props: dict[str, Any] = {}
     try:
-        items = list(value.items())
+        # A plain dict is copied in C; any other Mapping through its items().
+        props: dict[str, Any] = dict(value) if type(value) is dict else dict(value.items())
     except Exception as exc:  # noqa: BLE001 - a Mapping whose items() fails: still our error
         raise InvalidEventError(
             f"properties could not be read: {type(value).__name__}.items() raised "
             f"{type(exc).__name__}",
             field="properties",
         ) from None
-    for key, item in items:
+    for key in props:
         if not isinstance(key, str):
             raise InvalidEventError(
                 f"properties keys must be str; got {show(key)}", field="properties"
             )
-        if _is_reserved(key):
+        if key.startswith(_RESERVED):
             raise InvalidEventError(
                 f"properties key {key!r} must not start with '$' or 'ss_' (reserved by SuprSend)",
                 field="properties",
             )
-        props[key] = item
     return props
 
 

@@ -23,6 +23,8 @@ Metrics (all ``suprsend_celery_*``; gauges unless marked):
 ``journal_oldest_age_seconds``                          age of that entry's event
 ``breaker_state{state}``                                1 for the breaker's current state
 ``breaker_open_seconds``                                how long it has been open (0 closed)
+``flush_concurrency_limit``                             requests in flight the flushers share
+``flush_concurrency_flushers``                          flushers sharing it (lately)
 ``last_flush_timestamp_seconds``                        end of the latest flush run
 ``records_total{outcome}`` (counter)                    buffered records by outcome
 ``direct_events_total{outcome}`` (counter)              direct-path events by outcome
@@ -197,6 +199,18 @@ class BufferCollector(Collector):
             "breaker_open_seconds",
             "Seconds since the breaker opened (0 while closed).",
             _open_seconds(snap),
+        )
+        limit = snap.concurrency
+        yield _gauge(
+            "flush_concurrency_limit",
+            "Bulk requests in flight the flushers share, as the adaptive limit stands "
+            "(0: no flusher adapted in the last hour).",
+            limit.limit if limit else 0.0,
+        )
+        yield _gauge(
+            "flush_concurrency_flushers",
+            "Flushers that shared the adaptive limit at its latest merge.",
+            limit.flushers if limit else 0,
         )
         yield _gauge(
             "last_flush_timestamp_seconds",

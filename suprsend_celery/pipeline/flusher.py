@@ -24,6 +24,11 @@ per thread), so threads never wait for each other's connections. Threads cost li
 CPU here: the calling thread does what it did before, the pool threads do exactly the
 request a sequential flusher would have done, and the hand-off is one future per batch.
 
+With a ``concurrency_max``, the window of claims in flight is no longer fixed: it comes
+from ``concurrency.SharedConcurrency`` (``concurrency`` is where it starts), adapted to
+the API's latency and refusals and shared with the buffer's other flushers; each
+settled claim feeds it a sample.
+
 On duty (``duty``, the ``flush_buffer`` task's runs): a run that finds the buffer empty
 waits on Redis for new records rather than ending, lingers while a batch fills, and
 leaves after about one interval; the ``Shift`` decides all of that, this loop only
@@ -52,6 +57,7 @@ from ..delivery.retry import RetryPolicy, past_dedup_window
 from ..delivery.tally import FLUSH_SECONDS, PAST_WINDOW, Tally
 from ..delivery.tracing import ClaimSpans, claim_spans, traced_flush
 from . import signals
+from .concurrency import ConcurrencyLimit, FixedConcurrency, SharedConcurrency
 from .duty import DutyPlan, Shift
 
 __all__ = ["FlushReport", "Flusher"]
@@ -158,6 +164,7 @@ class Flusher:
         backoff_max: float = defaults.RETRY_BACKOFF_MAX,
         backoff_base: float = defaults.RETRY_BACKOFF_BASE,
         concurrency: int = defaults.FLUSH_CONCURRENCY,
+        concurrency_max: int | None = None,
         lease: float | None = None,
     ) -> None:
         self.buffer = buffer
@@ -165,6 +172,13 @@ class Flusher:
         self.batch_size = max(1, min(batch_size, defaults.MAX_BULK_RECORDS))
         self.policy = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.concurrency = max(1, min(concurrency, defaults.FLUSH_CONCURRENCY_MAX))
+        #: Claims in flight: ``concurrency`` always, or adapted from it up to
+        #: ``concurrency_max`` and shared with the buffer's other flushers.
+        self.limiter: ConcurrencyLimit = (
+            FixedConcurrency(self.concurrency)
+            if concurrency_max is None
+            else SharedConcurrency(buffer.concurrency_limit, self.concurrency, concurrency_max)
+        )
         # A lease must outlast one request's worst case by a wide margin; crash tests
         # pass a short one so a killed flusher's records come back quickly.
         self.lease = lease or max(defaults.CLAIM_LEASE, 3 * sum(client.timeout))
@@ -187,7 +201,7 @@ class Flusher:
         ``duty``: stay on duty (``duty``) when a place is free: an empty buffer or an
         open breaker is waited out, until the plan's time is up.
         """
-        run = _Run(time_budget, max_batches, self.concurrency)
+        run = _Run(time_budget, max_batches, self.limiter.ceiling)
         recovered = self.buffer.recover_journal()
         if recovered:
             logger.warning(
@@ -208,7 +222,9 @@ class Flusher:
                 else:
                     break
                 for future in done:
-                    self._settle(in_flight.pop(future), future.result(), run)
+                    entry, outcome = in_flight.pop(future), future.result()
+                    self.limiter.observe(outcome, len(in_flight) + 1)
+                    self._settle(entry, outcome, run)
                     if progress is not None:
                         progress(run.report)
                 self._renew(in_flight.values())
@@ -239,7 +255,7 @@ class Flusher:
         out must end first."""
         duty = shift if shift is not None and shift.on else None
         while True:
-            if len(in_flight) >= run.window:
+            if len(in_flight) >= min(run.window, self.limiter.window()):
                 return False
             if any(entry.claim.mode == "probe" for entry in in_flight.values()):
                 return False  # the breaker's probe decides whether more may go
@@ -309,7 +325,7 @@ class Flusher:
         if settlement.verdict == "auth":
             run.stopped = True  # in-flight claims still finish and keep their records
         elif settlement.verdict:
-            run.window = 1 if settlement.verdict == "fail" else self.concurrency
+            run.window = 1 if settlement.verdict == "fail" else self.limiter.ceiling
         if not settled:
             logger.warning(
                 "lease of claim %s ran out before it was settled; its %d record(s) went back "
@@ -333,6 +349,7 @@ class Flusher:
         # The run's working time: its waits on duty would only say how long duty lasts.
         counts.observe(FLUSH_SECONDS, max(0.0, report.seconds - run.waited))
         report.remaining = self.buffer.finish_run(counts)  # also notes the run for `check`
+        self.limiter.leave()
         if report.sent or report.retry_scheduled or report.dead_lettered or report.returned:
             logger.info(
                 "flush: sent=%d retry_scheduled=%d dead_lettered=%d returned=%d "
@@ -356,7 +373,7 @@ class Flusher:
             with self._pool_lock:
                 if self._pool is None or self._pool_pid != os.getpid():
                     self._pool = ThreadPoolExecutor(
-                        self.concurrency, thread_name_prefix="suprsend-flush"
+                        self.limiter.ceiling, thread_name_prefix="suprsend-flush"
                     )
                     self._pool_pid = os.getpid()
                 pool = self._pool
@@ -388,10 +405,13 @@ class Flusher:
         with spans.request(offset, len(chunk)) as span:
             response = self.client.post_bulk(chunk)
             span.answered(response)
+        seconds = time.monotonic() - sent_at
+        outcome.started = outcome.started or sent_at
         outcome.requests += 1
+        outcome.seconds += seconds
         error = response.request_error
         status = 200 if error is None else error.status_code  # None: no answer at all
-        outcome.tally.request("bulk", status, time.monotonic() - sent_at)
+        outcome.tally.request("bulk", status, seconds)
         if error is None:
             outcome.answered = True
             for index, record_error in response.failures or ():

@@ -127,19 +127,24 @@ def event_of(
     return Event(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)  # type: ignore[arg-type]
 
 
-def accept_event(settings: Settings, event: Event) -> AcceptedRecord | Dropped:
+def accept_event(
+    settings: Settings, event: Event, *, built: bool = False
+) -> AcceptedRecord | Dropped:
     """Run ``suprsend_before_send`` once and fix the event's identifiers and bytes for this
-    workspace (``Dropped`` if the hook dropped it)."""
+    workspace (``Dropped`` if the hook dropped it). ``built``: the producer built the
+    event from its arguments just now, so (unless a hook held it) its properties are as
+    validated and are not checked a second time."""
     if settings.before_send is not None:
         hooked = run_hook(settings.before_send, event)
         if isinstance(hooked, Dropped):
             return hooked
-        event = hooked
+        event, built = hooked, False
     return accept(
         event,
         sdk_version=USER_AGENT,
         max_event_bytes=settings.max_event_bytes,
         env_size=settings.env_size,
+        checked=built,
     )
 
 
@@ -147,7 +152,9 @@ def accept_call(
     app: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> AcceptedRecord | Dropped:
     """``accept_event`` for ``track_event``-style call arguments."""
-    return accept_event(runtime_of(app).settings, event_from_call(args, kwargs))
+    event = event_from_call(args, kwargs)
+    built = event is not (args[0] if args else None)  # not an Event the caller passed
+    return accept_event(runtime_of(app).settings, event, built=built)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +170,9 @@ class Accepted:
         return [r.payload for r in self.records]
 
 
-def accept_batch(settings: Settings, events: Iterable[Event]) -> Accepted:
-    """Accept every event, or raise for the first bad one (nothing accepted)."""
+def accept_batch(settings: Settings, events: Iterable[Event], *, built: bool = False) -> Accepted:
+    """Accept every event, or raise for the first bad one (nothing accepted); ``built``:
+    the producer built them from its arguments just now (see ``accept_event``)."""
     records: list[AcceptedRecord] = []
     keys: list[str] = []
     for index, event in enumerate(events):
@@ -172,7 +180,7 @@ def accept_batch(settings: Settings, events: Iterable[Event]) -> Accepted:
             raise InvalidEventError(
                 f"buffer_events takes Event instances; item {index} is a {type(event).__name__}"
             )
-        result = accept_event(settings, event)
+        result = accept_event(settings, event, built=built)
         if isinstance(result, AcceptedRecord):
             records.append(result)
         keys.append(result.idempotency_key)
@@ -233,7 +241,7 @@ def buffer_event(
     runtime = runtime_of(app)
     settings = runtime.settings  # a configuration error first, as for any call
     event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
-    accepted = accept_batch(settings, (event,))
+    accepted = accept_batch(settings, (event,), built=event is not distinct_id)
     _push(runtime, accepted)
     return accepted.keys[0]
 

@@ -183,6 +183,7 @@ class Runtime:
             max_retries=s.max_retries,
             backoff_max=s.retry_backoff_max,
             concurrency=s.flush_concurrency,
+            concurrency_max=s.flush_concurrency_max if s.flush_concurrency_adaptive else None,
         )
 
     def key_names(self) -> RedisBuffer:

@@ -184,7 +184,12 @@ class Settings:
     retry_backoff_max: float = defaults.RETRY_BACKOFF_MAX
     request_timeout: float = defaults.REQUEST_TIMEOUT
     max_event_bytes: int = defaults.MAX_EVENT_BYTES
+    #: Bulk requests in flight to start from (adaptive), or always (adaptation off).
     flush_concurrency: int = defaults.FLUSH_CONCURRENCY
+    #: The adaptive limit's ceiling: requests in flight for all of a buffer's flushers.
+    flush_concurrency_max: int = defaults.FLUSH_CONCURRENCY_MAX
+    #: Adapt requests in flight to the API's latency and refusals.
+    flush_concurrency_adaptive: bool = defaults.FLUSH_CONCURRENCY_ADAPTIVE
     #: Seconds accepting an event may take before it fails (Redis or broker unreachable).
     accept_timeout: float = defaults.ACCEPT_TIMEOUT
     buffer_shards: int = defaults.BUFFER_SHARDS
@@ -264,6 +269,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "request_timeout": _number(float, 0.1),
     "max_event_bytes": _number(int, 256, defaults.MAX_EVENT_BYTES),
     "flush_concurrency": _number(int, 1, defaults.FLUSH_CONCURRENCY_MAX),
+    "flush_concurrency_max": _number(int, 1, defaults.FLUSH_CONCURRENCY_CEILING),
+    "flush_concurrency_adaptive": _flag,
     "accept_timeout": _number(float, 0.1, defaults.ACCEPT_TIMEOUT_MAX),
     "buffer_shards": _number(int, 1, defaults.BUFFER_SHARDS_MAX),
     "buffer_min_replicas": _number(int, 0, defaults.BUFFER_MIN_REPLICAS_MAX),
@@ -353,6 +360,7 @@ def load_settings(conf: Any, *, require_credentials: bool = True) -> Settings:
         # anything else missing takes the Settings default: defaults live there only
     if require_credentials:
         _check_credentials(values)
+    _check_concurrency(values)
     values["visibility_timeout"] = _visibility_timeout(conf)
     if values.get("redis_master_name") is None:
         values["redis_master_name"] = _transport_option(conf, "master_name")
@@ -364,6 +372,19 @@ def load_settings(conf: Any, *, require_credentials: bool = True) -> Settings:
             f"{_where('redis_master_name')}, or broker_transport_options['master_name']"
         )
     return Settings(**values)
+
+
+def _check_concurrency(values: dict[str, Any]) -> None:
+    """The adaptive limit starts at ``flush_concurrency``, so it must fit under the max."""
+    start = values.get("flush_concurrency", defaults.FLUSH_CONCURRENCY)
+    ceiling = values.get("flush_concurrency_max", defaults.FLUSH_CONCURRENCY_MAX)
+    adaptive = values.get("flush_concurrency_adaptive", defaults.FLUSH_CONCURRENCY_ADAPTIVE)
+    if adaptive and start > ceiling:
+        raise ConfigurationError(
+            f"suprsend_flush_concurrency ({start}) is where the adaptive limit starts, so it "
+            f"must not exceed suprsend_flush_concurrency_max ({ceiling}); raise the max, "
+            "or set suprsend_flush_concurrency_adaptive=false for a fixed concurrency"
+        )
 
 
 # -- unknown keys ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events.model import AcceptedRecord, Event, event_from_call
+from ..events.model import AcceptedRecord, Event
 from ..pipeline.hooks import Dropped
 from ..pipeline.producers import accept_call
 from ..pipeline.settings import resolve_app
@@ -87,8 +87,8 @@ def prepare_track_event(
         "tenant_id": tenant_id,
         "brand_id": brand_id,
     }
-    event = event_from_call(args, {k: v for k, v in named.items() if v is not None})
-    accepted = accept_call(resolve_app(app), (event,), {})
+    given = {k: v for k, v in named.items() if v is not None}
+    accepted = accept_call(resolve_app(app), args, given)
     if isinstance(accepted, Dropped):
         return accepted
     return PreparedEvent.of_accepted(accepted)

@@ -7,6 +7,11 @@ signature was verified, and are decided per request, in rule order::
     {
       "seed": 7,                        # optional: seeds the RNG used by every "rate"
       "paths": ["/v2/bulk/event/"],     # optional: default path filter for all rules
+      "capacity": 100,                  # optional: a server that works through this many
+                                        #   requests a second, in order; beyond it they
+                                        #   queue, so answers slow down with load
+      "max_concurrent": 10,             # optional: 429 (at once, nothing processed) for a
+                                        #   request beyond this many being handled
       "rules": [
         # which requests a rule applies to (all optional):
         #   "paths": [...]   overrides the plan's paths for this rule
@@ -50,7 +55,15 @@ every record): ``"index"`` (an int or a list of ints, position in the request),
 record's ``error`` object. The first spec that selects a record decides its error.
 
 Every rule whose selectors match adds its ``delay``; the first matching rule with an
-outcome decides the response and later rules are not consulted (nor spent). Rules
+outcome decides the response and later rules are not consulted (nor spent).
+
+The two load models apply to every event request the plan's ``paths`` select, before
+the rules: ``max_concurrent`` answers 429 ("too many concurrent requests") to a
+request that arrives while that many are being handled (delays included);
+``capacity`` holds each request until the server, working through ``capacity``
+requests a second one after the other, reaches it, plus its rules' delays: below the
+capacity an answer takes ``1 / capacity`` more than the delay, above it the queue (and
+every answer's latency) grows until senders slow down. Rules
 with a record-level outcome only match bulk requests. Unknown keys are an error, so a
 typo never silently disables a fault.
 """
@@ -85,7 +98,7 @@ _RULE_KEYS = frozenset(
     }
 )
 _RECORD_KEYS = frozenset({"index", "event", "rate", "count", "status", "message", "type"})
-_PLAN_KEYS = frozenset({"seed", "paths", "rules"})
+_PLAN_KEYS = frozenset({"seed", "paths", "rules", "capacity", "max_concurrent"})
 
 
 class FaultPlanError(ValueError):
@@ -367,11 +380,17 @@ class FaultPlan:
     rules: tuple[FaultRule, ...] = ()
     paths: frozenset[str] | None = None
     seed: int | None = None
+    #: Requests a second the server works through, one after the other (None: no limit).
+    capacity: float | None = None
+    #: Requests handled at once beyond which a request gets 429 (None: no limit).
+    max_concurrent: int | None = None
     _matched: list[int] = field(default_factory=list, repr=False)
     _applied: list[int] = field(default_factory=list, repr=False)
     _record_hits: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: When the modelled server is free again (``time.monotonic``), for ``capacity``.
+    _free_at: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         self._matched = [0] * len(self.rules)
@@ -390,10 +409,16 @@ class FaultPlan:
         if not isinstance(rules, list):
             raise FaultPlanError(f"fault plan 'rules' must be a list, got {rules!r}")
         seed = d.get("seed")
+        capacity = d.get("capacity")
+        if capacity is not None and not _number(capacity, "fault plan 'capacity'") > 0:
+            raise FaultPlanError(f"fault plan 'capacity' must be above 0, got {capacity!r}")
+        limit = d.get("max_concurrent")
         return cls(
             rules=tuple(FaultRule.from_dict(r, f"rules[{i}]") for i, r in enumerate(rules)),
             paths=_paths(d["paths"], "fault plan 'paths'") if "paths" in d else None,
             seed=None if seed is None else _int(seed, "fault plan 'seed'"),
+            capacity=None if capacity is None else float(capacity),
+            max_concurrent=None if limit is None else _int(limit, "fault plan 'max_concurrent'", 1),
         )
 
     @classmethod
@@ -420,10 +445,35 @@ class FaultPlan:
             out["paths"] = sorted(self.paths)
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.capacity is not None:
+            out["capacity"] = self.capacity
+        if self.max_concurrent is not None:
+            out["max_concurrent"] = self.max_concurrent
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules) or self.capacity is not None or self.max_concurrent is not None
+
+    def selects(self, path: str) -> bool:
+        """Whether the load models (``capacity``, ``max_concurrent``) apply to ``path``."""
+        return self.paths is None or path in self.paths
+
+    def over_concurrency(self, path: str, active: int) -> bool:
+        """Whether a request to ``path`` arriving with ``active`` requests being handled
+        (itself included) is one too many (``max_concurrent``)."""
+        limit = self.max_concurrent
+        return limit is not None and active > limit and self.selects(path)
+
+    def queue_delay(self, path: str, now: float) -> float:
+        """Seconds until the server working through ``capacity`` requests a second in
+        order has served a request to ``path`` arriving at ``now`` (0 without one)."""
+        capacity = self.capacity
+        if capacity is None or not self.selects(path):
+            return 0.0
+        with self._lock:
+            start = max(now, self._free_at)
+            self._free_at = start + 1.0 / capacity
+            return self._free_at - now
 
     def decide(self, path: str, bulk: bool, events: Collection[object] = ()) -> FaultDecision:
         """Pick the delay and the outcome for one request to ``path`` (holding ``events``)."""

@@ -341,16 +341,26 @@ class _Handler(BaseHTTPRequestHandler):
 
         incoming.parse()
         received = incoming.count
+        plan = state.faults
+        with state.lock:
+            active = state.active
+        if plan.over_concurrency(route, active):
+            fault_label = f"max_concurrent {plan.max_concurrent}"
+            log(429, events_received=received)
+            message = f"too many concurrent requests (over {plan.max_concurrent})"
+            self._send_error_json(429, message, "TooManyRequests")
+            return
         events = {r.get("event") for r in incoming.records or () if isinstance(r, dict)}
-        decision = state.faults.decide(route, incoming.bulk, events)
-        if decision.delay and state.stopping.wait(decision.delay):
+        decision = plan.decide(route, incoming.bulk, events)
+        delay = decision.delay + plan.queue_delay(route, time.monotonic())
+        if delay and state.stopping.wait(delay):
             self.close_connection = True  # shutting down: abandon the request
             return
         rule = decision.rule
         if rule is not None:
             fault_label = f"rules[{decision.rule_index}]: {rule.describe()}"
-        elif decision.delay:
-            fault_label = f"delay {decision.delay:g}s"
+        elif delay:
+            fault_label = f"delay {delay:g}s"
 
         if rule is not None and (rule.status is not None or rule.drop_connection):
             if rule.process:

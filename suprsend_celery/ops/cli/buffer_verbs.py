@@ -21,7 +21,7 @@ __all__ = ["flush", "status"]
 @clean_errors
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the buffer: pending, in flight, retries, dead letters, the direct path's
-    journal, breaker."""
+    journal, breaker, the adaptive concurrency limit."""
     buffer = buffer_of(ctx)
     if not as_json:
         say_target(ctx, buffer, "read")
@@ -35,6 +35,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     is_open = snap.breaker.state != "closed"
     figures["breaker_reason"] = snap.breaker.reason if is_open else ""
     figures["breaker_retry_in"] = snap.breaker.retry_in if is_open else 0.0
+    limit = snap.concurrency
+    figures["concurrency_limit"] = limit.limit if limit else None
+    figures["concurrency_flushers"] = limit.flushers if limit else 0
     memory = buffer.memory_info()
     figures["maxmemory_policy"] = memory.get("maxmemory_policy")
     figures["maxmemory"] = memory.get("maxmemory")
@@ -51,6 +54,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ("oldest age", f"{figures['oldest_age_seconds']:.1f}s"),
         ("direct journal", _journal_text(figures)),
         ("breaker", figures["breaker"]),
+        ("concurrency", _concurrency_text(figures)),
         ("outbox (Django)", _outbox_text(figures)),
     ]
     if figures["breaker"] != "closed":
@@ -60,6 +64,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label:<{width}}  {value}")
+
+
+def _concurrency_text(figures: dict[str, Any]) -> str:
+    """``24.5 requests in flight (2 flushers)``: the adaptive limit the flushers share."""
+    limit = figures["concurrency_limit"]
+    if limit is None:
+        return "not adapted lately (flushers start at suprsend_flush_concurrency)"
+    flushers = figures["concurrency_flushers"]
+    shared = f"{flushers} flusher{'s' if flushers != 1 else ''}" if flushers else "no flusher now"
+    return f"{limit:g} requests in flight ({shared})"
 
 
 def _outbox_text(figures: dict[str, Any]) -> str:
