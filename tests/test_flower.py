@@ -78,6 +78,7 @@ class Stack:
         self.processes.append((process, log))
 
     def start(self) -> None:
+        name = f"flower-test-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         self.spawn(
             "worker",
             "worker",
@@ -87,7 +88,8 @@ class Stack:
             "-Q",
             self.queue,
             "-n",
-            f"flower-test-{uuid.uuid4().hex[:6]}@%h",
+            name,
+            "-E",
             "--without-gossip",
             "--without-mingle",
             "--loglevel=INFO",
@@ -99,6 +101,17 @@ class Stack:
             "--address=127.0.0.1",
         )
         self.wait(self._flower_up, 60, f"Flower on {self.url}")
+        # Events on from the start (-E), and Flower's event receiver connected: it has
+        # had the worker's heartbeat. Otherwise a task received before Flower's first
+        # ``enable_events`` broadcast shows in Flower without its arguments.
+        self.wait(lambda: self._sees_heartbeat(name), 60, f"Flower receiving {name}'s events")
+
+    def _sees_heartbeat(self, name: str) -> bool:
+        self.check_alive()
+        try:
+            return self.api("/api/workers?status=1")[0].get(name) is True
+        except requests.RequestException:
+            return False
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
         """``wait_for``, with both processes' logs (as they are then) if it times out."""
