@@ -34,6 +34,7 @@ from redis.retry import Retry
 from .. import defaults
 from ..exceptions import Accepted, BufferUnavailableError
 from .eviction import full_error
+from .lean_eval import pack_commands
 from .scripts import Call
 
 __all__ = ["AcceptAttempt", "ProducerConnections", "current_attempt"]
@@ -147,7 +148,7 @@ def _eval(
     script's reply (the records are stored; the replicas' answer was lost)."""
     conn.check_health()  # a due PING goes before the request, so it is not counted as sent
     for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
-        packed = conn.pack_commands([(command, body, len(keys), *keys, *args), *wait])
+        packed = pack_commands(conn, [(command, body, len(keys), *keys, *args), *wait])
         attempt.sending()
         conn.send_packed_command(packed, check_health=False)
         try:

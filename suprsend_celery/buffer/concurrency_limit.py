@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from .. import defaults
 from .keys import Keys
+from .lean_eval import lean_script
 from .scripts import CONCURRENCY, concurrency_call
 from .slot import Slot
 
@@ -62,7 +63,7 @@ class SharedLimit:
     def __init__(self, slot: Slot, keys: Keys) -> None:
         self.slot = slot
         self.keys = keys
-        self._merge = slot.client.register_script(CONCURRENCY.source)
+        self._merge = lean_script(slot.client, CONCURRENCY.source)
 
     def merge(
         self,

@@ -21,6 +21,7 @@ from ..delivery.tally import Tally
 from ..exceptions import ReplicationError
 from . import scripts as lua
 from .keys import Keys
+from .lean_eval import lean_script
 from .push_plan import PushPlan
 from .slot import Slot
 
@@ -70,12 +71,12 @@ class Queue:
         self.breaker = breaker
         #: Refuses accepting into a Redis that may evict our keys (the async push shares it).
         self.policy_check = slot.policy_check
-        register = slot.client.register_script
-        self._push = register(lua.PUSH.source)
-        self._claim = register(lua.CLAIM.source)
-        self._extend = register(lua.EXTEND.source)
-        self._settle = register(lua.SETTLE.source)
-        self._finish_run = register(lua.FINISH_RUN.source)
+        self._push = slot.client.register_script(lua.PUSH.source)  # its sha and body
+        # A flusher's scripts, run once per batch: without redis-py's command layers.
+        self._claim = lean_script(slot.client, lua.CLAIM.source)
+        self._extend = lean_script(slot.client, lua.EXTEND.source)
+        self._settle = lean_script(slot.client, lua.SETTLE.source)
+        self._finish_run = lean_script(slot.client, lua.FINISH_RUN.source)
 
     def push(self, records: Sequence[bytes]) -> int:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,

@@ -13,6 +13,7 @@ times. The circuit breaker these scripts drive is described in ``breaker``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -250,8 +251,14 @@ def _held(k: Keys) -> dict[str, str]:
     return {"pending": k.pending, "inflight": k.inflight, "retry": k.retry, "dead": k.dead}
 
 
+@functools.lru_cache(maxsize=256)
+def _push_keys(k: Keys) -> tuple[str, ...]:
+    return tuple(PUSH.call({**_held(k), "wake_key": k.wake}, {"max_length": 0}).keys)
+
+
 def push_call(k: Keys, max_length: int, records: Sequence[bytes]) -> Call:
-    return PUSH.call({**_held(k), "wake_key": k.wake}, {"max_length": max_length}, records)
+    # Once per event in the caller's request: the keys, ordered by name once per shard.
+    return Call(list(_push_keys(k)), [max_length, *records])
 
 
 def claim_call(

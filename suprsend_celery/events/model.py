@@ -70,6 +70,10 @@ class _Checked(Generic[_V]):
         setattr(obj, self.slot, self.check(value))
 
 
+_check_tenant_id = functools.partial(check_scope_id, "tenant_id")
+_check_brand_id = functools.partial(check_scope_id, "brand_id")
+
+
 class Event:
     """One event to track, validated as it is built.
 
@@ -89,14 +93,21 @@ class Event:
         "attachments",
     )
 
+    _distinct_id: str
+    _event_name: str
+    _properties: dict[str, Any]
+    _idempotency_key: str | None
+    _tenant_id: str | None
+    _brand_id: str | None
+
     # Validated whenever they are set, so changing one after construction cannot
     # slip a bad value past the checks (a ``$`` event name, say).
     distinct_id = _Checked(check_distinct_id)
     event_name = _Checked(check_event_name)
     properties = _Checked(check_properties)
     idempotency_key = _Checked(check_idempotency_key)
-    tenant_id = _Checked(functools.partial(check_scope_id, "tenant_id"))
-    brand_id = _Checked(functools.partial(check_scope_id, "brand_id"))
+    tenant_id = _Checked(_check_tenant_id)
+    brand_id = _Checked(_check_brand_id)
 
     def __init__(
         self,
@@ -115,6 +126,28 @@ class Event:
         self.tenant_id = tenant_id  # noqa: PLE0237
         self.brand_id = brand_id  # noqa: PLE0237
         self.attachments: list[dict[str, Any]] = []
+
+    @classmethod
+    def checked(
+        cls,
+        distinct_id: Any,
+        event_name: Any,
+        properties: Any,
+        idempotency_key: Any,
+        tenant_id: Any,
+        brand_id: Any,
+    ) -> Event:
+        """``Event(...)`` with the same checks in the same order, without the descriptors'
+        dispatch: a producer builds one per call, in the caller's request."""
+        event = cls.__new__(cls)
+        event._distinct_id = check_distinct_id(distinct_id)
+        event._event_name = check_event_name(event_name)
+        event._properties = check_properties(properties)
+        event._idempotency_key = check_idempotency_key(idempotency_key)
+        event._tenant_id = _check_tenant_id(tenant_id)
+        event._brand_id = _check_brand_id(brand_id)
+        event.attachments = []
+        return event
 
     def add_attachment(
         self, url: str, filename: str | None = None, ignore_if_error: bool = False
@@ -206,25 +239,28 @@ def accept(
     validated and are not checked again; an ``Event`` a caller built and kept may have
     had its properties changed since, so they are.
     """
-    properties = event.properties if checked else check_properties(event.properties)
+    # The slots are read directly (same values as the attributes, a call less each).
+    own = event._properties
+    properties = own if checked else check_properties(own)
     extra: dict[str, Any] = {"$ss_sdk_version": sdk_version}
     if event.attachments:
         extra = {"$attachments": list(event.attachments), **extra}
     properties = {**properties, **extra}  # the event's own dict stays as it is
     insert_id = new_insert_id()
-    key = event.idempotency_key or insert_id
+    key = event._idempotency_key or insert_id
+    event_name, distinct_id = event._event_name, event._distinct_id
     record: dict[str, Any] = {
         "$insert_id": insert_id,
         "$time": int(time.time() * 1000),
-        "event": event.event_name,
-        "distinct_id": event.distinct_id,
+        "event": event_name,
+        "distinct_id": distinct_id,
         "properties": properties,
         "$idempotency_key": key,
     }
-    if event.tenant_id is not None:
-        record["tenant_id"] = event.tenant_id
-    if event.brand_id is not None:
-        record["brand_id"] = event.brand_id
+    if event._tenant_id is not None:
+        record["tenant_id"] = event._tenant_id
+    if event._brand_id is not None:
+        record["brand_id"] = event._brand_id
     try:
         text = encode_json(record)
     except Exception as exc:  # noqa: BLE001 - what a value's own methods raise is ours too
@@ -234,7 +270,7 @@ def accept(
             found = None
         reason = found or f"properties are not JSON-serialisable ({type(exc).__name__})"
         raise InvalidEventError(reason, field="properties") from None
-    check_safe_numbers(event.properties, text)
+    check_safe_numbers(own, text)
     try:
         payload = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, e.g. from os.fsdecode
@@ -258,4 +294,4 @@ def accept(
             "(suprsend_max_event_bytes)",
             field="properties",
         )
-    return AcceptedRecord(payload, key, event.event_name, event.distinct_id)
+    return AcceptedRecord(payload, key, event_name, distinct_id)

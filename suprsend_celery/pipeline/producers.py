@@ -124,7 +124,7 @@ def event_of(
         if isinstance(distinct_id, Event) and all(f is None for f in fields):
             return distinct_id
         raise InvalidEventError("event_name is required", field="event_name")
-    return Event(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)  # type: ignore[arg-type]
+    return Event.checked(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
 
 
 def accept_event(
@@ -199,10 +199,15 @@ def naming_keys(records: list[AcceptedRecord]) -> Iterator[None]:
 
 
 def _push(runtime: Runtime, accepted: Accepted) -> None:
-    if accepted.records:
-        with naming_keys(accepted.records):
+    records = accepted.records
+    if records:
+        try:
             # The caller's trace context is stored beside each record, never sent.
-            runtime.buffer().push(with_trace_context(accepted.payloads))
+            runtime.buffer().push(with_trace_context([r.payload for r in records]))
+        except (BufferUnavailableError, ReplicationError) as exc:
+            # What ``naming_keys`` does, inline: the one call made per event.
+            exc.idempotency_keys = tuple(r.idempotency_key for r in records)
+            raise
 
 
 @overload

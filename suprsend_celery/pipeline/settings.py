@@ -30,6 +30,8 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from celery import current_app
+
 from .. import defaults
 from ..delivery.credentials import Credentials
 from ..delivery.routing import mask_url
@@ -506,8 +508,6 @@ def _check_credentials(values: dict[str, Any]) -> None:
 def resolve_app(app: Any = None) -> Any:
     """``app``, or Celery's current app: the one way this package finds the app."""
     if app is None:
-        from celery import current_app
-
         # current_app is a proxy; Celery's documented way to get the app behind it
         # (which we cache things on) is this underscore method.
         return current_app._get_current_object()
