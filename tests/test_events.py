@@ -22,7 +22,7 @@ from suprsend.request_schema import _get_schema_validator
 
 from suprsend_celery import Event, InvalidEventError, SuprsendCeleryError
 from suprsend_celery.events.model import AcceptedRecord, accept, event_from_call
-from suprsend_celery.events.records import env_field, with_env
+from suprsend_celery.events.records import bulk_body, env_field, with_env
 from suprsend_celery.events.validation import BUILTIN_EVENT_NAMES
 
 KEY = "WSKEY_abcdefghij0123456789"
@@ -883,6 +883,49 @@ class TestEnvAtSend:
 
     def test_foreign_bytes_are_sent_as_they_are(self) -> None:
         assert with_env(b'{"event": "x"}', env_field(KEY)) == b'{"event": "x"}'
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        records=st.lists(
+            st.one_of(
+                st.builds(
+                    lambda d, p: accept(Event(d, "ev", p), sdk_version=SDK_VERSION).payload,
+                    st.text(min_size=1, max_size=8).filter(str.strip),
+                    st.dictionaries(
+                        st.sampled_from(["env", "distinct_id", "a", 'x", "env": "y']),
+                        st.one_of(
+                            st.text(max_size=8),
+                            st.dictionaries(
+                                st.sampled_from(["distinct_id", "env"]),
+                                st.integers(-(2**53) + 1, 2**53 - 1),
+                                max_size=2,
+                            ),
+                        ),
+                        max_size=3,
+                    ),
+                ),
+                st.sampled_from(
+                    [
+                        b'{"event": "x"}',
+                        b'{"distinct_id": "first"}',
+                        b'{"a": 1, "env": "old", "distinct_id": "u"}',
+                        b'{"a": 1, "distinct_id": "u", "b": {"c": 2, "distinct_id": 3}}',
+                    ]
+                ),
+            ),
+            min_size=1,
+            max_size=12,
+        ),
+        env=st.sampled_from([KEY, 'u"i\\d']),
+    )
+    def test_bulk_body_is_each_record_as_sent(self, records: list[bytes], env: str) -> None:
+        """The bulk body spliced in one pass equals the records spliced one by one,
+        whatever they hold: nested ``distinct_id``/``env`` keys, foreign bytes, an old env."""
+        field = env_field(env)
+        assert (
+            bulk_body(records, field)
+            == b"[" + b", ".join([with_env(r, field) for r in records]) + b"]"
+        )
 
 
 class TestAcceptedOnce:

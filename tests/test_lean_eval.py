@@ -39,7 +39,6 @@ class TestPacking:
         both = pack_commands(conn, [command, ("WAIT", 1, 250)])
         assert b"".join(both) == b"".join(conn.pack_commands([command, ("WAIT", 1, 250)]))
 
-
     def test_without_hiredis_redis_py_packs(
         self, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from .. import defaults
 from ..__about__ import __version__
 from ..events.model import AcceptedRecord, Event, accept
-from ..events.records import env_field, key_of, with_env
+from ..events.records import bulk_body, env_field, key_of, with_env
 from ..exceptions import ConfigurationError, DeliveryError, TransientDeliveryError
 from .credentials import CONTENT_TYPE, Credentials, client_user_agent
 from .http import NO_RESPONSE, TIMEOUTS, HttpRequest, HttpTransport, Urllib3Transport
@@ -312,8 +312,7 @@ class SuprsendClient:
                 extra={"records": size, "outcome": "dry_run"},
             )
             return BulkResponse(size, failures=[])
-        field = self._env_field
-        body = b"[" + b", ".join([with_env(p, field) for p in payloads]) + b"]"
+        body = bulk_body(payloads, self._env_field)
         try:
             status, raw, headers = self._post(self._bulk_url, self._bulk_path, body, None)
         except DeliveryError as exc:

@@ -242,9 +242,39 @@ def bulk_answer(status: int, body: bytes, payloads: Sequence[bytes]) -> BulkResp
     recognised without parsing JSON, in a third of ``json.loads``' time; anything else
     is parsed (``bulk_response``), so an odd answer is read exactly as before.
     """
-    if _ALL_OK.fullmatch(body) is not None and body.count(b'"status"') == len(payloads):
-        return BulkResponse(len(payloads), failures=[], status_code=status)
+    size = len(payloads)
+    if _all_ok(body, size) or (
+        _ALL_OK.fullmatch(body) is not None and body.count(b'"status"') == size
+    ):
+        return BulkResponse(size, failures=[], status_code=status)
     return bulk_response(status, decode_body(body), payloads)
+
+
+_OK_OPEN = b'{"status": "success"'
+
+
+def _all_ok(body: bytes, size: int) -> bool:
+    """``_ALL_OK``'s verdict for its usual spelling (``": "`` and ``}, {``), by counting
+    bytes (a few passes at C speed, about a sixth of the regex's time on 100 records).
+
+    The array holds ``size`` ``{`` and ``size`` ``}``, with ``}, {`` between each two
+    records, so it reads ``[{R1}, {R2}, ... {Rn}]`` with no brace, bracket or backslash
+    inside any ``R``; every ``{`` there opens ``"status": "success"`` and no record has a
+    second ``"status"``. Anything else is left to the regex.
+    """
+    return (
+        size > 0
+        and body.startswith(b'{"records": [' + _OK_OPEN)
+        and body.endswith(b"}]}")
+        and body.count(b"{") == size + 1
+        and body.count(b"}") == size + 1
+        and body.count(b"[") == 1
+        and body.count(b"]") == 1
+        and b"\\" not in body
+        and body.count(b"}, {") == size - 1
+        and body.count(_OK_OPEN) == size
+        and body.count(b'"status"') == size
+    )
 
 
 def bulk_response(status: int, parsed: object, payloads: Sequence[bytes]) -> BulkResponse:
