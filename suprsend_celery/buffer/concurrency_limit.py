@@ -17,7 +17,6 @@ from typing import NamedTuple
 
 from .. import defaults
 from .keys import Keys
-from .lean_eval import lean_script
 from .scripts import CONCURRENCY, concurrency_call
 from .slot import Slot
 
@@ -63,7 +62,7 @@ class SharedLimit:
     def __init__(self, slot: Slot, keys: Keys) -> None:
         self.slot = slot
         self.keys = keys
-        self._merge = lean_script(slot.client, CONCURRENCY.source)
+        self._merge = slot.script(CONCURRENCY.source)
 
     def merge(
         self,

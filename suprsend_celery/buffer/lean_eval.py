@@ -1,16 +1,16 @@
 """EVALSHA without redis-py's per-command layers, for the scripts run per batch.
 
 A flusher runs two scripts per 100 records (CLAIM and SETTLE). Through
-``Script.__call__`` each goes through ``execute_command``'s pool checkout, retry and
-observability wrappers and redis-py's Python packer: measured on a 2-core VM, 106 µs of
-CPU for a claim of 100 records and 114 µs for a settle's 25 arguments, against 56 and
-39 µs for the same EVALSHA sent this way, more than the Redis work itself. So
-``LeanScript`` sends it on one of the client's pool connections with redis-py's public
-connection API (``send_packed_command``, ``read_response``), packed by hiredis when it
-is installed (the ``hiredis`` extra), under the connection's own ``Retry`` (none for one
-server; Sentinel's failover retry), and sends EVAL when Redis lost the script (a restart
-or ``SCRIPT FLUSH``), as ``Script`` does. A cluster client keeps redis-py's ``Script``:
-its node routing is the client's job.
+``Script.__call__`` each goes through ``execute_command``'s pool checkout (which polls
+the socket), its retry and observability wrappers and redis-py's Python packer:
+measured on a 2-core VM, 106 µs of CPU for a claim of 100 records and 114 µs for a
+settle's 25 arguments, against 56 and 39 µs for the same EVALSHA on a pool connection
+with redis-py's public connection API (``send_packed_command``, ``read_response``),
+less again on connections kept idle between calls (``ScriptConnections``). Packed by
+hiredis when it is installed (the ``hiredis`` extra), under the connection's own
+``Retry`` (none for one server; Sentinel's failover retry); EVAL when Redis lost the
+script (a restart or ``SCRIPT FLUSH``), as ``Script`` does. A cluster client keeps
+redis-py's ``Script``: its node routing is the client's job.
 
 Not seen by instrumentation that wraps ``Redis.execute_command`` (redis-py's own
 metrics, OpenTelemetry's redis instrumentation): the flush run's spans say what ran.
@@ -19,12 +19,14 @@ metrics, OpenTelemetry's redis instrumentation): the flush run's spans say what 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
-__all__ = ["LeanScript", "lean_script", "pack_command", "pack_commands"]
+__all__ = ["LeanScript", "ScriptConnections", "lean_script", "pack_command", "pack_commands"]
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # the hiredis extra: 0.8 µs for a push's EVALSHA against redis-py's 6.2
@@ -52,26 +54,91 @@ def pack_commands(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[bytes]
     return packed
 
 
+class ScriptConnections:
+    """The connections a slot's ``LeanScript``s run on: the client's connection class and
+    options (timeouts, Sentinel's master lookup, TLS), kept idle between calls (a deque:
+    thread-safe pop and append, as many as calls run at once, rebuilt after a fork).
+
+    Not the client's pool: its checkout polls the socket for stale data before every
+    command and its release takes a lock, a fifth of a claim's CPU. A connection that
+    went stale while idle (Redis restarted, an idle timeout) fails at once, before the
+    script could run, and the call gets one more try on a fresh connection."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._idle: deque[Any] = deque()
+        self._pid = os.getpid()
+
+    def checkout(self) -> tuple[Any, bool]:
+        """An idle connection, or a new one: ``(connection, whether it is new)``."""
+        if self._pid != os.getpid():  # a forked child opens its own sockets
+            self._idle, self._pid = deque(), os.getpid()
+        try:
+            return self._idle.pop(), False
+        except IndexError:
+            return self.new(), True
+
+    def new(self) -> Any:
+        """A new connection, made as the client's pool makes one (connected on first use)."""
+        pool = self.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
+
+    def checkin(self, conn: Any) -> None:
+        self._idle.append(conn)
+
+    def close(self) -> None:
+        """Disconnect the idle connections (one in use returns after its call)."""
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            conn.disconnect()
+
+
+#: How an idle connection that went stale fails (a timeout is not one: the script
+#: may have run, so it is never sent again).
+_STALE = (redis.ConnectionError, OSError)
+
+
 class LeanScript:
     """One Lua script, called as ``script(keys=[...], args=[...])`` like redis-py's
-    ``Script``, on a plain or Sentinel ``redis.Redis``."""
+    ``Script``, on a plain or Sentinel ``redis.Redis``'s ``ScriptConnections``."""
 
-    __slots__ = ("client", "script", "sha")
+    __slots__ = ("connections", "script", "sha")
 
-    def __init__(self, client: redis.Redis, source: str) -> None:
-        self.client = client
+    def __init__(self, connections: ScriptConnections, source: str) -> None:
+        self.connections = connections
         self.script = source
         self.sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        pool = self.client.connection_pool
-        conn: Any = pool.get_connection()
-        try:
-            return conn.retry.call_with_retry(
-                lambda: self._run(conn, keys, args), lambda _error: conn.disconnect()
-            )
-        finally:
-            pool.release(conn)
+        connections = self.connections
+        conn, fresh = connections.checkout()
+        while True:
+            try:
+                reply = self._attempt(conn, keys, args)
+            except redis.ResponseError:
+                connections.checkin(conn)  # an error reply: the connection is in step
+                raise
+            except _STALE as exc:
+                conn.disconnect()
+                if fresh or isinstance(exc, TimeoutError):
+                    raise  # a new connection failed, or the script may have run
+                conn, fresh = connections.new(), True
+                continue
+            except BaseException:
+                conn.disconnect()  # a reply may still be on its way: never reuse it
+                raise
+            connections.checkin(conn)
+            return reply
+
+    def _attempt(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One call under the connection's own ``Retry`` (none for one server; Sentinel's
+        failover retry, reconnecting to the new master), as redis-py's commands run."""
+        return conn.retry.call_with_retry(
+            lambda: self._run(conn, keys, args), lambda _error: conn.disconnect()
+        )
 
     def _run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         conn.send_packed_command(
@@ -89,9 +156,10 @@ class LeanScript:
 
 
 def lean_script(
-    client: redis.Redis | redis.RedisCluster, source: str
+    client: redis.Redis | redis.RedisCluster, connections: ScriptConnections | None, source: str
 ) -> LeanScript | Callable[..., Any]:
-    """A ``LeanScript`` for a plain or Sentinel client; redis-py's ``Script`` on a cluster."""
-    if isinstance(client, redis.RedisCluster):
+    """A ``LeanScript`` on ``connections``; redis-py's ``Script`` on a cluster (no
+    ``connections`` then)."""
+    if connections is None or isinstance(client, redis.RedisCluster):
         return client.register_script(source)
-    return LeanScript(client, source)
+    return LeanScript(connections, source)

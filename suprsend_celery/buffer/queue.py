@@ -21,7 +21,6 @@ from ..delivery.tally import Tally
 from ..exceptions import ReplicationError
 from . import scripts as lua
 from .keys import Keys
-from .lean_eval import lean_script
 from .push_plan import PushPlan
 from .slot import Slot
 
@@ -73,10 +72,10 @@ class Queue:
         self.policy_check = slot.policy_check
         self._push = slot.client.register_script(lua.PUSH.source)  # its sha and body
         # A flusher's scripts, run once per batch: without redis-py's command layers.
-        self._claim = lean_script(slot.client, lua.CLAIM.source)
-        self._extend = lean_script(slot.client, lua.EXTEND.source)
-        self._settle = lean_script(slot.client, lua.SETTLE.source)
-        self._finish_run = lean_script(slot.client, lua.FINISH_RUN.source)
+        self._claim = slot.script(lua.CLAIM.source)
+        self._extend = slot.script(lua.EXTEND.source)
+        self._settle = slot.script(lua.SETTLE.source)
+        self._finish_run = slot.script(lua.FINISH_RUN.source)
 
     def push(self, records: Sequence[bytes]) -> int:
         """Append records in one atomic step; ``BufferFullError`` (nothing added) if full,

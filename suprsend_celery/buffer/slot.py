@@ -5,6 +5,7 @@ journal, dead letters, breaker, snapshot) talks to Redis through its ``Slot``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -19,6 +20,7 @@ from .eviction import (
     read_memory_info,
 )
 from .keys import Keys
+from .lean_eval import LeanScript, ScriptConnections, lean_script
 
 __all__ = ["Slot"]
 
@@ -39,6 +41,15 @@ class Slot:
         self.producers = ProducerConnections(client, keys.pending, accept_timeout)
         #: Refuses accepting into a Redis that may evict our keys (read once a minute).
         self.policy_check = PolicyCheck(interval=policy_recheck)
+        #: The connections of the scripts run per batch (none on a cluster).
+        self.script_connections = (
+            None if isinstance(client, redis.RedisCluster) else ScriptConnections(client)
+        )
+
+    def script(self, source: str) -> LeanScript | Callable[..., Any]:
+        """A script run per batch (claim, settle...): a ``LeanScript`` on this slot's
+        connections, or redis-py's ``Script`` on a cluster."""
+        return lean_script(self.client, self.script_connections, source)
 
     def node(self) -> Any:
         """The client of the server (or cluster node) holding this slot: pipelines,
@@ -65,8 +76,11 @@ class Slot:
         self.policy_check.refuse()
 
     def close(self) -> None:
-        """Disconnect the producers' own connections (the client is the buffer's to close)."""
+        """Disconnect the producers' and the scripts' own connections (the client is the
+        buffer's to close)."""
         self.producers.close()
+        if self.script_connections is not None:
+            self.script_connections.close()
 
     def memory_info(self) -> dict[str, Any]:
         """This Redis's ``maxmemory_policy``, ``maxmemory`` and ``used_memory`` (``status``)."""
