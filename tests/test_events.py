@@ -218,7 +218,7 @@ class TestRecordBytes:
     def test_value_conversions(self) -> None:
         """datetime/date → ISO 8601, Decimal → the JSON number of its value, UUID → str;
         nested too (issue 11 item 6: a Decimal amount was sent as a string)."""
-        moment = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
+        moment = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
         props = {
             "at": moment,
             "day": dt.date(2026, 1, 2),
@@ -737,7 +737,7 @@ _JSONISH = st.one_of(
     st.text(max_size=12),
     st.decimals(allow_nan=False, allow_infinity=False, places=2),
     st.uuids(),
-    st.datetimes(timezones=st.just(dt.timezone.utc)),
+    st.datetimes(timezones=st.just(dt.UTC)),
     st.dates(),
     st.integers(0, 120_000).map(lambda n: "x" * n),
 )

@@ -10,18 +10,18 @@ bounded the same way (``within``).
 has its own ``AsyncBuffer`` with a pool of at most ``defaults.ASYNC_REDIS_CONNECTIONS``:
 more concurrent calls queue for a connection rather than fail.
 
-The bound. A push runs as a task of its own, and the caller waits for it until the
-attempt's deadline (``suprsend_accept_timeout``), then gives up at once: it does not
-wait for the task to unwind, as ``asyncio.wait_for`` does. On Python 3.11, ``wait_for``
-returns the inner result when a cancel and the inner's completion meet (CPython
-gh-86296), and redis-py writes each command under a ``wait_for`` of its own: a push
-cancelled at the deadline just as its write completed carried on, read its reply
-(a frozen Redis answers only when it resumes, up to the socket timeout) and
-succeeded late: 3.08 s against a 2 s bound. Unwinding a cancelled push (the pool's
-condition lock, shared with every waiting caller) added up to 0.2 s more. Now a call
-ends at its deadline plus the event loop's own lag (a busy loop runs timers late;
-``AcceptAttempt`` and ``within`` add a few microseconds). A push given up on sends
-nothing more (``AcceptAttempt.abandon``), so an error's ``accepted`` stays true.
+The bound. A push runs in the caller's own task under ``asyncio.timeout`` until the
+attempt's deadline (``suprsend_accept_timeout``). Its connections have no socket
+timeout, so redis-py awaits its writes directly: with one, it writes under
+``asyncio.wait_for``, which on Python 3.11 returns the inner result when a cancel and
+the inner's completion meet (CPython gh-86296), and a push cancelled at the deadline
+just as its write completed carried on and succeeded late (3.08 s against a 2 s bound);
+it also cost a task and two turns of the loop per push. The cancel now reaches the
+push wherever it waits, and the push leaves at once: a connection it held is closed
+and returned to the pool in the background (the pool's lock is shared with every
+waiting caller), so a call ends at its deadline plus the event loop's own lag. A push
+given up on sends nothing more (``AcceptAttempt.abandon``), so an error's ``accepted``
+stays true.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..exceptions import BufferUnavailableError
 from . import scripts as lua
 from .accept_connections import AcceptAttempt
 from .eviction import describe_redis, full_error, parse_memory_info
+from .lean_eval import pack_command
 from .protocol import Buffer
 from .push_plan import PushPlan
 from .redis_buffer import RedisBuffer
@@ -55,6 +56,8 @@ _HEALTH = "health_check_interval"
 
 #: Errors of a push that the caller reports as ``BufferUnavailableError``.
 _UNAVAILABLE = (redis.RedisError, OSError)
+#: ... except these, raised as they are (the caller pushes through the sync client).
+_PASS = (redis.exceptions.AskError, redis.exceptions.MovedError, BufferUnavailableError)
 
 
 def serves_async(buffer: Buffer) -> TypeGuard[RedisBuffer]:
@@ -69,37 +72,27 @@ def serves_async(buffer: Buffer) -> TypeGuard[RedisBuffer]:
 
 
 async def within(attempt: AcceptAttempt, work: Awaitable[_T]) -> _T:
-    """``await work`` until ``attempt``'s deadline, then give up on it at once (see the
-    module docstring): ``BufferUnavailableError`` with ``accepted`` as of that moment,
-    while the work, cancelled, unwinds in the background. A Redis failure inside it
-    becomes ``BufferUnavailableError`` too; other errors (``BufferFullError``, a
-    cluster's MOVED, ``ConfigurationError``) pass as they are. A caller cancelled
-    meanwhile cancels the work (nothing more is sent)."""
-    task = asyncio.ensure_future(work)
+    """``await work`` until ``attempt``'s deadline (``asyncio.timeout``, in the caller's
+    own task: no task of its own, no turn of the loop more), then
+    ``BufferUnavailableError`` with ``accepted`` as of that moment (see the module
+    docstring). A Redis failure inside it becomes ``BufferUnavailableError`` too; other
+    errors (``BufferFullError``, a cluster's MOVED, ``ConfigurationError``) pass as they
+    are. A caller cancelled meanwhile cancels the work (nothing more is sent)."""
+    deadline = asyncio.timeout(max(attempt.left(), 0.0))
     try:
-        done, _ = await asyncio.wait((task,), timeout=max(attempt.left(), 0.0))
-    except asyncio.CancelledError:
-        attempt.abandon()
-        task.cancel()
-        raise
-    if task in done:
-        try:
-            return task.result()
-        except (redis.exceptions.AskError, redis.exceptions.MovedError, BufferUnavailableError):
+        async with deadline:
+            return await work
+    except BaseException as exc:
+        if deadline.expired():
+            accepted = attempt.abandon()
+            late = TimeoutError(f"no answer within {attempt.seconds:g}s")
+            raise _unavailable(late, attempt, accepted) from late
+        if isinstance(exc, asyncio.CancelledError):
+            attempt.abandon()
             raise
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc, attempt, attempt.accepted()) from exc
-    accepted = attempt.abandon()
-    task.cancel()
-    task.add_done_callback(_forget)
-    late = TimeoutError(f"no answer within {attempt.seconds:g}s")
-    raise _unavailable(late, attempt, accepted) from late
-
-
-def _forget(task: asyncio.Future[Any]) -> None:
-    """Retrieve a given-up push's outcome, which nobody waits for any more."""
-    if not task.cancelled():
-        task.exception()
+        if isinstance(exc, _PASS) or not isinstance(exc, _UNAVAILABLE):
+            raise
+        raise _unavailable(exc, attempt, attempt.accepted()) from exc
 
 
 def _unavailable(
@@ -133,7 +126,10 @@ class AsyncBuffer:
             url,
             max_connections=defaults.ASYNC_REDIS_CONNECTIONS,
             timeout=bound,
-            socket_timeout=bound,
+            # No read or write timeout: ``within`` bounds every push, and redis-py
+            # writes under ``asyncio.wait_for`` when one is set (a task per write, and
+            # on Python 3.11 a cancel it may swallow: CPython gh-86296).
+            socket_timeout=None,
             socket_connect_timeout=bound,
             retry=Retry(NoBackoff(), 0),  # one try: the bound is the caller's
             **({_HEALTH: options[_HEALTH]} if _HEALTH in options else {}),
@@ -174,15 +170,33 @@ class AsyncBuffer:
             except redis.exceptions.OutOfMemoryError as exc:
                 raise full_error(exc) from exc
         except BaseException:
-            await conn.disconnect(nowait=True)  # a reply may still be on its way
+            _discard(pool, conn)  # a reply may still be on its way: never reuse it
             raise
-        finally:
-            await pool.release(conn)
+        await pool.release(conn)
         return plan.pushed(reply)
 
     async def aclose(self) -> None:
         """Close this client's connections (its pool is its own)."""
         await self.redis.aclose()
+
+
+#: Connections being closed and returned after a failed or cancelled push.
+_DISCARDING: set[asyncio.Task[None]] = set()
+
+
+def _discard(pool: Any, conn: Any) -> None:
+    """Close ``conn`` and return it to ``pool`` in the background: the push that held
+    it leaves now, whatever the pool's lock is doing."""
+
+    async def discard() -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        finally:
+            await pool.release(conn)
+
+    task = asyncio.ensure_future(discard())
+    _DISCARDING.add(task)
+    task.add_done_callback(_DISCARDING.discard)
 
 
 async def _memory_info(conn: Any) -> dict[str, Any]:
@@ -203,7 +217,7 @@ async def _eval(
     check goes first, so it is not counted), and refused once the caller gave up."""
     await conn.check_health()
     for command, body in (("EVALSHA", script.sha), ("EVAL", script.script)):
-        packed = conn.pack_command(command, body, len(keys), *keys, *args)
+        packed = pack_command(conn, (command, body, len(keys), *keys, *args))
         attempt.sending()
         await conn.send_packed_command(packed, check_health=False)
         try:

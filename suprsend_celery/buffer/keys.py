@@ -109,6 +109,11 @@ class Keys:
             duty=f"{tag}:duty",
         )
 
+    def __hash__(self) -> int:
+        # Every name follows from the prefix: equal keys have equal prefixes. Hashed once
+        # per accept (the push's key list is cached per shard), so one field, not 19.
+        return hash(self.prefix)
+
     def claim(self, claim_id: str) -> str:
         """The LIST of one claim's records."""
         return self.claim_prefix + claim_id

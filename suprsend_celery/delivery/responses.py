@@ -57,7 +57,7 @@ def parse_retry_after(value: str | None, *, cap: float = defaults.RETRY_AFTER_CA
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, source zone unknown"
-            when = when.replace(tzinfo=datetime.timezone.utc)
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - time.time()
     if math.isnan(seconds):
         return None

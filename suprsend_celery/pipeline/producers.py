@@ -246,9 +246,10 @@ def buffer_event(
     runtime = runtime_of(app)
     settings = runtime.settings  # a configuration error first, as for any call
     event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
-    accepted = accept_batch(settings, (event,), built=event is not distinct_id)
-    _push(runtime, accepted)
-    return accepted.keys[0]
+    result = accept_event(settings, event, built=event is not distinct_id)
+    if isinstance(result, AcceptedRecord):
+        _push(runtime, Accepted([result], [result.idempotency_key]))
+    return result.idempotency_key
 
 
 def buffer_events(events: Iterable[Event], *, app: Any = None) -> list[str]:
