@@ -815,6 +815,35 @@ class TestPropertyBased:
         idempotency_key=_OPTIONAL_TEXT,
         tenant_id=_OPTIONAL_TEXT,
         brand_id=_OPTIONAL_TEXT,
+    )
+    def test_producers_build_the_event_the_constructor_builds(self, **fields: Any) -> None:
+        """``Event.checked`` (the producers' way) and ``Event(...)`` accept and refuse
+        the same input, with the same first error, and hold the same values."""
+
+        names = ("distinct_id", "event_name", "properties", "idempotency_key")
+        names += ("tenant_id", "brand_id")
+
+        def outcome(build: Any) -> Any:
+            try:
+                event = build(*(fields[name] for name in names))
+            except InvalidEventError as exc:
+                return ("refused", str(exc), exc.field)
+            return (*(getattr(event, name) for name in names), event.attachments)
+
+        assert outcome(Event.checked) == outcome(Event)
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(
+        distinct_id=_IDS,
+        event_name=_NAMES,
+        properties=_PROPERTIES,
+        idempotency_key=_OPTIONAL_TEXT,
+        tenant_id=_OPTIONAL_TEXT,
+        brand_id=_OPTIONAL_TEXT,
         attachment=_URLS,
     )
     def test_valid_record_or_invalid_event_error(
