@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from conftest import REDIS_KILLED, wait_for
 
 from suprsend_celery import buffer_event, buffer_stats
+from suprsend_celery.delivery.decisions import Settlement
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.exceptions import ReplicationError
 from suprsend_celery.ops.cli import cli
@@ -114,6 +115,22 @@ def sentinel_app(group: SentinelGroup, app_factory: Callable[..., Celery]) -> Ca
         )
 
     return factory
+
+
+def test_batch_scripts_run_on_the_master(
+    group: SentinelGroup, sentinel_app: Callable[..., Celery]
+) -> None:
+    """The flusher's scripts (``LeanScript``, on connections of their own) reach the
+    master Sentinel names, not a connection's default address (a local Redis there
+    would be claimed from instead): a record pushed is the record claimed and settled."""
+    buffer = get_buffer(sentinel_app())
+    buffer.clear()
+    record = b'{"distinct_id": "u", "$idempotency_key": "lean-on-master"}'
+    buffer.push([record])
+    claim = buffer.claim(10, 5.0)
+    assert claim.items == [record]
+    assert buffer.settle(claim.id, Settlement(sent=1, verdict="ok"))
+    assert buffer.stats()["pending"] == 0 and buffer.stats()["in_flight"] == 0
 
 
 @pytest.mark.timeout(90)

@@ -141,6 +141,10 @@ class LeanScript:
         )
 
     def _run(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        # connect() itself: a Sentinel connection asks the sentinels for the master
+        # there; sending on an unconnected one would connect to its default address.
+        # A connected one returns at once.
+        conn.connect()
         conn.send_packed_command(
             pack_command(conn, ("EVALSHA", self.sha, len(keys), *keys, *args)), check_health=True
         )
