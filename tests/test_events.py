@@ -798,30 +798,31 @@ _URLS = _mostly(
     ),
 )
 _PROPERTIES = _mostly(st.dictionaries(_KEYS, _VALUES, max_size=5), _VALUES)
+#: ``Event``'s arguments, in its order.
+_EVENT_FIELDS = {
+    "distinct_id": _IDS,
+    "event_name": _NAMES,
+    "properties": _PROPERTIES,
+    "idempotency_key": _OPTIONAL_TEXT,
+    "tenant_id": _OPTIONAL_TEXT,
+    "brand_id": _OPTIONAL_TEXT,
+}
+_FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 class TestPropertyBased:
     """Arbitrary input builds a valid record or raises InvalidEventError; nothing else."""
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(
-        distinct_id=_IDS,
-        event_name=_NAMES,
-        properties=_PROPERTIES,
-        idempotency_key=_OPTIONAL_TEXT,
-        tenant_id=_OPTIONAL_TEXT,
-        brand_id=_OPTIONAL_TEXT,
-    )
+    @_FUZZ
+    @given(**_EVENT_FIELDS)
     def test_producers_build_the_event_the_constructor_builds(self, **fields: Any) -> None:
         """``Event.checked`` (the producers' way) and ``Event(...)`` accept and refuse
         the same input, with the same first error, and hold the same values."""
-
-        names = ("distinct_id", "event_name", "properties", "idempotency_key")
-        names += ("tenant_id", "brand_id")
+        names = tuple(_EVENT_FIELDS)
 
         def outcome(build: Any) -> Any:
             try:
@@ -832,20 +833,8 @@ class TestPropertyBased:
 
         assert outcome(Event.checked) == outcome(Event)
 
-    @settings(
-        max_examples=300,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(
-        distinct_id=_IDS,
-        event_name=_NAMES,
-        properties=_PROPERTIES,
-        idempotency_key=_OPTIONAL_TEXT,
-        tenant_id=_OPTIONAL_TEXT,
-        brand_id=_OPTIONAL_TEXT,
-        attachment=_URLS,
-    )
+    @_FUZZ
+    @given(**_EVENT_FIELDS, attachment=_URLS)
     def test_valid_record_or_invalid_event_error(
         self,
         distinct_id: Any,
