@@ -33,6 +33,7 @@ from celery import Celery
 from conftest import in_process_worker, wait_for
 
 from suprsend_celery import Event, buffer_event, buffer_events, buffer_stats, defaults
+from suprsend_celery.buffer.lean_eval import LeanScript
 from suprsend_celery.buffer.redis_buffer import RedisBuffer
 from suprsend_celery.buffer.sharded import ShardedBuffer
 from suprsend_celery.delivery.dead_letters import dead_letter_entry
@@ -248,6 +249,9 @@ def test_one_shard_on_a_cluster_is_the_plain_buffer(
     app = cluster_app()
     buffer = get_buffer(app)
     assert type(buffer) is RedisBuffer
+    # The batch scripts keep redis-py's Script there: node routing is the client's job.
+    assert buffer.slot.script_connections is None
+    assert not isinstance(buffer.queue._claim, LeanScript)
     keys = buffer_events(make_events(300), app=app)
     with in_process_worker(app):
         flush_until(app, lambda: get_buffer(app).remaining() == 0)

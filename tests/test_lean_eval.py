@@ -18,7 +18,6 @@ from suprsend_celery.buffer.keys import Keys
 from suprsend_celery.buffer.lean_eval import (
     LeanScript,
     ScriptConnections,
-    lean_script,
     pack_command,
     pack_commands,
 )
@@ -191,5 +190,4 @@ class TestCalls:
         claim = buffer.claim(10, 30.0)
         assert claim.items == [b'{"distinct_id": "u", "$idempotency_key": "k1"}']
         assert isinstance(buffer.slot.script(lua.EXTEND.source), LeanScript)
-        assert not isinstance(lean_script(redis_client, None, lua.EXTEND.source), LeanScript)
         assert redis_client.llen(Keys.of("lean").pending) == 0  # the claim took it

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -34,7 +33,7 @@ from redis.retry import Retry
 from .. import defaults
 from ..exceptions import Accepted, BufferUnavailableError
 from .eviction import full_error
-from .lean_eval import pack_commands
+from .lean_eval import IdleConnections, pack_commands
 from .scripts import Call
 
 __all__ = ["AcceptAttempt", "ProducerConnections", "current_attempt"]
@@ -183,9 +182,9 @@ class ProducerConnections:
         self.accept_timeout = accept_timeout
         #: How long a push waits for replicas: a share of the bound, so the answer comes in it.
         self.wait_seconds = accept_timeout * defaults.MIN_REPLICAS_WAIT_SHARE
-        self._idle: deque[Any] = deque()
-        self._idle_pid = os.getpid()
+        self._idle = IdleConnections()
         self._refreshing = threading.Lock()
+        self._refreshing_pid = os.getpid()
         self._refreshed = 0.0
 
     def attempt(self) -> AcceptAttempt:
@@ -228,13 +227,10 @@ class ProducerConnections:
         ``BufferFullError`` (cause chained) when Redis is at its maxmemory. A command that
         stores records notes its write on ``attempt`` (``AcceptAttempt.sending``)."""
         attempt = attempt or self.attempt()
-        if self._idle_pid != os.getpid():
-            self._idle, self._idle_pid = deque(), os.getpid()
-            self._refreshing = threading.Lock()  # a refresh thread did not come along
-        try:
-            conn, fresh = self._idle.pop(), False
-        except IndexError:
-            conn, fresh = self._connection(attempt), True
+        conn = self._idle.take()
+        fresh = conn is None
+        if conn is None:
+            conn = self._connection(attempt)
         while True:
             try:
                 # connect() itself, before anything is noted as sent: a Sentinel connection
@@ -263,7 +259,7 @@ class ProducerConnections:
             except BaseException:
                 conn.disconnect()
                 raise
-            self._idle.append(conn)
+            self._idle.checkin(conn)
             return reply
 
     def close(self) -> None:
@@ -271,12 +267,7 @@ class ProducerConnections:
         by another thread meanwhile returns to the idle set after its call. In a forked
         child this closes the parent's sockets' copies only (redis-py shuts a socket
         down only in the process that opened it)."""
-        while True:
-            try:
-                conn = self._idle.pop()
-            except IndexError:  # none left (another thread may have taken the last)
-                return
-            conn.disconnect()
+        self._idle.close()
 
     def _refresh_slots(self) -> None:
         """On a cluster, learn the slot's owner again in a thread of its own: a replica
@@ -287,6 +278,8 @@ class ProducerConnections:
             return
         if time.monotonic() - self._refreshed < SLOTS_REFRESH_INTERVAL:
             return
+        if self._refreshing_pid != os.getpid():  # a forked child: no refresh thread came along
+            self._refreshing, self._refreshing_pid = threading.Lock(), os.getpid()
         if not self._refreshing.acquire(blocking=False):
             return
         self._refreshed = time.monotonic()

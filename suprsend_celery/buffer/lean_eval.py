@@ -26,7 +26,13 @@ from typing import Any
 
 import redis
 
-__all__ = ["LeanScript", "ScriptConnections", "lean_script", "pack_command", "pack_commands"]
+__all__ = [
+    "IdleConnections",
+    "LeanScript",
+    "ScriptConnections",
+    "pack_command",
+    "pack_commands",
+]
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # the hiredis extra: 0.8 µs for a push's EVALSHA against redis-py's 6.2
@@ -54,36 +60,30 @@ def pack_commands(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[bytes]
     return packed
 
 
-class ScriptConnections:
-    """The connections a slot's ``LeanScript``s run on: the client's connection class and
-    options (timeouts, Sentinel's master lookup, TLS), kept idle between calls (a deque:
-    thread-safe pop and append, as many as calls run at once, rebuilt after a fork).
+class IdleConnections:
+    """Connections kept between calls: a deque (thread-safe pop and append, so as many
+    as calls run at once), emptied in a forked child, which opens its own sockets. The
+    producers' connections (``accept_connections``) and the scripts' keep theirs here."""
 
-    Not the client's pool: its checkout polls the socket for stale data before every
-    command and its release takes a lock, a fifth of a claim's CPU. A connection that
-    went stale while idle (Redis restarted, an idle timeout) fails at once, before the
-    script could run, and the call gets one more try on a fresh connection."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+    def __init__(self) -> None:
         self._idle: deque[Any] = deque()
         self._pid = os.getpid()
 
-    def checkout(self) -> tuple[Any, bool]:
-        """An idle connection, or a new one: ``(connection, whether it is new)``."""
-        if self._pid != os.getpid():  # a forked child opens its own sockets
-            self._idle, self._pid = deque(), os.getpid()
-        try:
-            return self._idle.pop(), False
-        except IndexError:
-            return self.new(), True
+    def __len__(self) -> int:
+        return len(self._idle)
 
-    def new(self) -> Any:
-        """A new connection, made as the client's pool makes one (connected on first use)."""
-        pool = self.client.connection_pool
-        return pool.connection_class(**pool.connection_kwargs)
+    def take(self) -> Any | None:
+        """The connection checked in last (its socket the warmest), or None when none is."""
+        if self._pid != os.getpid():
+            self._idle, self._pid = deque(), os.getpid()
+            return None
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
 
     def checkin(self, conn: Any) -> None:
+        """Keep ``conn`` for the next call (it is connected and in step)."""
         self._idle.append(conn)
 
     def close(self) -> None:
@@ -94,6 +94,30 @@ class ScriptConnections:
             except IndexError:
                 return
             conn.disconnect()
+
+
+class ScriptConnections(IdleConnections):
+    """The connections a slot's ``LeanScript``s run on: the client's connection class and
+    options (timeouts, Sentinel's master lookup, TLS).
+
+    Not the client's pool: its checkout polls the socket for stale data before every
+    command and its release takes a lock, a fifth of a claim's CPU. A connection that
+    went stale while idle (Redis restarted, an idle timeout) fails at once, before the
+    script could run, and the call gets one more try on a fresh connection."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__()
+        self.client = client
+
+    def checkout(self) -> tuple[Any, bool]:
+        """An idle connection, or a new one: ``(connection, whether it is new)``."""
+        conn = self.take()
+        return (self.new(), True) if conn is None else (conn, False)
+
+    def new(self) -> Any:
+        """A new connection, made as the client's pool makes one (connected on first use)."""
+        pool = self.client.connection_pool
+        return pool.connection_class(**pool.connection_kwargs)
 
 
 #: How an idle connection that went stale fails (a timeout is not one: the script
@@ -157,13 +181,3 @@ class LeanScript:
                 check_health=False,
             )
             return conn.read_response()
-
-
-def lean_script(
-    client: redis.Redis | redis.RedisCluster, connections: ScriptConnections | None, source: str
-) -> LeanScript | Callable[..., Any]:
-    """A ``LeanScript`` on ``connections``; redis-py's ``Script`` on a cluster (no
-    ``connections`` then)."""
-    if connections is None or isinstance(client, redis.RedisCluster):
-        return client.register_script(source)
-    return LeanScript(connections, source)

@@ -20,7 +20,7 @@ from .eviction import (
     read_memory_info,
 )
 from .keys import Keys
-from .lean_eval import LeanScript, ScriptConnections, lean_script
+from .lean_eval import LeanScript, ScriptConnections
 
 __all__ = ["Slot"]
 
@@ -49,7 +49,9 @@ class Slot:
     def script(self, source: str) -> LeanScript | Callable[..., Any]:
         """A script run per batch (claim, settle...): a ``LeanScript`` on this slot's
         connections, or redis-py's ``Script`` on a cluster."""
-        return lean_script(self.client, self.script_connections, source)
+        if self.script_connections is None:
+            return self.client.register_script(source)
+        return LeanScript(self.script_connections, source)
 
     def node(self) -> Any:
         """The client of the server (or cluster node) holding this slot: pipelines,
