@@ -34,6 +34,7 @@ from .producers import (
     Accepted,
     DistinctId,
     accept_batch,
+    accept_one,
     async_event_call,
     event_of,
     naming_keys,
@@ -119,7 +120,7 @@ async def abuffer_event(
     runtime = runtime_of(app)
     settings = runtime.settings
     event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
-    accepted = accept_batch(settings, (event,), built=event is not distinct_id)
+    accepted = accept_one(settings, event, built=event is not distinct_id)
     await _push(runtime, accepted)
     return accepted.keys[0]
 

@@ -28,7 +28,7 @@ from typing import Any, overload
 
 from ...events.model import Event
 from ...exceptions import ConfigurationError
-from ...pipeline.producers import DistinctId, accept_batch, event_call, event_of, naming_keys
+from ...pipeline.producers import DistinctId, accept_one, event_call, event_of, naming_keys
 from ...pipeline.runtime import runtime_of
 from ...tasks.direct import track_event
 from .outbox import OutboxFullError, outbox_event, outbox_events, relay_outbox
@@ -108,7 +108,7 @@ def buffer_event_on_commit(
     runtime = runtime_of()
     settings = runtime.settings
     event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
-    accepted = accept_batch(settings, (event,))
+    accepted = accept_one(settings, event, built=event is not distinct_id)
     if accepted.records:
         buffer = runtime.buffer()
         payloads = accepted.payloads
