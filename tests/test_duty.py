@@ -309,10 +309,7 @@ def test_redis_restarted_while_a_run_waits(sandbox: Sandbox) -> None:
                 assert report.remaining == 0
             assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
         finally:
-            client = app.__dict__.get("_suprsend_client")
-            if client is not None:
-                client.close_all()
-            reset_settings(app)
+            reset_settings(app)  # closes the app's runtime: client, flusher, buffer
             app.close()
 
 
