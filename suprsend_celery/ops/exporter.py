@@ -3,7 +3,7 @@
 Needs the optional extra (``pip install "suprsend-celery[prometheus]"``). Nothing is
 counted in this process: gauges come from the buffer's keys and counters and
 histograms from the ``{p}:metrics`` hash the settling scripts increment (see
-``counters.py``), so any number of exporters, restarted at will, serve the same
+``delivery.tally``), so any number of exporters, restarted at will, serve the same
 numbers. Serve it with ``suprsend-celery metrics --port 9808`` or mount ``wsgi_app(app)``
 in any WSGI server.
 

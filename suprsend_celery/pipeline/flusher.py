@@ -16,7 +16,7 @@ under its own lease. Only the HTTP requests run in a small thread pool (one per
 Flusher, kept across runs, rebuilt after a fork); claims, lease renewals and settles
 all happen in the calling thread, which waits for whichever request finishes first and
 settles that claim at once. So Redis sees one flusher's writes in order, the decisions
-(``settlement.decide``) need no lock, and a settle that opens the breaker (a 429's
+(``delivery.decisions.decide``) need no lock, and a settle that opens the breaker (a 429's
 ``Retry-After``, too many failures, refused credentials) is seen by the very next
 claim: new requests stop at once while those in flight finish and settle. Each pool
 thread has its own HTTP session and keep-alive connection (the client's sessions are
