@@ -46,7 +46,7 @@ from suprsend_celery.pipeline.duty import DutyPlan
 from suprsend_celery.pipeline.flusher import FlushReport
 from suprsend_celery.pipeline.runtime import get_flusher
 from suprsend_celery.pipeline.settings import get_settings, reset_settings
-from suprsend_celery.tasks.flush import duty_plan
+from suprsend_celery.tasks.flush import FLUSH_TASK, duty_plan
 
 
 @dataclass
@@ -287,6 +287,20 @@ class TestDuty:
         short = duty_plan(get_settings(app_factory(suprsend_flush_interval=60)), 25)
         assert short is not None and short.seconds == 25
 
+    def test_flush_wait_off_keeps_the_old_run(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        """``suprsend_flush_wait`` off: a flush task with an interval set drains the
+        buffer and ends, taking no place on duty (on duty it would stay 6 s)."""
+        app = app_factory(suprsend_flush_interval=5, suprsend_flush_wait=False)
+        keys = buffer_events(make_events(3), app=app)
+        started = time.monotonic()
+        result = app.tasks[FLUSH_TASK].apply().get()
+        assert time.monotonic() - started < 2.0
+        assert (result["sent"], result["remaining"]) == (3, 0)
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+        assert on_duty_count(app) == 0
+
 
 @REDIS_KILLED
 def test_redis_restarted_while_a_run_waits(sandbox: Sandbox) -> None:
@@ -394,10 +408,14 @@ class TestWorker:
             on_duty(app, proc, log)
             asked = time.monotonic()
             os.kill(proc.pid, signal.SIGTERM)
+            # the run itself: it leaves its place on duty as it ends
+            wait_for(lambda: on_duty_count(app) == 0, timeout=10, interval=0.01)
+            left = time.monotonic() - asked
             proc.wait(timeout=30)
             took = time.monotonic() - asked
         finally:
             kill_group(proc)
+        assert left < 1.5, f"the run ended {left:.2f}s after SIGTERM: {log.read_text()[-2000:]}"
         assert took < 3.0, f"{took:.1f}s: {log.read_text()[-2000:]}"
         assert on_duty_count(app) == 0, "it left its place"
         keys = buffer_events(make_events(30), app=app)
