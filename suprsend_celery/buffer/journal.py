@@ -26,19 +26,19 @@ from . import scripts as lua
 from .keys import Keys
 from .slot import Slot
 
-__all__ = ["DirectJournal", "JournalHold"]
+__all__ = ["Journal", "JournalHold"]
 
 logger = logging.getLogger(__name__)
 
 JournalHold = Literal["held", "absent", "taken"]
-"""What a worker found as it started an attempt (``DirectJournal.hold``): its entry,
+"""What a worker found as it started an attempt (``Journal.hold``): its entry,
 pushed on (``held``); no entry (``absent``: never journaled, or settled by an earlier
 run); or a tombstone (``taken``: the flusher sent it from the journal)."""
 
 _HOLD: dict[int, JournalHold] = {1: "held", 0: "absent", -1: "taken"}
 
 
-class DirectJournal:
+class Journal:
     """One shard's journal of direct-path records."""
 
     def __init__(self, slot: Slot, keys: Keys) -> None:

@@ -83,7 +83,7 @@ class Buffer(Protocol):
         """Make a journal entry due in ``seconds``."""
 
     def hold_journal(self, record: bytes, seconds: float) -> JournalHold:
-        """An attempt starts: push the entry's due time on (``journal.DirectJournal.hold``)."""
+        """An attempt starts: push the entry's due time on (``journal.Journal.hold``)."""
 
     def settle_journal(self, record: bytes, counts: Tally | None = None) -> bool:
         """The task settled this record: drop its entry, count how it went (False: the

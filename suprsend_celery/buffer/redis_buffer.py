@@ -25,7 +25,7 @@ from .breaker import CircuitBreaker
 from .concurrency_limit import SharedLimit
 from .connection import close_client
 from .dead_letter_list import DeadLetterList, Requeued
-from .journal import DirectJournal, JournalHold
+from .journal import Journal, JournalHold
 from .keys import Keys
 from .queue import Claim, Queue
 from .scripts import Breaker, Settled
@@ -65,7 +65,7 @@ class RedisBuffer:
         self.queue = Queue(
             self.slot, self.keys, max_length=max_length, min_replicas=min_replicas, breaker=breaker
         )
-        self.direct_journal = DirectJournal(self.slot, self.keys)
+        self.direct_journal = Journal(self.slot, self.keys)
         self.dead_letter_list = DeadLetterList(self.slot, self.keys, max_length)
         self.circuit_breaker = CircuitBreaker(self.slot, self.keys)
         self.wake = WakeList(self.slot, self.keys)
