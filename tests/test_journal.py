@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from celery.signals import task_revoked
@@ -269,7 +271,10 @@ class TestNextAttemptTime:
         assert buffer.redis.zcard(buffer.keys.journal_taken) == 0
 
     def test_task_run_after_the_flusher_took_over_sends_nothing(
-        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+        self,
+        app_factory: Callable[..., Celery],
+        sandbox: Sandbox,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """The message waited past its grace (a dead worker held it); the flusher sent the
         event; the task, run at last, reports it sent from the journal and neither sends
@@ -283,10 +288,13 @@ class TestNextAttemptTime:
             interval=0.2,
             message="the flusher to take the event over",
         )
+        caplog.set_level(logging.INFO, logger="suprsend_celery")
         with in_process_worker(app, concurrency=1):
             outcome = result.get(timeout=20)
         assert outcome["status"] == TAKEN_STATUS
         assert outcome["idempotency_key"] == "late-1"
+        (line,) = [r for r in caplog.records if getattr(r, "outcome", None) == "taken_over"]
+        assert (line.idempotency_key, line.task_id) == ("late-1", result.id)  # type: ignore[attr-defined]
         assert sandbox.stats()["requests"] == 1  # the flusher's bulk request only
         assert [e["$idempotency_key"] for e in sandbox.events()] == ["late-1"]
         buffer = get_buffer(app)

@@ -132,6 +132,7 @@ class DirectAttempt:
             "silent; not sent again",
             self.key,
             self.task_id,
+            extra=self._fields("taken_over"),
         )
         return {
             "status": TAKEN_STATUS,
@@ -149,6 +150,7 @@ class DirectAttempt:
                 "the flusher sent it too (skipped by key); counted once, by the flusher",
                 self.key,
                 self.task_id,
+                extra=self._fields("sent"),
             )
         return {
             "status": response["status"],
@@ -238,14 +240,14 @@ class DirectAttempt:
         self.journal.settle(self.record, self.tally)
         raise ConfigurationError(f"event {self.key}: {error}; {where}") from None
 
-    def _fields(self, outcome: str, error: DeliveryError) -> dict[str, Any]:
+    def _fields(self, outcome: str, error: DeliveryError | None = None) -> dict[str, Any]:
         """The structured fields of this run's log lines (keys and counts, no content)."""
         return {
             "idempotency_key": self.key,
             "task_id": self.task_id,
             "attempt": self.number,
             "outcome": outcome,
-            "status_code": error.status_code,
+            "status_code": self.status_code if error is None else error.status_code,
         }
 
     def _redis_down(self, error: DeliveryError, action: str, redis_exc: Exception) -> RetryLater:

@@ -141,11 +141,13 @@ class DirectJournal:
         try:
             return self.buffer.hold_journal(record.encode("utf-8"), seconds)
         except redis.RedisError as exc:
+            key = meta_of(record)["idempotency_key"]
             logger.warning(
                 "event %s (task %s): journal entry not held (%s); sending anyway",
-                meta_of(record)["idempotency_key"],
+                key,
                 task_id,
                 exc,
+                extra={"idempotency_key": key, "task_id": task_id},
             )
             return "absent"
 

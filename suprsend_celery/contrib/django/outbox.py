@@ -44,6 +44,7 @@ from typing import Any
 
 from ... import defaults
 from ...buffer.outbox_figures import report_outbox
+from ...delivery.tracing import with_trace_context
 from ...events.model import AcceptedRecord, Event
 from ...exceptions import BufferFullError
 from ...pipeline.producers import accept_batch, accept_call
@@ -137,14 +138,16 @@ def _write(app: Any, records: Sequence[AcceptedRecord], using: str | None) -> No
 
     db = using or router.db_for_write(OutboxEvent)
     _check_room(OutboxEvent, db, len(records), get_settings(app).outbox_max_rows)
+    # Stored as the buffer stores them: with the caller's trace context, never sent.
+    payloads = with_trace_context([r.payload for r in records])
     rows = [
         OutboxEvent(
             idempotency_key=r.idempotency_key,
             event_name=r.event_name,
             distinct_id=r.distinct_id,
-            payload=r.payload,
+            payload=payload,
         )
-        for r in records
+        for r, payload in zip(records, payloads, strict=True)
     ]
     if len(rows) == 1:
         rows[0].save(using=db, force_insert=True)
@@ -379,6 +382,7 @@ def relay_before_flush(app: Any) -> None:
             "outbox: relay stopped (%s: %s); the rows wait for the next flush_buffer run",
             type(exc).__name__,
             _short(exc),
+            extra={"outcome": "relay_failed"},
         )
     else:
         if report.moved or report.remaining:
@@ -387,6 +391,12 @@ def relay_before_flush(app: Any) -> None:
                 report.moved,
                 report.seconds,
                 report.remaining,
+                extra={
+                    "outcome": "relayed",
+                    "records": report.moved,
+                    "remaining": report.remaining,
+                    "seconds": round(report.seconds, 3),
+                },
             )
     finally:
         for connection in connections.all(initialized_only=True):
