@@ -293,6 +293,7 @@ class TestDelivery:
     ) -> None:
         """Redis stopped for 100 commits: all commit, fast; all delivered once it is back."""
         caplog.set_level(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger="suprsend_celery")  # the worker sets WARNING
         with RedisServer(appendonly=False) as buffer_redis:
             app = app_factory(suprsend_redis_url=buffer_redis.url, suprsend_outbox_databases=[db])
             buffer_redis.kill()
@@ -309,6 +310,11 @@ class TestDelivery:
         assert_delivered_once(sandbox, committed)
         assert outbox_rows(db) == 0
         assert MARKER not in caplog.text
+        # The relay's lines carry fields a JSON log pipeline indexes, as delivery's do.
+        relayed = [r for r in caplog.records if getattr(r, "outcome", None) == "relayed"]
+        assert sum(r.records for r in relayed) == 100  # type: ignore[attr-defined]
+        (waiting, *_) = [r for r in caplog.records if hasattr(r, "idempotency_keys")]
+        assert set(waiting.idempotency_keys) <= set(committed)  # type: ignore[attr-defined]
 
     def test_relay_killed_mid_move(
         self,
@@ -365,6 +371,42 @@ class TestDelivery:
         assert len(pushed) == 4000, "no row pushed twice"
         assert sorted(pushed) == sorted(keys)
         assert outbox_rows(db) == 0
+
+
+class TestTraceContext:
+    """Like ``buffer_event``, the outbox and the on-commit helper keep the view's trace
+    context beside the record (the flush span links to it), never in what is sent."""
+
+    def test_the_views_traceparent_rides_with_the_record(
+        self, outbox_app: Celery, db: str, redis_url: str
+    ) -> None:
+        pytest.importorskip("opentelemetry.sdk.trace")
+        from django.db import transaction
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from suprsend_celery.contrib.django import buffer_event_on_commit, outbox_event
+        from suprsend_celery.events.records import parse_item
+
+        tracer = TracerProvider().get_tracer("tests.view")  # no global provider needed
+        with tracer.start_as_current_span("POST /orders") as view:
+            with transaction.atomic(using=db):
+                outboxed = outbox_event("alice", "order_placed", {"note": MARKER}, using=db)
+                on_commit = buffer_event_on_commit("bob", "order_placed", using=db)
+        context = view.get_span_context()
+        traceparent = b"00-%032x-%016x-%02x" % (
+            context.trace_id,
+            context.span_id,
+            context.trace_flags,
+        )
+        client = redis.Redis.from_url(redis_url)
+        try:
+            items = client.lrange("{suprsend_celery}:pending", 0, -1)
+        finally:
+            client.close()
+        stored = [parse_item(item) for item in items]
+        assert [
+            (json.loads(s.record)["$idempotency_key"], s.traceparent) if s else None for s in stored
+        ] == [(outboxed, traceparent), (on_commit, traceparent)]
 
 
 def start_relay(

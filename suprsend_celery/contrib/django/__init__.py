@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
+from ...delivery.tracing import with_trace_context
 from ...events.model import Event
 from ...exceptions import ConfigurationError
 from ...pipeline.producers import DistinctId, accept_one, event_call, event_of, naming_keys
@@ -111,7 +112,8 @@ def buffer_event_on_commit(
     accepted = accept_one(settings, event, built=event is not distinct_id)
     if accepted.records:
         buffer = runtime.buffer()
-        payloads = accepted.payloads
+        # The caller's trace context, taken now (in the view's span), stored, never sent.
+        payloads = with_trace_context(accepted.payloads)
 
         def push() -> None:
             with naming_keys(accepted.records):  # an accept error names the key

@@ -26,7 +26,8 @@ class OutboxEvent(models.Model):  # type: ignore[misc]
     idempotency_key = models.CharField(max_length=255)
     event_name = models.TextField()
     distinct_id = models.TextField()
-    #: The record's bytes, as the buffer holds them (no ``env``: added when sent).
+    #: The record's bytes, as the buffer holds them (no ``env``: added when sent; the
+    #: caller's ``traceparent`` in front when it was accepted in a traced span).
     payload = models.BinaryField()
     #: Lease (databases without SKIP LOCKED): epoch seconds until which a relay owns it.
     lease_until = models.FloatField(null=True, blank=True)
