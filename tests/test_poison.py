@@ -9,6 +9,7 @@ only what is a record, keeping the rest.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from _buffer_helpers import buffer_of, make_events, processed_keys, redis_state
 from celery import Celery
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from suprsend_celery import buffer_events
+from suprsend_celery.buffer.protocol import Buffer
 from suprsend_celery.delivery.dead_letters import parse_dead_letter
 from suprsend_celery.delivery.decisions import UNREADABLE
 from suprsend_celery.dev.sandbox import Sandbox
@@ -122,6 +124,78 @@ class TestPoisonItems:
         assert sorted(d.record for d in letters if d.error == UNREADABLE) == unreadable
         # A readable junk item ("{..." or "3|{...}") was sent; SuprSend judged it.
         assert len(letters) == len(junk)
+
+
+#: Junk for every other key the buffer owns, each of its own Redis type: a value that
+#: is not a number where a count or a time is kept, members that name nothing.
+JUNK_VALUES: dict[str, Any] = {
+    "inflight": b"garbage",
+    "claims": {b"no-such-claim": 0},
+    "breaker": {
+        b"state": b"open",
+        b"until": b"garbage",
+        b"failures": b"x",
+        b"cooldown": b"nan",
+        b"open_since": b"\xff",
+    },
+    "concurrency": {b"limit": b"garbage", b"refused": b"x", b"flushers": b"?"},
+    "flushers": {b"junk-flusher": 0},
+    "journal_expires": {b"[not a record]": 0},
+    "journal_taken": {b"not-a-sha": 0},
+    "metrics": {
+        b"records:sent": b"garbage",
+        b"records:lease_expired": b"x",
+        b"requests:bulk:2xx": b"1e999",
+        b"request_seconds:sum": b"nan",
+        b"last_flush_at": b"never",
+        b"junk": b"\xff",
+    },
+    "shards": [b"garbage"],
+    "outbox": {b"pending": b"x"},
+    "wake": [b"garbage", b""],
+    "duty": {b"junk-run": 0},
+}
+
+
+def write_junk(buffer: Buffer) -> None:
+    """``JUNK_VALUES`` into the buffer's keys (``buffer`` unsharded: shard 0's keys)."""
+    client = buffer.redis
+    for name, junk in JUNK_VALUES.items():
+        key = getattr(buffer.keys, name)
+        if isinstance(junk, bytes):
+            client.set(key, junk)
+        elif isinstance(junk, list):
+            client.sadd(key, *junk) if name == "shards" else client.rpush(key, *junk)
+        elif name in ("breaker", "concurrency", "metrics", "outbox"):
+            client.hset(key, mapping=junk)
+        else:
+            client.zadd(key, junk)
+
+
+class TestJunkInEveryKey:
+    """A value that is not what we keep, in any key we own, stops neither accepts, nor
+    the flusher, nor the figures (``status``, ``check`` and the exporter read them)."""
+
+    def test_accepts_flushes_and_reads(
+        self, app_factory: Callable[..., Celery], sandbox: Sandbox
+    ) -> None:
+        app = app_factory(suprsend_flush_batch_size=5)
+        keys, good = good_records(app, 20)
+        buffer = buffer_of(app)
+        write_junk(buffer)
+        buffer.redis.rpush(buffer.keys.pending, *interleave(good, JUNK))
+        keys += buffer_events(make_events(5, "signed_up"), app=app)  # the bound is read
+        before = buffer.snapshot()
+        assert before.pending == len(good) + len(JUNK) + 5 and before.in_flight == 0
+        drain(app)
+        assert processed_keys(sandbox) == dict.fromkeys(keys, 1)
+        assert sorted(d.record for d in buffer.dead_letters(limit=100)) == sorted(JUNK)
+        after = buffer.snapshot()
+        # The in-flight count was counted again; a junk counter starts again from 0.
+        assert after.in_flight == 0 and buffer.redis.get(buffer.keys.inflight) == b"0"
+        assert after.counters["records:sent"] == len(keys)
+        assert after.breaker.state == "closed"
+        assert buffer.stats()["pending"] == 0
 
 
 class TestRequeueKeepsWhatItCannotMove:

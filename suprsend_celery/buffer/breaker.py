@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .clock import redis_seconds
-from .keys import Keys
+from .keys import Keys, stored_number
 from .scripts import GATE, GateAction, gate_call
 from .slot import Slot
 
@@ -53,12 +53,11 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 def breaker_state(raw: dict[bytes, bytes], now: float) -> BreakerState:
     """The breaker as reported, from its stored hash (see the table above)."""
-    state = raw.get(b"state", b"closed").decode()
-    if state == "half_open":
+    state = raw.get(b"state", b"closed")
+    if state == b"half_open":
         return "half_open"
-    if state == "open":
-        until = float(raw.get(b"until", 0) or 0)
-        return "open" if now < until else "half_open"
+    if state == b"open":
+        return "open" if now < stored_number(raw.get(b"until")) else "half_open"
     return "closed"
 
 
@@ -76,14 +75,14 @@ class BreakerReading:
 
     @classmethod
     def of(cls, raw: dict[bytes, bytes], now: float) -> BreakerReading:
-        until = float(raw.get(b"until", 0) or 0)
-        since = raw.get(b"open_since")
+        until = stored_number(raw.get(b"until"))
+        since = stored_number(raw.get(b"open_since"), -1)
         return cls(
             state=breaker_state(raw, now),
-            failures=int(raw.get(b"failures", 0) or 0),
+            failures=int(stored_number(raw.get(b"failures"))),
             reason=raw.get(b"reason", b"").decode("utf-8", "replace"),
             retry_in=round(max(0.0, until - now), 3),
-            open_since=float(since) if since else None,
+            open_since=since if since > 0 else None,
         )
 
     def as_dict(self) -> dict[str, Any]:

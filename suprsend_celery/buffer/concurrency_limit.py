@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import defaults
-from .keys import Keys
+from .keys import Keys, stored_number
 from .scripts import CONCURRENCY, concurrency_call
 from .slot import Slot
 
@@ -47,12 +47,13 @@ class ConcurrencyReading:
     @classmethod
     def of(cls, raw: dict[bytes, bytes]) -> ConcurrencyReading | None:
         """From ``HGETALL {p}:concurrency``; None when no flusher adapted lately."""
-        if b"limit" not in raw:
+        limit = stored_number(raw.get(b"limit"), -1)
+        if limit < 0:
             return None
         return cls(
-            limit=float(raw[b"limit"]),
-            flushers=int(raw.get(b"flushers", 0) or 0),
-            updated_at=float(raw.get(b"updated_at", 0) or 0),
+            limit=limit,
+            flushers=int(stored_number(raw.get(b"flushers"))),
+            updated_at=stored_number(raw.get(b"updated_at")),
         )
 
 

@@ -38,9 +38,20 @@ before carries its attempt count as a prefix, ``b"3|{...}"``: records start with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["Keys", "registry_key", "shard_prefix"]
+__all__ = ["Keys", "registry_key", "shard_prefix", "stored_number"]
+
+
+def stored_number(raw: bytes | None, default: float = 0) -> float:
+    """A number our keys hold (a counter, a time), ``default`` when absent or not a
+    number: anything can be written into Redis, and no value stops a reader."""
+    try:
+        number = default if raw is None else float(raw)
+    except ValueError:
+        return default
+    return number if math.isfinite(number) else default
 
 
 def shard_prefix(prefix: str, index: int) -> str:

@@ -147,7 +147,7 @@ CLAIM = Script(
         "use_breaker",
         "fill",
     ),
-    preludes=("now", "unpack", "gate"),
+    preludes=("now", "unpack", "count", "gate"),
 )
 GATE = Script("gate", ("breaker",), ("action", "probe_lease"), preludes=("now", "gate"))
 SETTLE = Script(
@@ -206,7 +206,7 @@ RECOVER_JOURNAL = Script(
     "recover_journal",
     ("journal", "pending", "expiring", "taken", "metrics", "wake_key"),
     ("limit", "keep_seconds"),
-    preludes=("now", "wake"),
+    preludes=("now", "count", "wake"),
 )
 DUTY = Script("duty", ("duty", "metrics"), ("action", "member", "lease", "cap"), preludes=("now",))
 

@@ -11,6 +11,7 @@ records are asked for (``check``: they are counted against Redis's clock of the 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..events.records import record_time
 from .breaker import BreakerReading
 from .clock import redis_seconds
 from .concurrency_limit import ConcurrencyReading
-from .keys import Keys
+from .keys import Keys, stored_number
 from .slot import Slot
 
 __all__ = ["Snapshot", "read_snapshot"]
@@ -101,8 +102,13 @@ class Snapshot:
         )
 
 
-def _number(raw: bytes) -> float:
-    return float(raw) if b"." in raw or b"e" in raw else int(raw)
+def _number(raw: bytes) -> float | None:
+    """A counter's value; None for one that holds no number (written by hand)."""
+    try:
+        number = float(raw) if b"." in raw or b"e" in raw else int(raw)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
@@ -151,11 +157,12 @@ def read_snapshot(slot: Slot, keys: Keys, *, due: bool = False) -> Snapshot:
         overdue = max(0.0, now - float(entry_due))
         entry_ms = record_time(entry)
         entry_age = max(0.0, time.time() - entry_ms / 1000) if entry_ms is not None else 0.0
-    counters = {field.decode(): _number(value) for field, value in raw.items()}
+    numbers = ((field.decode("utf-8", "replace"), _number(value)) for field, value in raw.items())
+    counters = {field: value for field, value in numbers if value is not None}
     last_flush = counters.get(LAST_FLUSH_AT)
     return Snapshot(
         pending=int(pending),
-        in_flight=max(0, int(inflight or 0)),
+        in_flight=max(0, int(stored_number(inflight))),
         scheduled_retries=int(retries),
         dead=int(dead),
         journal=int(journal),

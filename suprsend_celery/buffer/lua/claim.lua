@@ -1,4 +1,4 @@
--- Called only through scripts.claim_call(); prelude: now, unpack, gate.
+-- Called only through scripts.claim_call(); prelude: now, unpack, count, gate.
 -- Return expired claims and due retries to pending, consult the breaker, then move up
 -- to `count` records into a new claim. Returns {mode, wait, record...}: mode 'ok' |
 -- 'probe' | 'open' (wait = seconds until the next probe) | 'short' (some records
@@ -27,6 +27,15 @@ if redis.call('TYPE', claim).ok == 'list' then
     for _, item in ipairs(redis.call('LRANGE', claim, 0, -1)) do out[#out + 1] = item end
     return out
 end
+-- an in-flight count that is not a whole number (written by hand) is counted again
+local held_now = redis.call('GET', inflight)
+if held_now and not string.match(held_now, '^%-?%d+$') then
+    local n = 0
+    for _, id in ipairs(redis.call('ZRANGE', claims, 0, -1)) do
+        n = n + redis.call('LLEN', claim_prefix .. id)
+    end
+    redis.call('SET', inflight, n)
+end
 local expired = redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, expired_limit)
 for _, id in ipairs(expired) do
     local key = claim_prefix .. id
@@ -35,7 +44,7 @@ for _, id in ipairs(expired) do
     redis.call('DEL', key)
     redis.call('ZREM', claims, id)
     redis.call('DECRBY', inflight, #items)
-    if #items > 0 then redis.call('HINCRBY', metrics, 'records:lease_expired', #items) end
+    if #items > 0 then add(metrics, 'records:lease_expired', #items) end
 end
 local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, due_limit)
 for i = 1, #due, UNPACK_MAX do

@@ -17,7 +17,7 @@ local leaving = ARGV[7] == '1'
 local active_seconds = tonumber(ARGV[8])
 local keep_seconds = tonumber(ARGV[9])
 
-local limit = tonumber(redis.call('HGET', concurrency, 'limit') or start)
+local limit = tonumber(redis.call('HGET', concurrency, 'limit')) or start
 limit = math.min(ceiling, math.max(floor, limit + delta))
 if refused ~= '' then
     if tonumber(refused) > 0 then
@@ -41,4 +41,5 @@ local text = string.format('%.3f', limit)
 redis.call('HSET', concurrency, 'limit', text, 'flushers', #ids, 'updated_at', now)
 redis.call('EXPIRE', concurrency, keep_seconds)
 if #ids > 0 then redis.call('EXPIRE', flushers, keep_seconds) end
-return {text, #ids, rank, redis.call('HGET', concurrency, 'refused') or ''}
+local refused_at = redis.call('HGET', concurrency, 'refused')
+return {text, #ids, rank, tonumber(refused_at) and refused_at or ''}

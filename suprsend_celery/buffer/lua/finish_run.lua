@@ -7,5 +7,5 @@ local first_count = 1
 
 redis.call('HSET', metrics, 'last_flush_at', now)
 count(metrics, first_count)
-return redis.call('LLEN', pending) + tonumber(redis.call('GET', inflight) or '0')
+return redis.call('LLEN', pending) + (tonumber(redis.call('GET', inflight)) or 0)
     + redis.call('ZCARD', retry)

@@ -1,4 +1,4 @@
--- Called only through scripts.recover_journal_call(); prelude: now, wake.
+-- Called only through scripts.recover_journal_call(); prelude: now, count, wake.
 -- Move journal records that are due (their task never settled them) to pending, except
 -- those whose task has expired (`expires`): Celery would have discarded the message,
 -- so they are dropped, not sent. Each record moved leaves a tombstone (its SHA1 -> now)
@@ -25,7 +25,7 @@ for _, record in ipairs(due) do
 end
 if #send > 0 then
     redis.call('RPUSH', pending, unpack(send))
-    redis.call('HINCRBY', metrics, 'direct:taken_over', #send)
+    add(metrics, 'direct:taken_over', #send)
     wake(wake_key)
 end
 redis.call('ZREM', journal, unpack(due))

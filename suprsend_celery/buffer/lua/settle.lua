@@ -39,7 +39,7 @@ local function feed_breaker()
             'failures', 'until'))
         -- a request sent before the breaker opened (another claim in flight) answered
         -- during the pause: it does not cut short a Retry-After or a cool-down
-        if state == 'open' and now < tonumber(until_ or '0') then return end
+        if state == 'open' and now < (tonumber(until_) or 0) then return end
         if (state and state ~= 'closed') or (fails and fails ~= '0') then
             redis.call('HSET', breaker_key, 'state', 'closed', 'failures', 0,
                 'cooldown', cooldown_base, 'until', 0, 'reason', '')
@@ -48,9 +48,13 @@ local function feed_breaker()
         end
         return
     end
-    local fails = redis.call('HINCRBY', breaker_key, 'failures', 1)
+    local fails = redis.pcall('HINCRBY', breaker_key, 'failures', 1)
+    if type(fails) == 'table' then  -- not a number (written by hand): count from 1
+        fails = 1
+        redis.call('HSET', breaker_key, 'failures', fails)
+    end
     local state = redis.call('HGET', breaker_key, 'state') or 'closed'
-    local cooldown = tonumber(redis.call('HGET', breaker_key, 'cooldown') or cooldown_base)
+    local cooldown = tonumber(redis.call('HGET', breaker_key, 'cooldown')) or cooldown_base
     if state == 'half_open' then
         -- the probe (or a straggler) failed: open again, for longer
         cooldown = math.min(cooldown * 2, cooldown_max)
@@ -69,7 +73,7 @@ local function feed_breaker()
         end
     else
         -- already open: a longer Retry-After pushes the next probe out, never in
-        local until_ = tonumber(redis.call('HGET', breaker_key, 'until') or '0')
+        local until_ = tonumber(redis.call('HGET', breaker_key, 'until')) or 0
         if now + floor > until_ then redis.call('HSET', breaker_key, 'until', now + floor) end
         if verdict == 'auth' then redis.call('HSET', breaker_key, 'reason', reason) end
     end
@@ -103,7 +107,7 @@ feed_breaker()
 local outcomes = {sent = claimed - n_retry - n_dead - n_back, retried = n_retry,
     dead_lettered = n_dead, returned = n_back}
 for outcome, n in pairs(outcomes) do
-    if n > 0 then redis.call('HINCRBY', metrics, 'records:' .. outcome, n) end
+    if n > 0 then add(metrics, 'records:' .. outcome, n) end
 end
 count(metrics, first_count)
 return {1, change}
