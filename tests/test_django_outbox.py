@@ -33,6 +33,7 @@ from suprsend_celery.dev.redis_server import RedisServer
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.events.model import AcceptedRecord
 from suprsend_celery.pipeline.producers import accept_call
+from suprsend_celery.pipeline.runtime import runtime_of
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -304,6 +305,9 @@ class TestDelivery:
             assert outbox_rows(db) == 100, "every event waits in the outbox"
             assert elapsed < 10, f"100 commits took {elapsed:.1f}s with Redis down"
             assert "not moved to the buffer yet" in caplog.text
+            # The eager move's backoff is the app's runtime's, not an attribute of its own.
+            assert runtime_of(app).outbox_failed_at is not None
+            assert [name for name in vars(app) if "suprsend" in name] == ["_suprsend_runtime"]
             buffer_redis.start()
             with in_process_worker(app, concurrency=2):
                 flush_until(app, sandbox, 100)

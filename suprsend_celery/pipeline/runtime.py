@@ -63,6 +63,10 @@ class Runtime:
         self.app = app
         #: ``track_event`` warned that the app has no broker (once per runtime).
         self.warned_no_broker = False
+        #: When moving a Django outbox's rows after commit last failed (``time.monotonic``;
+        #: None: it did not), so commits skip the eager move for a while
+        #: (``contrib.django.outbox.EAGER_BACKOFF``).
+        self.outbox_failed_at: float | None = None
         self._lock = threading.RLock()  # builds and close
         self._probe_lock = threading.Lock()  # the buffer's first look at Redis; taken first
         self._settings: Settings | None = None

@@ -48,7 +48,7 @@ from ...delivery.tracing import with_trace_context
 from ...events.model import AcceptedRecord, Event
 from ...exceptions import BufferFullError
 from ...pipeline.producers import accept_batch, accept_call
-from ...pipeline.runtime import get_buffer
+from ...pipeline.runtime import get_buffer, runtime_of
 from ...pipeline.settings import get_settings, resolve_app
 
 __all__ = [
@@ -196,13 +196,14 @@ def _check_room(model: Any, db: str, adding: int, max_rows: int) -> None:
 
 def _move_after_commit(app: Any, db: str, ids: list[int], keys: list[str]) -> None:
     """The eager move of one transaction's rows; any failure leaves them to the relay."""
-    failed_at = app.__dict__.get("_suprsend_outbox_failed_at")
+    runtime = runtime_of(app)
+    failed_at = runtime.outbox_failed_at
     if failed_at is not None and time.monotonic() - failed_at < EAGER_BACKOFF:
         return
     try:
         _Mover(app, db).step(len(ids), ids)
     except Exception as exc:  # noqa: BLE001 - the rows are committed: nothing is lost
-        app.__dict__["_suprsend_outbox_failed_at"] = time.monotonic()
+        runtime.outbox_failed_at = time.monotonic()
         logger.warning(
             "outbox: %d committed event(s) not moved to the buffer yet (%s); they wait "
             "in the outbox for the next flush_buffer run",
@@ -211,7 +212,7 @@ def _move_after_commit(app: Any, db: str, ids: list[int], keys: list[str]) -> No
             extra={"idempotency_keys": keys[:20], "database": db},
         )
     else:
-        app.__dict__.pop("_suprsend_outbox_failed_at", None)
+        runtime.outbox_failed_at = None
 
 
 @dataclass(slots=True)
