@@ -170,6 +170,20 @@ class TestLayers:
             assert getattr(module, exported) is not None
 
 
+class TestAppState:
+    """What the package keeps for a Celery app has one owner (``pipeline.runtime``)."""
+
+    def test_only_the_runtime_names_an_app_attribute(self) -> None:
+        """No other module keeps state on the app under a ``_suprsend_*`` name."""
+        owner = "suprsend_celery.pipeline.runtime"
+        found = [
+            name
+            for name, path in modules().items()
+            if name != owner and re.search(r"[\"']_suprsend_", path.read_text())
+        ]
+        assert found == []
+
+
 class TestAll:
     """Each submodule's ``__all__`` is its interface, and it is the one in use."""
 
