@@ -432,8 +432,11 @@ def test_no_property_or_secret_in_spans_or_logs(
     capture = _Capture()
     root = logging.getLogger()
     old_level = root.level
+    ours = logging.getLogger("suprsend_celery")
+    old_ours = ours.level
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
+    ours.setLevel(logging.DEBUG)  # the worker sets WARNING: every line of ours is checked
     try:
         secret_sandbox.set_faults(
             {
@@ -464,6 +467,7 @@ def test_no_property_or_secret_in_spans_or_logs(
     finally:
         root.removeHandler(capture)
         root.setLevel(old_level)
+        ours.setLevel(old_ours)
 
     assert secret_sandbox.stats()["events_processed"] == 3  # two buffered, one direct
     finished = spans.get_finished_spans()
@@ -476,6 +480,7 @@ def test_no_property_or_secret_in_spans_or_logs(
     assert sum(e.name == "retry" for s in finished for e in s.events) >= 2
     assert capture.records
     assert any(getattr(r, "outcome", None) == "retry" for r in capture.records)
+    assert any(getattr(r, "outcome", None) == "flushed" for r in capture.records)  # INFO
     hidden = _strings(properties) | {SECRET}
     for span in finished:
         for text in _span_texts(span):
