@@ -334,6 +334,7 @@ class TestDelivery:
         from suprsend_celery.contrib.django import relay_outbox
 
         caplog.set_level(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger="suprsend_celery")  # the worker sets WARNING
         keys = fill(outbox_app, db, 400)
         relay = start_relay(django_dbs, redis_url, db, "--batch", "50", "--lease", "1",
                             "--kill-after-pushes", "3")  # fmt: skip
