@@ -332,7 +332,9 @@ def test_redis_restarted_while_a_run_waits(sandbox: Sandbox) -> None:
 QUEUE = "suprsend-duty"
 
 
-def start_worker(redis_url: str, sandbox: Sandbox, log: Path, **extra: str) -> Any:
+def start_worker(
+    redis_url: str, sandbox: Sandbox, log: Path, pool: str = "threads", **extra: str
+) -> Any:
     """``celery -A benchmarks.relay_app worker --beat -P threads``: the standalone relay,
     default flush settings, claims leased for 2 s (so a killed worker's come back)."""
     env = subprocess_env(
@@ -344,7 +346,7 @@ def start_worker(redis_url: str, sandbox: Sandbox, log: Path, **extra: str) -> A
     )
     env.pop("SUPRSEND_FLUSH_INTERVAL", None)
     args = ["-m", "celery", "-A", "benchmarks.relay_app", "worker", "--beat"]
-    args += ["--schedule", str(log.with_suffix(".beat")), "--pool=threads", "-c", "4"]
+    args += ["--schedule", str(log.with_suffix(".beat")), f"--pool={pool}", "-c", "4"]
     args += ["-Q", QUEUE, "--without-gossip", "--without-mingle", "--loglevel=INFO"]
     return spawn(args, env, log)
 
@@ -392,18 +394,21 @@ class TestWorker:
             kill_group(proc)
             wait_group_gone(proc)
 
+    @pytest.mark.parametrize("pool", ["threads", "prefork"])
     def test_sigterm_ends_a_waiting_worker_promptly_and_loses_nothing(
         self,
         app_factory: Callable[..., Celery],
         redis_url: str,
         sandbox: Sandbox,
         tmp_path: Path,
+        pool: str,
     ) -> None:
         """A warm shutdown while a run waits: the worker exits within about a second;
-        what is accepted meanwhile waits in Redis for the next worker."""
+        what is accepted meanwhile waits in Redis for the next worker. In a prefork
+        pool the run waits in a child, which Celery's shutdown signal does not reach."""
         app = app_factory()
         log = tmp_path / "worker.log"
-        proc = start_worker(redis_url, sandbox, log)
+        proc = start_worker(redis_url, sandbox, log, pool=pool)
         try:
             on_duty(app, proc, log)
             asked = time.monotonic()
