@@ -171,6 +171,31 @@ class TestEvictingRedis:
         assert result.exit_code == 0, result.output
 
 
+class TestWrongKinds:
+    def test_a_key_of_another_type_is_named(self, celery_app: Celery) -> None:
+        """Another program's values under our prefix: every flush run would fail on
+        them (WRONGTYPE), so ``check`` names each such key and the type it should hold,
+        rather than calling Redis unreachable."""
+        buffer = buffer_of(celery_app)
+        buffer_events(make_events(3), app=celery_app)
+        buffer.redis.set(buffer.keys.claims, b"garbage")
+        buffer.redis.delete(buffer.keys.metrics)
+        buffer.redis.rpush(buffer.keys.metrics, b"x")
+        result = check(celery_app)
+        assert result.exit_code == 1, result.output
+        tail = (
+            "another program writes under this key prefix (give it, or us, another "
+            "prefix), and every flush run fails on it until the key is deleted"
+        )
+        assert problems(result) == [
+            f"PROBLEM: {buffer.keys.claims} holds a string, where the buffer keeps a zset: {tail}",
+            f"PROBLEM: {buffer.keys.metrics} holds a list, where the buffer keeps a hash: {tail}",
+        ]
+        assert "unreachable" not in result.output
+        buffer.redis.delete(buffer.keys.claims, buffer.keys.metrics)
+        assert check(celery_app).exit_code == 0
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -18,12 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from suprsend_celery import buffer_events
+from suprsend_celery.buffer.keys import KINDS
 from suprsend_celery.buffer.protocol import Buffer
 from suprsend_celery.delivery.dead_letters import parse_dead_letter
 from suprsend_celery.delivery.decisions import UNREADABLE
 from suprsend_celery.dev.sandbox import Sandbox
 from suprsend_celery.events.records import read_item
 from suprsend_celery.ops.cli import cli
+from suprsend_celery.ops.health import _wrong_kinds
 from suprsend_celery.pipeline.runtime import get_flusher
 
 #: Items a review found to block a whole batch forever, and a few more of the same kind.
@@ -196,6 +198,11 @@ class TestJunkInEveryKey:
         assert after.counters["records:sent"] == len(keys)
         assert after.breaker.state == "closed"
         assert buffer.stats()["pending"] == 0
+        # Every key held the type the scripts work on (they ran on each without a
+        # WRONGTYPE): the types ``check`` expects (``KINDS``) are those.
+        # (junk items in the other four: ``TestPoisonItems``)
+        assert set(KINDS) - set(JUNK_VALUES) == {"pending", "retry", "journal", "dead"}
+        assert _wrong_kinds(buffer) == []
 
 
 class TestRequeueKeepsWhatItCannotMove:

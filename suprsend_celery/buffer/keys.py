@@ -41,7 +41,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Keys", "registry_key", "shard_prefix", "stored_number"]
+__all__ = ["KINDS", "Keys", "registry_key", "shard_prefix", "stored_number"]
+
+
+#: The Redis type each key of a fixed name holds (``TYPE`` answers), as listed above.
+KINDS = {
+    "pending": "list",
+    "claims": "zset",
+    "inflight": "string",
+    "retry": "zset",
+    "dead": "list",
+    "breaker": "hash",
+    "concurrency": "hash",
+    "flushers": "zset",
+    "journal": "zset",
+    "journal_expires": "zset",
+    "journal_taken": "zset",
+    "metrics": "hash",
+    "shards": "set",
+    "outbox": "hash",
+    "wake": "list",
+    "duty": "zset",
+}
 
 
 def stored_number(raw: bytes | None, default: float = 0) -> float:
@@ -152,3 +173,7 @@ class Keys:
             self.wake,
             self.duty,
         )
+
+    def kinds(self) -> tuple[tuple[str, str], ...]:
+        """Every key of a fixed name with the Redis type it holds (``KINDS``)."""
+        return tuple((getattr(self, field), kind) for field, kind in KINDS.items())

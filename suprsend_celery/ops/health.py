@@ -16,6 +16,9 @@ Every problem is a line of text; none means healthy. What is caught, and from wh
 - a Redis that may evict keys (``maxmemory-policy allkeys-*``): the producers refuse
   every accept there (``buffer.eviction``, the same rule), so a buffer that looks
   empty and fresh is in fact refusing all events;
+- a key of ours holding the wrong type of value (``SET {p}:claims x``: another program
+  writes under our prefix, and every flush run fails on it), named with the type it
+  should hold, before anything else is read;
 - Redis unreachable, within a bounded time (short socket timeouts, no retries).
 """
 
@@ -28,6 +31,7 @@ from ..buffer.eviction import describe_redis, refusal
 from ..buffer.opening import open_buffer
 from ..buffer.outbox_figures import outbox_figures
 from ..buffer.protocol import Buffer
+from ..buffer.redis_buffer import RedisBuffer
 from ..buffer.sharded import ShardedBuffer
 from ..defaults import FLUSH_TIME_BUDGET
 from ..pipeline.runtime import buffer_config
@@ -65,6 +69,9 @@ def _age(seconds: float) -> str:
 
 def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     """The buffer's problems, one line each (empty: healthy). Raises ``RedisError``."""
+    wrong = _wrong_kinds(buffer)
+    if wrong:  # every other read would fail on them too
+        return wrong
     snap = buffer.snapshot(due=True)  # due retries and journal entries wait too
     outbox = outbox_figures(buffer)  # waits too, in the database, as its relay last saw
     now, oldest_age, breaker = snap.now, snap.oldest_age_seconds, snap.breaker
@@ -98,12 +105,37 @@ def check(buffer: Buffer, limits: Thresholds) -> list[str]:
     return problems
 
 
+def _parts(buffer: Buffer) -> list[Buffer]:
+    return list(buffer.shards.values()) if isinstance(buffer, ShardedBuffer) else [buffer]
+
+
+def _wrong_kinds(buffer: Buffer) -> list[str]:
+    """Keys of ours that hold another type than ours (one pipeline of TYPEs a shard)."""
+    found: list[str] = []
+    for part in _parts(buffer):
+        if not isinstance(part, RedisBuffer):
+            continue
+        kinds = part.keys.kinds()
+        with part.redis.pipeline(transaction=False) as pipe:
+            for name, _ in kinds:
+                pipe.type(name)
+            answers = pipe.execute()
+        for (name, kind), answer in zip(kinds, answers, strict=True):
+            held = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if held not in ("none", kind):
+                found.append(
+                    f"{name} holds a {held}, where the buffer keeps a {kind}: another program "
+                    "writes under this key prefix (give it, or us, another prefix), and every "
+                    "flush run fails on it until the key is deleted"
+                )
+    return found
+
+
 def _evicting(buffer: Buffer) -> list[str]:
     """The producers' eviction rule (``refusal``), for each Redis holding a part of the
     buffer (one INFO each; a Redis that refuses INFO cannot be judged, as at accept)."""
     found: list[str] = []
-    parts = list(buffer.shards.values()) if isinstance(buffer, ShardedBuffer) else [buffer]
-    for part in parts:
+    for part in _parts(buffer):
         policy = part.memory_info().get("maxmemory_policy")
         why = refusal(policy, describe_redis(part.redis))
         if why is not None and why not in found:
