@@ -106,7 +106,7 @@ class TestRetryNotPublished:
                         wait_for(
                             lambda: admin.hlen("unacked") == 0 and admin.llen(QUEUE) == 0,
                             10,
-                            message="the message acked away (Reject)",
+                            message="the message acknowledged (the run failed)",
                         )
                 finally:
                     task_postrun.disconnect(on_postrun)
@@ -123,6 +123,70 @@ class TestRetryNotPublished:
                 assert buffer.dead_letters() == []
                 admin.close()
                 buffer.redis.close()
+
+    def test_an_acknowledgement_the_broker_refused_is_sent_again(
+        self, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The broker refuses new connections as a run ends, so its acknowledgement
+        fails: it is tried again until the broker takes it, and the worker, whose
+        prefetch window is one message, takes its next task. (kombu frees a message's
+        place in the window only once its acknowledgement reached Redis; Celery logs a
+        failed one and forgets it, and the worker then took no more tasks.)"""
+        conf: dict[str, Any] = {"worker_prefetch_multiplier": 1}
+        with RedisServer(appendonly=False) as broker, RedisServer(appendonly=False) as store:
+            conf["suprsend_redis_url"] = store.url
+            with (
+                app_on(broker.url, sandbox, **conf) as worker_app,
+                app_on(broker.url, sandbox, **conf) as app,
+            ):
+                admin = broker.client()
+                sandbox.set_faults({"paths": ["/v2/event/"], "rules": [{"delay": 1.5, "count": 1}]})
+
+                def sent() -> list[str]:
+                    return sorted(e["$idempotency_key"] for e in sandbox.events())
+
+                with start_worker(
+                    worker_app,
+                    pool="threads",
+                    concurrency=1,
+                    perform_ping_check=False,
+                    loglevel="WARNING",
+                ) as worker:
+                    track_event.delay("u-1", "order_placed", {"n": 1}, idempotency_key="k-1")
+                    wait_for(
+                        lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                        20,
+                        message="the first send to be in flight",
+                    )
+                    # The acknowledgement needs a new connection: the consumer's only
+                    # open one waits in BRPOP.
+                    channel = worker.consumer.task_consumer.channel
+                    channel.pool.disconnect(inuse_connections=False)
+                    undo = _refuse(admin, "maxclients")
+                    try:
+                        wait_for(
+                            lambda: "did not take its message's acknowledgement" in caplog.text,
+                            20,
+                            message="the acknowledgement to fail",
+                        )
+                        assert sent() == ["k-1"]
+                        assert admin.hlen("unacked") == 1
+                    finally:
+                        undo()
+                    wait_for(
+                        lambda: admin.hlen("unacked") == 0,
+                        10,
+                        message="the acknowledgement taken once the broker answers",
+                    )
+                    track_event.delay("u-2", "order_placed", {"n": 2}, idempotency_key="k-2")
+                    wait_for(
+                        lambda: sent() == ["k-1", "k-2"],
+                        20,
+                        message="the worker to take its next task",
+                    )
+                assert "its message is acknowledged (try" in caplog.text
+                assert get_buffer(app).redis.zcard(get_buffer(app).keys.journal) == 0
+                admin.close()
 
 
 class TestRedisDownAtCallTime:

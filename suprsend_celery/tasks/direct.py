@@ -176,9 +176,16 @@ class TrackEventTask(Task):  # type: ignore[misc]
         """Publish the retry (Celery's ``Task.retry``); if that fails, keep the record
         for the flusher.
 
-        ``Task.retry`` turns a failed publish into ``Reject(requeue=False)``, and the
-        running message is then acknowledged away: the journal entry is rescheduled
-        (``DirectJournal.retry_not_published``) and the Reject goes on to Celery.
+        ``Task.retry`` turns a failed publish into ``Reject(requeue=False)``. The
+        journal entry is rescheduled (``DirectJournal.retry_not_published``) and the
+        run fails with the delivery error instead of the Reject: Celery's worker then
+        acknowledges the message at once (``acks_late``, acknowledged on failure).
+        A Reject would first store the failure from the worker's main process, and a
+        result backend that fails there (the broker's Redis at ``maxclients``, which is
+        also why the publish failed) leaves the message neither acknowledged nor
+        rejected: kombu keeps it in the consumer's prefetch window for good, and once
+        the window is full the worker takes no more tasks (seen in the soak: two
+        workers stopped consuming, 408 events waited until they were restarted).
         """
         try:
             retry: Exception = self.retry(
@@ -190,10 +197,17 @@ class TrackEventTask(Task):  # type: ignore[misc]
                 **{_RETRY_TALLY: attempt.tally},
             )
         except Reject as reject:
-            attempt.journal.retry_not_published(
+            where = attempt.journal.retry_not_published(
                 attempt.record, later.countdown, task_id=self.request.id, why=reject.reason
             )
-            raise
+            error = later.error
+            raise type(error)(
+                f"{error}; the retry could not be published; {where}",
+                status_code=error.status_code,
+                idempotency_key=error.idempotency_key,
+                retry_after=error.retry_after,
+                error_type=error.error_type,
+            ) from None
         return retry
 
 

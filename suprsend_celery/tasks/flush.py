@@ -24,6 +24,7 @@ from ..exceptions import ConfigurationError
 from ..pipeline.duty import DutyPlan, shutdown
 from ..pipeline.runtime import get_flusher
 from ..pipeline.settings import Settings, get_settings
+from .acks import AckRequest
 from .beat import schedule_on_bind
 
 __all__ = [
@@ -49,6 +50,9 @@ class FlushBufferTask(Task):  # type: ignore[misc]
     #: Failures every beat would repeat (Redis down, settings wrong): the run still
     #: fails, but Celery logs them without a traceback; ``failures_of`` summarises them.
     throws = (redis.RedisError, ConfigurationError)
+    #: Acknowledged until the broker takes it (``acks``): a lost acknowledgement would
+    #: keep the message's place in the worker's prefetch window for good.
+    Request = AckRequest
 
     @classmethod
     def on_bound(cls, app: Any) -> None:

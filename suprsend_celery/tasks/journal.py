@@ -96,7 +96,7 @@ class DirectJournal:
             return publish()
         except BaseException as exc:
             if retry is not None:
-                raise  # Celery turns this into Reject; the journal entry stays
+                raise  # Task.retry turns this into Reject; the journal entry stays
             accepted = self._unpublished(data, exc)
             if isinstance(exc, Exception):
                 raise PublishError.for_event(
@@ -173,10 +173,11 @@ class DirectJournal:
 
     def retry_not_published(
         self, record: str, countdown: float, *, task_id: str | None, why: object
-    ) -> None:
-        """A running task's retry could not be published: keep its record for the flusher.
+    ) -> str:
+        """A running task's retry could not be published: keep its record for the flusher;
+        returns where the event is now, for the task's error.
 
-        Celery acknowledges the running message away (``Reject(requeue=False)``), so the
+        Celery acknowledges the running message away (the run fails), so the
         journal entry is all that is left of the event: it is made due when the retry
         was and never settled here (the flusher sends it, or the entry's earlier
         deadline stands when Redis refuses even that).
@@ -197,6 +198,7 @@ class DirectJournal:
             where,
             extra={"idempotency_key": key, "task_id": task_id, "outcome": "not_published"},
         )
+        return where
 
     def discarded(self, record: str, *, task_id: str | None, expired: bool) -> None:
         """Celery discarded the task (revoked, or expired when a worker took it): it is

@@ -25,11 +25,11 @@ from celery.app.task import Context
 from celery.signals import import_modules
 from celery.utils.serialization import strtobool
 from celery.worker import control
-from celery.worker.request import Request
 
 from ..delivery.routing import mask_url
 from ..events.model import AcceptedRecord
 from ..pipeline.runtime import runtime_of
+from .acks import AckRequest
 
 __all__ = [
     "RECORD",
@@ -154,8 +154,9 @@ def _shown(value: Any) -> str | None:
     return value if isinstance(value, str) else (None if value is None else repr(value)[:80])
 
 
-class RedactedRequest(Request):  # type: ignore[misc]
-    """``track_event``'s request in the worker, showing only ``redacted_call``."""
+class RedactedRequest(AckRequest):
+    """``track_event``'s request in the worker, showing only ``redacted_call`` (and
+    acknowledged until the broker takes it: ``acks``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
