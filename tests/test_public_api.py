@@ -219,6 +219,7 @@ class TestSignatures:
             ("abuffer_event", ["app"]),
             ("suprsend_celery.contrib.django.buffer_event_on_commit", ["using"]),
             ("suprsend_celery.contrib.django.track_event_on_commit", []),
+            ("suprsend_celery.contrib.django.outbox_event", ["using", "app"]),
         ],
     )
     def test_producers_name_their_parameters(self, name: str, extra: list[str]) -> None:
@@ -251,7 +252,11 @@ class TestSignatures:
         with ``event_from_call``'s message, before any app or Redis is needed."""
         import asyncio
 
-        from suprsend_celery.contrib.django import buffer_event_on_commit, track_event_on_commit
+        from suprsend_celery.contrib.django import (
+            buffer_event_on_commit,
+            outbox_event,
+            track_event_on_commit,
+        )
         from suprsend_celery.events.model import event_from_call
 
         with pytest.raises(InvalidEventError) as expected:
@@ -261,6 +266,7 @@ class TestSignatures:
             lambda: asyncio.run(suprsend_celery.abuffer_event(*args, **kwargs)),
             lambda: buffer_event_on_commit(*args, **kwargs),
             lambda: track_event_on_commit(*args, **kwargs),
+            lambda: outbox_event(*args, **kwargs),
         ]
         for call in calls:
             with pytest.raises(InvalidEventError) as info:

@@ -38,16 +38,16 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from ... import defaults
 from ...buffer.outbox_figures import report_outbox
 from ...delivery.tracing import with_trace_context
 from ...events.model import AcceptedRecord, Event
 from ...exceptions import BufferFullError
-from ...pipeline.producers import accept_batch, accept_call
+from ...pipeline.producers import DistinctId, accept_batch, accept_one, event_call, event_of
 from ...pipeline.runtime import get_buffer, runtime_of
 from ...pipeline.settings import get_settings, resolve_app
 
@@ -82,10 +82,25 @@ class OutboxFullError(BufferFullError):
     """
 
 
+@overload
 def outbox_event(
-    distinct_id: Any,
+    distinct_id: DistinctId,
+    event_name: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    tenant_id: str | None = None,
+    brand_id: str | None = None,
+    using: str | None = None,
+    app: Any = None,
+) -> str: ...
+@overload
+def outbox_event(event: Event, /, *, using: str | None = None, app: Any = None) -> str: ...
+@event_call
+def outbox_event(
+    distinct_id: DistinctId | Event,
     event_name: str | None = None,
-    properties: Any = None,
+    properties: Mapping[str, Any] | None = None,
     *,
     idempotency_key: str | None = None,
     tenant_id: str | None = None,
@@ -95,29 +110,18 @@ def outbox_event(
 ) -> str:
     """Write one event into the outbox, in the caller's transaction; return its key.
 
-    ``distinct_id``, ``event_name`` and the rest are ``buffer_event``'s (an ``Event``
-    works too, as the first argument). ``using`` is the database alias (default: the
-    router's choice for writing the outbox). Raises ``InvalidEventError`` for bad input
-    and ``OutboxFullError`` when the outbox is full; never touches Redis before commit.
+    ``outbox_event(distinct_id, event_name, properties=None, *, idempotency_key=None,
+    tenant_id=None, brand_id=None, using=None)`` or ``outbox_event(event)``, as
+    ``buffer_event``. ``using`` is the database alias (default: the router's choice for
+    writing the outbox). Raises ``InvalidEventError`` for bad input and
+    ``OutboxFullError`` when the outbox is full; never touches Redis before commit.
     """
     app = resolve_app(app)
-    args: tuple[Any, ...] = (
-        (distinct_id,)
-        if isinstance(distinct_id, Event)
-        else (
-            distinct_id,
-            event_name,
-            properties,
-        )
-    )
-    kwargs: dict[str, Any] = {}
-    if not isinstance(distinct_id, Event):
-        named = {"idempotency_key": idempotency_key, "tenant_id": tenant_id, "brand_id": brand_id}
-        kwargs = {k: v for k, v in named.items() if v is not None}
-    record = accept_call(app, args, kwargs)
-    if isinstance(record, AcceptedRecord):
-        _write(app, [record], using)
-    return record.idempotency_key
+    event = event_of(distinct_id, event_name, properties, idempotency_key, tenant_id, brand_id)
+    accepted = accept_one(get_settings(app), event, built=event is not distinct_id)
+    if accepted.records:
+        _write(app, accepted.records, using)
+    return accepted.keys[0]
 
 
 def outbox_events(
