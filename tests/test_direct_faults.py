@@ -7,9 +7,10 @@ Each test runs its own ``redis-server`` so it can starve it (``maxmemory`` under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +43,30 @@ def app_on(redis_url: str, sandbox: Sandbox, **conf: Any) -> Any:
     return current_app(redis_url, sandbox.url, **{"result_backend": None, **conf})
 
 
+@contextlib.contextmanager
+def broker_of_its_own(sandbox: Sandbox, **conf: Any) -> Iterator[tuple[Any, Any, redis.Redis]]:
+    """A worker's app and a producer's app on a broker of their own (``admin``: a client
+    of it, to starve it) with the buffer on another Redis."""
+    with RedisServer(appendonly=False) as broker, RedisServer(appendonly=False) as store:
+        conf["suprsend_redis_url"] = store.url
+        with (
+            app_on(broker.url, sandbox, **conf) as worker_app,
+            app_on(broker.url, sandbox, **conf) as app,
+        ):
+            admin = broker.client()
+            try:
+                yield worker_app, app, admin
+            finally:
+                admin.close()
+
+
+def one_thread_worker(app: Any) -> Any:
+    """An in-process worker taking one task at a time."""
+    return start_worker(
+        app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+    )
+
+
 def _refuse(admin: redis.Redis, how: str) -> Callable[[], None]:
     """Make the server refuse new writes or connections; returns the undo."""
     if how == "maxmemory":
@@ -57,72 +82,59 @@ class TestRetryNotPublished:
 
     def test_event_survives_a_retry_the_broker_refused(self, sandbox: Sandbox) -> None:
         """A 503, then the worker cannot publish the retry (broker at ``maxclients``, its
-        publishing pool closed): Celery rejects (acks) the message, yet the journal on
-        the buffer's Redis keeps the event and the flusher delivers it, once."""
+        publishing pool closed): the run fails and Celery acknowledges the message, yet
+        the journal on the buffer's Redis keeps the event and the flusher delivers it,
+        once."""
         sandbox.set_faults(
             {
                 "paths": ["/v2/event/"],
                 "rules": [{"status": 503, "delay": 1.5, "count": 1}],
             }
         )
-        conf: dict[str, Any] = {"suprsend_retry_backoff_max": 1}
-        with RedisServer(appendonly=False) as broker, RedisServer(appendonly=False) as store:
-            conf["suprsend_redis_url"] = store.url
-            with (
-                app_on(broker.url, sandbox, **conf) as worker_app,
-                app_on(broker.url, sandbox, **conf) as app,
-            ):
-                admin = broker.client()
-                ended: list[str] = []
+        with broker_of_its_own(sandbox, suprsend_retry_backoff_max=1) as (worker_app, app, admin):
+            ended: list[str] = []
 
-                def on_postrun(task_id: str = "", **_: Any) -> None:
-                    ended.append(task_id)
+            def on_postrun(task_id: str = "", **_: Any) -> None:
+                ended.append(task_id)
 
-                task_postrun.connect(on_postrun, weak=False)
-                try:
-                    with start_worker(
-                        worker_app,
-                        pool="threads",
-                        concurrency=1,
-                        perform_ping_check=False,
-                        loglevel="WARNING",
-                    ):
-                        task_id = track_event.delay(
-                            "u-refused", "order_placed", {"n": 1}, idempotency_key="k-ref"
-                        ).id
-                        wait_for(
-                            lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
-                            20,
-                            message="the first send to be in flight",
-                        )
-                        # The worker can no longer publish (kombu would otherwise reuse an
-                        # open connection despite maxclients): its retry publish fails.
-                        worker_app.amqp.producer_pool.force_close_all()
-                        undo = _refuse(admin, "maxclients")
-                        try:
-                            wait_for(lambda: task_id in ended, 20, message="the run to end")
-                        finally:
-                            undo()
-                        wait_for(
-                            lambda: admin.hlen("unacked") == 0 and admin.llen(QUEUE) == 0,
-                            10,
-                            message="the message acknowledged (the run failed)",
-                        )
-                finally:
-                    task_postrun.disconnect(on_postrun)
-                buffer = get_buffer(app)
-                flusher = get_flusher(app)
-                wait_for(
-                    lambda: flusher.run(time_budget=5).sent == 1,
-                    20,
-                    interval=0.2,
-                    message="the journaled event to be flushed",
-                )
-                assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-ref"]
-                assert buffer.redis.zcard(buffer.keys.journal) == 0
-                assert buffer.dead_letters() == []
-                admin.close()
-                buffer.redis.close()
+            task_postrun.connect(on_postrun, weak=False)
+            try:
+                with one_thread_worker(worker_app):
+                    task_id = track_event.delay(
+                        "u-refused", "order_placed", {"n": 1}, idempotency_key="k-ref"
+                    ).id
+                    wait_for(
+                        lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                        20,
+                        message="the first send to be in flight",
+                    )
+                    # The worker can no longer publish (kombu would otherwise reuse an
+                    # open connection despite maxclients): its retry publish fails.
+                    worker_app.amqp.producer_pool.force_close_all()
+                    undo = _refuse(admin, "maxclients")
+                    try:
+                        wait_for(lambda: task_id in ended, 20, message="the run to end")
+                    finally:
+                        undo()
+                    wait_for(
+                        lambda: admin.hlen("unacked") == 0 and admin.llen(QUEUE) == 0,
+                        10,
+                        message="the message acknowledged (the run failed)",
+                    )
+            finally:
+                task_postrun.disconnect(on_postrun)
+            buffer = get_buffer(app)
+            flusher = get_flusher(app)
+            wait_for(
+                lambda: flusher.run(time_budget=5).sent == 1,
+                20,
+                interval=0.2,
+                message="the journaled event to be flushed",
+            )
+            assert [e["$idempotency_key"] for e in sandbox.events()] == ["k-ref"]
+            assert buffer.redis.zcard(buffer.keys.journal) == 0
+            assert buffer.dead_letters() == []
+            buffer.redis.close()
 
     def test_an_acknowledgement_the_broker_refused_is_sent_again(
         self, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
@@ -132,61 +144,46 @@ class TestRetryNotPublished:
         prefetch window is one message, takes its next task. (kombu frees a message's
         place in the window only once its acknowledgement reached Redis; Celery logs a
         failed one and forgets it, and the worker then took no more tasks.)"""
-        conf: dict[str, Any] = {"worker_prefetch_multiplier": 1}
-        with RedisServer(appendonly=False) as broker, RedisServer(appendonly=False) as store:
-            conf["suprsend_redis_url"] = store.url
-            with (
-                app_on(broker.url, sandbox, **conf) as worker_app,
-                app_on(broker.url, sandbox, **conf) as app,
-            ):
-                admin = broker.client()
-                sandbox.set_faults({"paths": ["/v2/event/"], "rules": [{"delay": 1.5, "count": 1}]})
+        with broker_of_its_own(sandbox, worker_prefetch_multiplier=1) as (worker_app, app, admin):
+            sandbox.set_faults({"paths": ["/v2/event/"], "rules": [{"delay": 1.5, "count": 1}]})
 
-                def sent() -> list[str]:
-                    return sorted(e["$idempotency_key"] for e in sandbox.events())
+            def sent() -> list[str]:
+                return sorted(e["$idempotency_key"] for e in sandbox.events())
 
-                with start_worker(
-                    worker_app,
-                    pool="threads",
-                    concurrency=1,
-                    perform_ping_check=False,
-                    loglevel="WARNING",
-                ) as worker:
-                    track_event.delay("u-1", "order_placed", {"n": 1}, idempotency_key="k-1")
+            with one_thread_worker(worker_app) as worker:
+                track_event.delay("u-1", "order_placed", {"n": 1}, idempotency_key="k-1")
+                wait_for(
+                    lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                    20,
+                    message="the first send to be in flight",
+                )
+                # The acknowledgement needs a new connection: the consumer's only open
+                # one waits in BRPOP.
+                worker.consumer.task_consumer.channel.pool.disconnect(inuse_connections=False)
+                undo = _refuse(admin, "maxclients")
+                try:
                     wait_for(
-                        lambda: sandbox.faults()["rules"][0]["applied"] >= 1,
+                        lambda: "did not take its message's acknowledgement" in caplog.text,
                         20,
-                        message="the first send to be in flight",
+                        message="the acknowledgement to fail",
                     )
-                    # The acknowledgement needs a new connection: the consumer's only
-                    # open one waits in BRPOP.
-                    channel = worker.consumer.task_consumer.channel
-                    channel.pool.disconnect(inuse_connections=False)
-                    undo = _refuse(admin, "maxclients")
-                    try:
-                        wait_for(
-                            lambda: "did not take its message's acknowledgement" in caplog.text,
-                            20,
-                            message="the acknowledgement to fail",
-                        )
-                        assert sent() == ["k-1"]
-                        assert admin.hlen("unacked") == 1
-                    finally:
-                        undo()
-                    wait_for(
-                        lambda: admin.hlen("unacked") == 0,
-                        10,
-                        message="the acknowledgement taken once the broker answers",
-                    )
-                    track_event.delay("u-2", "order_placed", {"n": 2}, idempotency_key="k-2")
-                    wait_for(
-                        lambda: sent() == ["k-1", "k-2"],
-                        20,
-                        message="the worker to take its next task",
-                    )
-                assert "its message is acknowledged (try" in caplog.text
-                assert get_buffer(app).redis.zcard(get_buffer(app).keys.journal) == 0
-                admin.close()
+                    assert sent() == ["k-1"]
+                    assert admin.hlen("unacked") == 1
+                finally:
+                    undo()
+                wait_for(
+                    lambda: admin.hlen("unacked") == 0,
+                    10,
+                    message="the acknowledgement taken once the broker answers",
+                )
+                track_event.delay("u-2", "order_placed", {"n": 2}, idempotency_key="k-2")
+                wait_for(
+                    lambda: sent() == ["k-1", "k-2"],
+                    20,
+                    message="the worker to take its next task",
+                )
+            assert "its message is acknowledged (try" in caplog.text
+            assert get_buffer(app).redis.zcard(get_buffer(app).keys.journal) == 0
 
 
 class TestRedisDownAtCallTime:
