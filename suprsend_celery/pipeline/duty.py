@@ -62,7 +62,7 @@ class Shutdown:
     flush task; a prefork pool runs it in a child the worker forked after ``clear()``.
     So ``clear()`` also opens a pipe the children inherit, ``request()`` writes to it,
     and a child's first ``future()`` starts a thread that reads it: a waiting run in a
-    child leaves within milliseconds of SIGTERM, not at the end of its duty.
+    child leaves at once (tested: within 1.5 s of SIGTERM), not at the end of its duty.
     """
 
     #: Bytes written at a shutdown: one read per child on duty, far more than any pool.
